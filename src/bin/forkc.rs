@@ -1,0 +1,192 @@
+//! forkc, the protocol-v1 client: send payloads and print the replies, or ping.
+
+use std::io::{self, BufRead, Write};
+use std::net::Shutdown;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+use forkd::addr::Addr;
+use forkd::cli::parse_secs;
+use forkd::client::{ServerError, connect};
+use forkd::conn::Stream;
+use forkd::frame::{DEFAULT_MAX_FRAME, Frame, FrameReader, Kind, write_frame};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "forkc",
+    version,
+    about = "Client for forkd's protocol v1: send DATA frames and print the replies, or ping.",
+    after_help = "Examples:\n  forkc --connect 127.0.0.1:7000 send hello world\n  \
+                  printf 'a\\nb\\n' | forkc --connect unix:/run/forkd.sock send -\n  \
+                  forkc --connect [::1]:7000 ping --count 5"
+)]
+struct Cli {
+    /// Server address (required): 127.0.0.1:7000, [::1]:7000, :7000 (this machine) or
+    /// unix:/path.
+    #[arg(long, value_name = "ADDR", global = true)]
+    connect: Option<Addr>,
+
+    /// Give up on a connect, read or write that takes longer than this.
+    #[arg(long, value_name = "SECS", global = true, default_value = "10", value_parser = parse_secs)]
+    timeout: Duration,
+
+    /// Largest reply payload accepted.
+    #[arg(long, value_name = "BYTES", global = true, default_value_t = DEFAULT_MAX_FRAME,
+          value_parser = forkd::cli::parse_bytes)]
+    max_frame: u32,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Send each PAYLOAD as a DATA frame (pipelined) and print each reply on its own line.
+    /// `-` reads payloads from stdin, one per line.
+    Send {
+        #[arg(value_name = "PAYLOAD", required = true)]
+        payloads: Vec<String>,
+    },
+    /// Send PING frames one at a time and print each round-trip time.
+    Ping {
+        /// How many pings.
+        #[arg(long, value_name = "N", default_value_t = 1,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        count: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return forkd::cli::clap_error(e).finish("forkc"),
+    };
+    let Some(addr) = cli.connect.clone() else {
+        eprintln!("forkc: --connect ADDR is required");
+        return ExitCode::from(2);
+    };
+    let result = connect(&addr, cli.timeout).and_then(|stream| match &cli.command {
+        Command::Send { payloads } => send(stream, payloads, cli.max_frame),
+        Command::Ping { count } => ping(stream, &addr, *count, cli.max_frame),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(line) => {
+            eprintln!("forkc: {line}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Payloads from the command line, `-` standing for the lines of stdin.
+fn payloads<'a>(args: &'a [String]) -> impl Iterator<Item = io::Result<Vec<u8>>> + 'a {
+    args.iter()
+        .flat_map(|arg| -> Box<dyn Iterator<Item = io::Result<Vec<u8>>>> {
+            if arg == "-" {
+                Box::new(io::stdin().lock().split(b'\n'))
+            } else {
+                Box::new(std::iter::once(Ok(arg.as_bytes().to_vec())))
+            }
+        })
+}
+
+/// Writes every request from one thread while this one reads replies, so any number of
+/// pipelined frames flows without either side's buffers filling up; then half-closes, and the
+/// server's EOF after the last reply ends the conversation.
+fn send(stream: Stream, args: &[String], max_frame: u32) -> Result<(), String> {
+    let mut writer = clone(&stream)?;
+    let args = args.to_vec();
+    let sender = std::thread::spawn(move || -> Result<u64, String> {
+        let mut sent = 0u64;
+        for payload in payloads(&args) {
+            let payload = payload.map_err(|e| format!("reading stdin: {e}"))?;
+            write_frame(&mut writer, Kind::Data, &payload).map_err(|e| format!("sending: {e}"))?;
+            sent += 1;
+        }
+        writer
+            .shutdown(Shutdown::Write)
+            .map_err(|e| format!("half-closing: {e}"))?;
+        Ok(sent)
+    });
+    let mut reader = FrameReader::new(stream, max_frame);
+    let mut out = io::stdout().lock();
+    let mut received = 0u64;
+    let read_result = loop {
+        match reader.next_frame() {
+            Ok(Some(frame)) if frame.kind == Kind::Data => {
+                received += 1;
+                out.write_all(&frame.payload)
+                    .and_then(|()| out.write_all(b"\n"))
+                    .and_then(|()| out.flush())
+                    .map_err(|e| format!("writing stdout: {e}"))?;
+            }
+            Ok(Some(frame)) => break Err(unexpected(&frame)),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(format!("reading reply: {e}")),
+        }
+    };
+    // The server's ERROR explains a failed send better than the EPIPE it caused.
+    read_result?;
+    let sent = sender
+        .join()
+        .map_err(|_| "sender thread panicked".to_string())??;
+    if received != sent {
+        return Err(format!(
+            "connection closed by server after {received} of {sent} replies"
+        ));
+    }
+    Ok(())
+}
+
+fn ping(stream: Stream, addr: &Addr, count: u64, max_frame: u32) -> Result<(), String> {
+    let mut reader = FrameReader::new(stream, max_frame);
+    let mut times = Vec::new();
+    for seq in 1..=count {
+        let payload = seq.to_be_bytes();
+        let started = Instant::now();
+        write_frame(reader.get_mut(), Kind::Ping, &payload).map_err(|e| format!("sending: {e}"))?;
+        let reply = match reader.next_frame() {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Err("connection closed by server before PONG".to_string()),
+            Err(e) => return Err(format!("reading reply: {e}")),
+        };
+        let rtt = started.elapsed();
+        if reply.kind != Kind::Pong {
+            return Err(unexpected(&reply));
+        }
+        if reply.payload != payload {
+            return Err(format!("PONG payload differs from PING's (seq={seq})"));
+        }
+        println!("pong from {addr} seq={seq} time={:.3} ms", ms(rtt));
+        times.push(rtt);
+    }
+    if count > 1 {
+        let total: Duration = times.iter().sum();
+        println!(
+            "{count} pings, min/avg/max = {:.3}/{:.3}/{:.3} ms",
+            ms(*times.iter().min().expect("count > 1")),
+            ms(total) / count as f64,
+            ms(*times.iter().max().expect("count > 1"))
+        );
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn unexpected(frame: &Frame) -> String {
+    match ServerError::from_frame(frame) {
+        Some(e) => e.to_string(),
+        None => format!("unexpected {} frame from server", frame.kind.name()),
+    }
+}
+
+fn clone(stream: &Stream) -> Result<Stream, String> {
+    stream
+        .try_clone()
+        .map_err(|e| format!("cannot share the connection: {e}"))
+}

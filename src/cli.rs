@@ -1,0 +1,304 @@
+//! forkd's command line: the clap definitions, turned into one plain [`Config`]. Nothing else
+//! in forkd reads argv.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser};
+use log::LevelFilter;
+use syslog::Facility;
+
+use crate::addr::Addr;
+use crate::handler::HandlerName;
+use crate::logging::{LogOptions, Target};
+
+const EXAMPLES: &str = "\
+Examples:
+  Echo on loopback, logging to the terminal:
+    forkd --listen 127.0.0.1:7000 --log stderr
+  Every address, IPv4 and IPv6, plus a Unix socket, at most 200 children:
+    forkd --listen :7000 --listen unix:/run/forkd.sock --max-children 200
+  Talk to it:
+    forkc --connect 127.0.0.1:7000 send hello
+    forkc --connect 127.0.0.1:7000 ping";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "forkd",
+    version,
+    about = "A process-per-connection server: one forked child per connection, answering \
+             length-prefixed frames (protocol v1).",
+    after_help = EXAMPLES
+)]
+struct Cli {
+    /// Address to listen on, repeatable: 127.0.0.1:7000, [::1]:7000, :7000 (every address,
+    /// IPv4 and IPv6) or unix:/path/to.sock. Port 0 lets the kernel choose; the start line
+    /// logs the port bound.
+    #[arg(long, value_name = "ADDR", required = true)]
+    listen: Vec<Addr>,
+
+    /// What each child does with its connection.
+    #[arg(long, value_enum, value_name = "NAME", default_value = "echo")]
+    handler: HandlerName,
+
+    /// Children alive at once. At the limit new connections wait in the kernel's backlog.
+    #[arg(long, value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_children: u32,
+
+    /// Length of the kernel's queue of connections not yet accepted (capped by
+    /// net.core.somaxconn).
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    backlog: i32,
+
+    /// Largest payload accepted in a frame; a bigger header gets ERROR 1. Takes K, M, G
+    /// suffixes (powers of 1024).
+    #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = parse_bytes)]
+    max_frame: u32,
+
+    /// On SIGTERM or SIGINT, how long children may finish their conversations before they are
+    /// killed. A second signal ends the wait at once.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    grace: Duration,
+
+    /// Where the log goes. Without a reachable syslog socket forkd says so and uses stderr.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "syslog|stderr",
+        default_value = "syslog"
+    )]
+    log: Target,
+
+    /// Syslog facility: daemon, user, local0 ... local7, and the others of syslog(3).
+    #[arg(long, value_name = "NAME", default_value = "daemon", value_parser = parse_facility)]
+    syslog_facility: Facility,
+
+    /// The syslog socket to send to, instead of the system's (/dev/log).
+    #[arg(long, value_name = "PATH")]
+    syslog_socket: Option<PathBuf>,
+
+    /// Write the supervisor's pid here; removed on exit.
+    #[arg(long, value_name = "PATH")]
+    pidfile: Option<PathBuf>,
+
+    /// More log detail (-v debug, -vv trace).
+    #[arg(short, long, action = ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+
+    /// Less log detail (-q warnings and errors only, -qq errors only).
+    #[arg(short, long, action = ArgAction::Count)]
+    quiet: u8,
+}
+
+/// Everything forkd was asked to do, checked.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: Vec<Addr>,
+    pub handler: HandlerName,
+    pub max_children: u32,
+    pub backlog: i32,
+    pub max_frame: u32,
+    pub grace: Duration,
+    pub log: LogOptions,
+    pub pidfile: Option<PathBuf>,
+}
+
+/// A command line that does not run the program.
+#[derive(Debug)]
+pub enum Stop {
+    /// `--help` or `--version`: print this and exit 0.
+    Print(String),
+    /// A bad command line: this one line, then exit 2.
+    Invalid(String),
+}
+
+impl Stop {
+    /// Prints what is due and gives the exit status.
+    pub fn finish(self, program: &str) -> std::process::ExitCode {
+        match self {
+            Stop::Print(text) => {
+                print!("{text}");
+                std::process::ExitCode::SUCCESS
+            }
+            Stop::Invalid(line) => {
+                eprintln!("{program}: {line}");
+                std::process::ExitCode::from(2)
+            }
+        }
+    }
+}
+
+/// Parses argv (the program name first).
+pub fn parse<I, T>(args: I) -> Result<Config, Stop>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => return Err(clap_error(e)),
+    };
+    let level = match (cli.verbose, cli.quiet) {
+        (0, 0) => LevelFilter::Info,
+        (1, _) => LevelFilter::Debug,
+        (_, 0) => LevelFilter::Trace,
+        (_, 1) => LevelFilter::Warn,
+        (_, _) => LevelFilter::Error,
+    };
+    Ok(Config {
+        listen: cli.listen,
+        handler: cli.handler,
+        max_children: cli.max_children,
+        backlog: cli.backlog,
+        max_frame: cli.max_frame,
+        grace: cli.grace,
+        log: LogOptions {
+            target: cli.log,
+            facility: cli.syslog_facility,
+            syslog_socket: cli.syslog_socket,
+            level,
+        },
+        pidfile: cli.pidfile,
+    })
+}
+
+/// Help and version are printed whole; any other clap error becomes one line, its first
+/// paragraph, which names the flag and the problem (usage and tips are dropped).
+pub fn clap_error(e: clap::Error) -> Stop {
+    use clap::error::ErrorKind;
+    let text = e.render().to_string();
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Stop::Print(text),
+        _ => {
+            let paragraph: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            Stop::Invalid(
+                paragraph
+                    .join(" ")
+                    .trim_start_matches("error: ")
+                    .to_string(),
+            )
+        }
+    }
+}
+
+/// `1048576`, `64K`, `1M`, `1G` (powers of 1024; `KiB`, `MiB`, `GiB` too).
+pub fn parse_bytes(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        _ => return Err(format!("'{s}': unit must be K, M or G")),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a byte count"))?;
+    n.checked_mul(scale)
+        .and_then(|b| u32::try_from(b).ok())
+        .ok_or_else(|| format!("'{s}' is more than {} bytes", u32::MAX))
+}
+
+/// Seconds, whole or fractional: `10`, `0.5`.
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| format!("'{s}' is not a number of seconds"))
+}
+
+fn parse_facility(s: &str) -> Result<Facility, String> {
+    s.parse()
+        .map_err(|()| format!("'{s}' is not a syslog facility (daemon, user, local0 ... local7)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Config {
+        let mut argv = vec!["forkd"];
+        argv.extend_from_slice(args);
+        parse(argv).unwrap()
+    }
+
+    fn invalid(args: &[&str]) -> String {
+        let mut argv = vec!["forkd"];
+        argv.extend_from_slice(args);
+        match parse(argv) {
+            Err(Stop::Invalid(s)) => s,
+            _ => panic!("accepted {args:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = run(&["--listen", ":7000"]);
+        assert_eq!(c.max_children, 64);
+        assert_eq!(c.backlog, 1024);
+        assert_eq!(c.max_frame, 1 << 20);
+        assert_eq!(c.grace, Duration::from_secs(10));
+        assert_eq!(c.handler, HandlerName::Echo);
+        assert_eq!(c.log.target, Target::Syslog);
+        assert_eq!(c.log.facility as u32, Facility::LOG_DAEMON as u32);
+        assert_eq!(c.log.level, LevelFilter::Info);
+    }
+
+    #[test]
+    fn verbosity() {
+        assert_eq!(run(&["--listen", ":1", "-v"]).log.level, LevelFilter::Debug);
+        assert_eq!(
+            run(&["--listen", ":1", "-vv"]).log.level,
+            LevelFilter::Trace
+        );
+        assert_eq!(run(&["--listen", ":1", "-q"]).log.level, LevelFilter::Warn);
+        assert_eq!(
+            run(&["--listen", ":1", "-qq"]).log.level,
+            LevelFilter::Error
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_flag_on_one_line() {
+        for (args, flag) in [
+            (&["--listen", "nowhere"][..], "--listen"),
+            (
+                &["--listen", ":1", "--max-children", "0"][..],
+                "--max-children",
+            ),
+            (&["--listen", ":1", "--max-frame", "5X"][..], "--max-frame"),
+            (&["--listen", ":1", "--grace", "soon"][..], "--grace"),
+            (&["--listen", ":1", "--log", "file"][..], "--log"),
+            (
+                &["--listen", ":1", "--syslog-facility", "kitchen"][..],
+                "--syslog-facility",
+            ),
+            (&["--listen", ":1", "--bogus"][..], "--bogus"),
+            (&[][..], "--listen"),
+        ] {
+            let msg = invalid(args);
+            assert!(msg.contains(flag), "{msg}");
+            assert!(!msg.contains('\n'), "{msg}");
+        }
+    }
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(parse_bytes("0"), Ok(0));
+        assert_eq!(parse_bytes("64K"), Ok(65536));
+        assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_bytes("3g"), Ok(3 << 30));
+        assert!(parse_bytes("4G").is_err());
+        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("").is_err());
+    }
+}

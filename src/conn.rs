@@ -1,0 +1,194 @@
+//! One accepted connection: its stream (TCP or Unix) and who is on the other end.
+//!
+//! Handlers see only this type, whatever listener the connection came from.
+
+use std::fmt;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+/// A connected stream socket.
+#[derive(Debug)]
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown(how),
+            Stream::Unix(s) => s.shutdown(how),
+        }
+    }
+
+    pub fn try_clone(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+        })
+    }
+
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(timeout),
+            Stream::Unix(s) => s.set_read_timeout(timeout),
+        }
+    }
+
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_write_timeout(timeout),
+            Stream::Unix(s) => s.set_write_timeout(timeout),
+        }
+    }
+
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_nonblocking(on),
+            Stream::Unix(s) => s.set_nonblocking(on),
+        }
+    }
+
+    /// Ends a conversation that an ERROR frame closed, so that the ERROR reaches the peer.
+    ///
+    /// Closing a socket whose receive buffer still holds unread bytes makes the kernel send a
+    /// reset, and a reset can destroy the ERROR frame before the peer reads it. So: shut down
+    /// the write side (the peer sees the ERROR, then EOF), then read and discard what the peer
+    /// still sends, for at most `DRAIN_TIME` and `DRAIN_BYTES`, then close.
+    pub fn close_after_error(self) {
+        const DRAIN_TIME: Duration = Duration::from_secs(1);
+        const DRAIN_BYTES: usize = 64 * 1024;
+        let _ = self.set_nonblocking(false);
+        if self.shutdown(Shutdown::Write).is_err() {
+            return;
+        }
+        let deadline = Instant::now() + DRAIN_TIME;
+        let mut scratch = [0u8; 8192];
+        let mut drained = 0;
+        let mut stream = self;
+        while drained < DRAIN_BYTES {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+                break;
+            }
+            match stream.read(&mut scratch) {
+                Ok(0) => break,
+                Ok(n) => drained += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write_vectored(bufs),
+            Stream::Unix(s) => s.write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
+    }
+}
+
+/// Who is on the other end of a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    /// A Unix-socket peer, with its credentials where the kernel gives them.
+    Unix {
+        pid: Option<i32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    },
+}
+
+impl Peer {
+    /// The credentials of the process on the other end of a Unix socket.
+    pub fn of_unix(stream: &UnixStream) -> Peer {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+            if let Ok(cred) = getsockopt(stream, PeerCredentials) {
+                return Peer::Unix {
+                    pid: Some(cred.pid()),
+                    uid: Some(cred.uid()),
+                    gid: Some(cred.gid()),
+                };
+            }
+        }
+        let _ = stream;
+        Peer::Unix {
+            pid: None,
+            uid: None,
+            gid: None,
+        }
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Tcp(a) => write!(f, "{a}"),
+            Peer::Unix { pid, uid, gid } => {
+                write!(f, "unix")?;
+                let mut sep = ':';
+                for (name, value) in [
+                    ("pid", pid.map(i64::from)),
+                    ("uid", uid.map(i64::from)),
+                    ("gid", gid.map(i64::from)),
+                ] {
+                    if let Some(v) = value {
+                        write!(f, "{sep}{name}={v}")?;
+                        sep = ',';
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// An accepted connection, as a handler receives it.
+#[derive(Debug)]
+pub struct Connection {
+    pub stream: Stream,
+    pub peer: Peer,
+}

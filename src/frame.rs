@@ -1,0 +1,568 @@
+//! Protocol v1 on the wire: frames, their kinds, ERROR codes, the decoder and the writer.
+//!
+//! A frame is a 4-byte big-endian payload length N, a 1-byte kind, then N payload bytes.
+//! The [`Decoder`] keeps leftover bytes between reads (a header may arrive split, and one read
+//! may hold the end of one frame and the start of the next), and judges a header as soon as
+//! its five bytes are in: an oversize length or an unknown kind is reported before any of the
+//! payload is read or allocated. See docs/protocol.md.
+
+use std::fmt;
+use std::io::{self, IoSlice, Read, Write};
+
+/// Bytes in a frame header: length (4) + kind (1).
+pub const HEADER_LEN: usize = 5;
+
+/// Default bound on a payload: 1 MiB.
+pub const DEFAULT_MAX_FRAME: u32 = 1 << 20;
+
+/// How much the decoder asks the kernel for at least, per read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The kind byte of a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    Data = 0x01,
+    Error = 0x02,
+    Ping = 0x03,
+    Pong = 0x04,
+}
+
+impl Kind {
+    pub fn from_byte(byte: u8) -> Option<Kind> {
+        match byte {
+            0x01 => Some(Kind::Data),
+            0x02 => Some(Kind::Error),
+            0x03 => Some(Kind::Ping),
+            0x04 => Some(Kind::Pong),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Data => "DATA",
+            Kind::Error => "ERROR",
+            Kind::Ping => "PING",
+            Kind::Pong => "PONG",
+        }
+    }
+}
+
+/// The code at the start of an ERROR payload (2 bytes, big-endian).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    FrameTooLarge = 1,
+    UnknownKind = 2,
+    TruncatedFrame = 3,
+    Busy = 4,
+    Denied = 5,
+    RateLimited = 6,
+    Timeout = 7,
+    HandlerFailed = 8,
+    ShuttingDown = 9,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 9] = [
+        ErrorCode::FrameTooLarge,
+        ErrorCode::UnknownKind,
+        ErrorCode::TruncatedFrame,
+        ErrorCode::Busy,
+        ErrorCode::Denied,
+        ErrorCode::RateLimited,
+        ErrorCode::Timeout,
+        ErrorCode::HandlerFailed,
+        ErrorCode::ShuttingDown,
+    ];
+
+    pub fn from_u16(code: u16) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| *c as u16 == code)
+    }
+
+    /// Short name, as used in documentation and by forkc.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::FrameTooLarge => "frame too large",
+            ErrorCode::UnknownKind => "unknown kind",
+            ErrorCode::TruncatedFrame => "truncated frame",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Denied => "denied",
+            ErrorCode::RateLimited => "rate limited",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::HandlerFailed => "handler failed",
+            ErrorCode::ShuttingDown => "shutting down",
+        }
+    }
+}
+
+/// One decoded frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: Kind,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    pub fn new(kind: Kind, payload: impl Into<Vec<u8>>) -> Frame {
+        Frame {
+            kind,
+            payload: payload.into(),
+        }
+    }
+
+    /// An ERROR frame: the code, then the message as UTF-8.
+    pub fn error(code: ErrorCode, message: &str) -> Frame {
+        let mut payload = Vec::with_capacity(2 + message.len());
+        payload.extend_from_slice(&(code as u16).to_be_bytes());
+        payload.extend_from_slice(message.as_bytes());
+        Frame::new(Kind::Error, payload)
+    }
+
+    /// The code and message of an ERROR frame; `None` for other kinds or a payload too short
+    /// to hold a code.
+    pub fn error_parts(&self) -> Option<(u16, String)> {
+        if self.kind != Kind::Error || self.payload.len() < 2 {
+            return None;
+        }
+        let code = u16::from_be_bytes([self.payload[0], self.payload[1]]);
+        Some((
+            code,
+            String::from_utf8_lossy(&self.payload[2..]).into_owned(),
+        ))
+    }
+
+    /// Writes the frame (see [`write_frame`]).
+    pub fn write_to<W: Write + ?Sized>(&self, w: &mut W) -> io::Result<()> {
+        write_frame(w, self.kind, &self.payload)
+    }
+
+    /// The whole frame as bytes, header included.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(HEADER_LEN + self.payload.len());
+        bytes.extend_from_slice(&header(self.kind, self.payload.len()));
+        bytes.extend_from_slice(&self.payload);
+        bytes
+    }
+}
+
+/// The 5-byte header for a payload of `len` bytes.
+///
+/// Panics if `len` does not fit the 4-byte length field; callers bound payloads by
+/// `--max-frame`, which is a `u32`.
+pub fn header(kind: Kind, len: usize) -> [u8; HEADER_LEN] {
+    let len = u32::try_from(len).expect("payload length fits in 32 bits");
+    let l = len.to_be_bytes();
+    [l[0], l[1], l[2], l[3], kind as u8]
+}
+
+/// Writes one frame in a single writev where the kernel takes it whole, looping on short
+/// writes and EINTR until every byte is out.
+pub fn write_frame<W: Write + ?Sized>(w: &mut W, kind: Kind, payload: &[u8]) -> io::Result<()> {
+    if u32::try_from(payload.len()).is_err() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "payload longer than 4 GiB cannot be framed",
+        ));
+    }
+    let head = header(kind, payload.len());
+    let mut slices = [IoSlice::new(&head), IoSlice::new(payload)];
+    let mut rest: &mut [IoSlice] = &mut slices;
+    IoSlice::advance_slices(&mut rest, 0);
+    while !rest.is_empty() {
+        match w.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Why a byte stream is not valid protocol v1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// A header announced a payload longer than the limit.
+    TooLarge { len: u32, max: u32 },
+    /// A header carried a kind byte that protocol v1 does not define.
+    UnknownKind(u8),
+    /// The stream ended inside a frame: `have` of `want` bytes had arrived.
+    Truncated { have: usize, want: usize },
+}
+
+impl DecodeError {
+    /// The ERROR code that answers this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+            DecodeError::UnknownKind(_) => ErrorCode::UnknownKind,
+            DecodeError::Truncated { .. } => ErrorCode::TruncatedFrame,
+        }
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::TooLarge { len, max } => {
+                write!(f, "frame too large: {len} bytes announced, limit {max}")
+            }
+            DecodeError::UnknownKind(k) => write!(f, "unknown kind 0x{k:02x}"),
+            DecodeError::Truncated { have, want } => {
+                write!(
+                    f,
+                    "truncated frame: stream ended after {have} of {want} bytes"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// A push decoder: bytes go in (by [`Decoder::extend`] or [`Decoder::read_from`]), whole
+/// frames come out of [`Decoder::decode`].
+#[derive(Debug)]
+pub struct Decoder {
+    buf: Vec<u8>,
+    start: usize,
+    max_frame: u32,
+}
+
+impl Decoder {
+    pub fn new(max_frame: u32) -> Decoder {
+        Decoder {
+            buf: Vec::new(),
+            start: 0,
+            max_frame,
+        }
+    }
+
+    /// Bytes received and not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// Adds received bytes.
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.compact();
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole frame, `Ok(None)` if more bytes are needed, or the reason the stream is
+    /// invalid. A header is judged as soon as it is complete, before its payload arrives.
+    pub fn decode(&mut self) -> Result<Option<Frame>, DecodeError> {
+        let avail = &self.buf[self.start..];
+        if avail.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]);
+        if len > self.max_frame {
+            return Err(DecodeError::TooLarge {
+                len,
+                max: self.max_frame,
+            });
+        }
+        let kind = Kind::from_byte(avail[4]).ok_or(DecodeError::UnknownKind(avail[4]))?;
+        let total = HEADER_LEN + len as usize;
+        if avail.len() < total {
+            return Ok(None);
+        }
+        let payload = avail[HEADER_LEN..total].to_vec();
+        self.start += total;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        Ok(Some(Frame { kind, payload }))
+    }
+
+    /// What an end of stream means now: `Ok(())` at a frame boundary, else the truncation.
+    pub fn finish(&self) -> Result<(), DecodeError> {
+        let have = self.buffered();
+        if have == 0 {
+            return Ok(());
+        }
+        let avail = &self.buf[self.start..];
+        let want = if have >= HEADER_LEN {
+            HEADER_LEN + u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize
+        } else {
+            HEADER_LEN
+        };
+        Err(DecodeError::Truncated { have, want })
+    }
+
+    /// One read from `r` straight into the buffer, retrying EINTR. Returns the byte count;
+    /// 0 means end of stream. Reads at most what the current frame still needs or
+    /// [`READ_CHUNK`], whichever is more, so a large frame arrives in few reads.
+    pub fn read_from<R: Read + ?Sized>(&mut self, r: &mut R) -> io::Result<usize> {
+        self.compact();
+        let want = self.missing_for_current_frame().max(READ_CHUNK);
+        let old_len = self.buf.len();
+        self.buf.resize(old_len + want, 0);
+        let result = loop {
+            match r.read(&mut self.buf[old_len..]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        let n = *result.as_ref().unwrap_or(&0);
+        self.buf.truncate(old_len + n);
+        result
+    }
+
+    /// Bytes still missing for the frame at the head of the buffer (0 if unknown yet or the
+    /// header is out of bounds, which `decode` reports).
+    fn missing_for_current_frame(&self) -> usize {
+        let avail = &self.buf[self.start..];
+        if avail.len() < HEADER_LEN {
+            return 0;
+        }
+        let len = u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]);
+        if len > self.max_frame {
+            return 0;
+        }
+        (HEADER_LEN + len as usize).saturating_sub(avail.len())
+    }
+
+    fn compact(&mut self) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+    }
+}
+
+/// Why reading the next frame failed.
+#[derive(Debug)]
+pub enum ReadError {
+    Protocol(DecodeError),
+    Io(io::Error),
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Protocol(e) => e.fmt(f),
+            ReadError::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+/// A [`Decoder`] bound to a byte stream.
+pub struct FrameReader<R> {
+    inner: R,
+    decoder: Decoder,
+}
+
+impl<R: Read> FrameReader<R> {
+    pub fn new(inner: R, max_frame: u32) -> FrameReader<R> {
+        FrameReader {
+            inner,
+            decoder: Decoder::new(max_frame),
+        }
+    }
+
+    /// The next frame; `Ok(None)` when the stream ends at a frame boundary.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, ReadError> {
+        loop {
+            if let Some(frame) = self.decoder.decode().map_err(ReadError::Protocol)? {
+                return Ok(Some(frame));
+            }
+            if self
+                .decoder
+                .read_from(&mut self.inner)
+                .map_err(ReadError::Io)?
+                == 0
+            {
+                return self
+                    .decoder
+                    .finish()
+                    .map(|()| None)
+                    .map_err(ReadError::Protocol);
+            }
+        }
+    }
+
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(bytes: &[u8], max: u32) -> Result<Vec<Frame>, DecodeError> {
+        let mut d = Decoder::new(max);
+        d.extend(bytes);
+        let mut out = Vec::new();
+        while let Some(f) = d.decode()? {
+            out.push(f);
+        }
+        d.finish()?;
+        Ok(out)
+    }
+
+    #[test]
+    fn header_is_big_endian_length_then_kind() {
+        assert_eq!(header(Kind::Data, 0x0102_0304), [1, 2, 3, 4, 0x01]);
+        assert_eq!(
+            Frame::new(Kind::Ping, b"hi".to_vec()).encode(),
+            [0, 0, 0, 2, 3, b'h', b'i']
+        );
+    }
+
+    #[test]
+    fn error_frame_carries_code_and_message() {
+        let f = Frame::error(ErrorCode::UnknownKind, "no");
+        assert_eq!(f.payload, [0, 2, b'n', b'o']);
+        assert_eq!(f.error_parts(), Some((2, "no".to_string())));
+        assert_eq!(Frame::new(Kind::Data, vec![0, 2]).error_parts(), None);
+    }
+
+    #[test]
+    fn split_header_and_leftover_bytes() {
+        let mut bytes = Frame::new(Kind::Data, b"abc".to_vec()).encode();
+        bytes.extend(Frame::new(Kind::Ping, Vec::new()).encode());
+        let mut d = Decoder::new(16);
+        let mut frames = Vec::new();
+        for b in &bytes {
+            d.extend(std::slice::from_ref(b));
+            while let Some(f) = d.decode().unwrap() {
+                frames.push(f);
+            }
+        }
+        assert_eq!(
+            frames,
+            vec![
+                Frame::new(Kind::Data, b"abc".to_vec()),
+                Frame::new(Kind::Ping, vec![])
+            ]
+        );
+        assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn oversize_header_is_rejected_before_payload() {
+        let mut d = Decoder::new(10);
+        d.extend(&[0, 0, 0, 11, 1]);
+        assert_eq!(d.decode(), Err(DecodeError::TooLarge { len: 11, max: 10 }));
+        assert_eq!(
+            decode_all(&header(Kind::Data, 10), 10).unwrap_err().code(),
+            { ErrorCode::TruncatedFrame }
+        );
+    }
+
+    #[test]
+    fn unknown_kind_is_rejected_at_header() {
+        assert_eq!(
+            decode_all(&[0, 0, 0, 0, 9], 10),
+            Err(DecodeError::UnknownKind(9))
+        );
+    }
+
+    #[test]
+    fn truncation_reports_have_and_want() {
+        assert_eq!(
+            decode_all(&[0, 0], 10),
+            Err(DecodeError::Truncated { have: 2, want: 5 })
+        );
+        assert_eq!(
+            decode_all(&[0, 0, 0, 3, 1, b'a'], 10),
+            Err(DecodeError::Truncated { have: 6, want: 8 })
+        );
+    }
+
+    /// A reader that hands out at most `step` bytes per read and fails with EINTR between.
+    struct Dribble {
+        bytes: Vec<u8>,
+        pos: usize,
+        step: usize,
+        interrupt: bool,
+    }
+
+    impl Read for Dribble {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            self.interrupt = !self.interrupt;
+            if self.interrupt {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let n = self.step.min(out.len()).min(self.bytes.len() - self.pos);
+            out[..n].copy_from_slice(&self.bytes[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn reader_survives_short_reads_and_eintr() {
+        let frames: Vec<Frame> = (0..50)
+            .map(|i| Frame::new(Kind::Data, vec![i as u8; i * 7]))
+            .collect();
+        let bytes: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
+        let mut r = FrameReader::new(
+            Dribble {
+                bytes,
+                pos: 0,
+                step: 3,
+                interrupt: false,
+            },
+            1024,
+        );
+        let mut got = Vec::new();
+        while let Some(f) = r.next_frame().unwrap() {
+            got.push(f);
+        }
+        assert_eq!(got, frames);
+    }
+
+    /// A writer that takes at most `step` bytes per call and fails with EINTR between.
+    struct Trickle {
+        out: Vec<u8>,
+        step: usize,
+        interrupt: bool,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.interrupt = !self.interrupt;
+            if self.interrupt {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let n = self.step.min(buf.len());
+            self.out.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn writer_survives_short_writes_and_eintr() {
+        let mut w = Trickle {
+            out: Vec::new(),
+            step: 2,
+            interrupt: false,
+        };
+        write_frame(&mut w, Kind::Data, b"hello").unwrap();
+        write_frame(&mut w, Kind::Pong, b"").unwrap();
+        assert_eq!(
+            w.out,
+            [0, 0, 0, 5, 1, b'h', b'e', b'l', b'l', b'o', 0, 0, 0, 0, 4]
+        );
+    }
+}

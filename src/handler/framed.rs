@@ -1,0 +1,92 @@
+//! A protocol-v1 conversation: read requests, answer each in order, end cleanly.
+//!
+//! The session owns everything the protocol says regardless of handler: PING is answered with
+//! PONG carrying the same payload; a frame a client may not send, an oversize header, an
+//! unknown kind or a stream cut inside a frame is answered with an ERROR frame, logged, and
+//! the connection closed so that the ERROR still reaches the peer. A [`Responder`] only
+//! decides what a DATA request gets.
+
+use std::io;
+
+use super::{Outcome, ProtocolSettings};
+use crate::conn::{Connection, Stream};
+use crate::frame::{ErrorCode, Frame, FrameReader, Kind, ReadError, write_frame};
+use crate::logging::quote;
+
+/// The answer to one DATA request.
+pub enum Reply {
+    Data(Vec<u8>),
+    /// An ERROR for this request only; the conversation goes on.
+    Error(ErrorCode, String),
+}
+
+/// What a handler does with the payload of each DATA frame.
+pub trait Responder {
+    fn on_data(&mut self, payload: Vec<u8>) -> Reply;
+}
+
+/// Runs the conversation to its end.
+pub fn serve(
+    conn: Connection,
+    settings: ProtocolSettings,
+    responder: &mut dyn Responder,
+) -> Outcome {
+    let Connection { stream, peer } = conn;
+    let mut reader = FrameReader::new(stream, settings.max_frame);
+    let failure = loop {
+        let frame = match reader.next_frame() {
+            Ok(Some(frame)) => frame,
+            // A half-close at a frame boundary: every reply was written before this read.
+            Ok(None) => return Outcome::Clean,
+            Err(ReadError::Protocol(e)) => break Failure::Protocol(e.code(), e.to_string()),
+            Err(ReadError::Io(e)) => break Failure::Io("read", e),
+        };
+        let written = match frame.kind {
+            Kind::Data => match responder.on_data(frame.payload) {
+                Reply::Data(payload) => write_frame(reader.get_mut(), Kind::Data, &payload),
+                Reply::Error(code, message) => {
+                    Frame::error(code, &message).write_to(reader.get_mut())
+                }
+            },
+            Kind::Ping => write_frame(reader.get_mut(), Kind::Pong, &frame.payload),
+            Kind::Error | Kind::Pong => {
+                break Failure::Protocol(
+                    ErrorCode::UnknownKind,
+                    format!(
+                        "kind 0x{:02x} ({}) is not a request",
+                        frame.kind as u8,
+                        frame.kind.name()
+                    ),
+                );
+            }
+        };
+        if let Err(e) = written {
+            break Failure::Io("write", e);
+        }
+    };
+    let reason = match failure {
+        Failure::Protocol(code, reason) => {
+            let mut stream: Stream = reader.into_inner();
+            let sent = Frame::error(code, &reason).write_to(&mut stream);
+            stream.close_after_error();
+            format!(
+                "code={} reason={}{}",
+                code as u16,
+                quote(&reason),
+                if sent.is_ok() {
+                    ""
+                } else {
+                    " error_frame=undelivered"
+                }
+            )
+        }
+        Failure::Io(op, e) => format!("reason={}", quote(&format!("{op}: {e}"))),
+    };
+    log::info!("error peer={peer} pid={} {reason}", std::process::id());
+    Outcome::Failed
+}
+
+enum Failure {
+    Protocol(ErrorCode, String),
+    Io(&'static str, io::Error),
+}

@@ -1,0 +1,233 @@
+//! Listening sockets: bind TCP (IPv4, IPv6, both) and Unix listeners, accept from them, and
+//! set the options an accepted socket gets.
+//!
+//! Listeners are non-blocking (the supervisor polls them) and close-on-exec. A Unix socket
+//! file left by a dead forkd is replaced; one that a live server still answers on is not.
+
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6, sockopt};
+
+use crate::addr::Addr;
+use crate::conn::{Connection, Peer, Stream};
+
+/// A bound, listening socket.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix {
+        listener: UnixListener,
+        path: PathBuf,
+    },
+}
+
+/// Why a `--listen` address could not be set up.
+#[derive(Debug)]
+pub struct BindError {
+    pub addr: String,
+    pub reason: String,
+}
+
+impl fmt::Display for BindError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot listen on {}: {}", self.addr, self.reason)
+    }
+}
+
+impl std::error::Error for BindError {}
+
+/// Binds every address. `:PORT` becomes two listeners, IPv4 and IPv6 (IPv6-only, so the two
+/// do not collide); where the machine has no IPv6 the IPv4 one serves alone.
+/// On error, listeners already bound are closed and their socket files removed.
+pub fn bind_all(addrs: &[Addr], backlog: i32) -> Result<Vec<Listener>, BindError> {
+    let mut listeners = Vec::new();
+    for addr in addrs {
+        let err = |reason: String| BindError {
+            addr: addr.to_string(),
+            reason,
+        };
+        let result = match addr {
+            Addr::Ip(sa) => bind_tcp(*sa, backlog).map(|l| vec![l]).map_err(errno_text),
+            Addr::AnyIp(port) => bind_any(*port, backlog),
+            Addr::Unix(path) => bind_unix(path, backlog).map(|l| vec![l]),
+        };
+        match result {
+            Ok(mut bound) => listeners.append(&mut bound),
+            Err(reason) => {
+                listeners.iter().for_each(Listener::remove_socket_file);
+                return Err(err(reason));
+            }
+        }
+    }
+    Ok(listeners)
+}
+
+fn bind_any(port: u16, backlog: i32) -> Result<Vec<Listener>, String> {
+    let v4 =
+        bind_tcp(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), backlog).map_err(errno_text)?;
+    // With port 0 the kernel picked one for IPv4: ask for the same on IPv6.
+    let port = match &v4 {
+        Listener::Tcp(l) => l.local_addr().map(|a| a.port()).unwrap_or(port),
+        Listener::Unix { .. } => port,
+    };
+    match bind_tcp(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)), backlog) {
+        Ok(v6) => Ok(vec![v4, v6]),
+        Err(Errno::EAFNOSUPPORT | Errno::EADDRNOTAVAIL) => {
+            log::warn!("status listen=[::]:{port} ipv6=unavailable serving=ipv4-only");
+            Ok(vec![v4])
+        }
+        Err(e) => Err(format!("[::]:{port}: {}", e.desc())),
+    }
+}
+
+fn bind_tcp(addr: SocketAddr, backlog: i32) -> Result<Listener, Errno> {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = socket::socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    // SO_REUSEADDR: a restarted forkd binds again at once, whatever is left in TIME_WAIT.
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    match addr {
+        SocketAddr::V4(a) => {
+            socket::bind(fd.as_raw_fd(), &SockaddrIn::from(a))?;
+        }
+        SocketAddr::V6(a) => {
+            socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+            socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?;
+        }
+    }
+    listen(&fd, backlog)?;
+    Ok(Listener::Tcp(TcpListener::from(fd)))
+}
+
+fn bind_unix(path: &Path, backlog: i32) -> Result<Listener, String> {
+    remove_stale_socket(path)?;
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(errno_text)?;
+    let sockaddr = socket::UnixAddr::new(path).map_err(errno_text)?;
+    socket::bind(fd.as_raw_fd(), &sockaddr).map_err(errno_text)?;
+    let listener = Listener::Unix {
+        listener: UnixListener::from(fd),
+        path: path.to_path_buf(),
+    };
+    if let Err(e) = listen(&listener, backlog) {
+        listener.remove_socket_file();
+        return Err(errno_text(e));
+    }
+    Ok(listener)
+}
+
+/// A socket file nobody answers on is left from a forkd that died: remove it. A live one, or
+/// anything that is not a socket, is an error: forkd never deletes what it did not make.
+fn remove_stale_socket(path: &Path) -> Result<(), String> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    if !meta.file_type().is_socket() {
+        return Err("path exists and is not a socket".to_string());
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err("another server is listening on this socket".to_string()),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            std::fs::remove_file(path).map_err(|e| format!("removing stale socket: {e}"))
+        }
+        Err(e) => Err(format!("checking existing socket: {e}")),
+    }
+}
+
+fn listen(fd: &impl AsFd, backlog: i32) -> Result<(), Errno> {
+    // libc directly: the kernel caps the backlog at net.core.somaxconn itself.
+    let rc = unsafe { libc::listen(fd.as_fd().as_raw_fd(), backlog) };
+    Errno::result(rc).map(drop)
+}
+
+fn errno_text(e: Errno) -> String {
+    e.desc().to_string()
+}
+
+impl Listener {
+    /// The address as bound (with the port the kernel chose for port 0), in `--listen` form.
+    pub fn local_name(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|e| format!("?({e})")),
+            Listener::Unix { path, .. } => format!("unix:{}", path.display()),
+        }
+    }
+
+    /// Accepts one connection (the socket close-on-exec), or `WouldBlock`.
+    pub fn accept(&self) -> io::Result<Connection> {
+        match self {
+            Listener::Tcp(l) => {
+                let (stream, addr) = l.accept()?;
+                Ok(Connection {
+                    stream: Stream::Tcp(stream),
+                    peer: Peer::Tcp(addr),
+                })
+            }
+            Listener::Unix { listener, .. } => {
+                let (stream, _) = listener.accept()?;
+                let peer = Peer::of_unix(&stream);
+                Ok(Connection {
+                    stream: Stream::Unix(stream),
+                    peer,
+                })
+            }
+        }
+    }
+
+    /// Removes the socket file of a Unix listener, if it is still ours.
+    pub fn remove_socket_file(&self) {
+        if let Listener::Unix { path, .. } = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix { listener, .. } => listener.as_fd(),
+        }
+    }
+}
+
+impl AsRawFd for Listener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
+    }
+}
+
+/// Options for an accepted socket, set in the child so the supervisor's accept path stays
+/// short: blocking mode (the handler reads and writes blocking) and, for TCP, TCP_NODELAY so a
+/// small reply leaves at once instead of waiting on Nagle's algorithm.
+pub fn configure_accepted(stream: &Stream) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    if let Stream::Tcp(s) = stream {
+        s.set_nodelay(true)?;
+    }
+    Ok(())
+}
