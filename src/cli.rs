@@ -42,13 +42,13 @@ struct Cli {
     handler: HandlerName,
 
     /// Children alive at once. At the limit new connections wait in the kernel's backlog.
-    #[arg(long, value_name = "N", default_value_t = 64,
+    #[arg(long, value_name = "N", default_value_t = 64, allow_negative_numbers = true,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_children: u32,
 
     /// Length of the kernel's queue of connections not yet accepted (capped by
     /// net.core.somaxconn).
-    #[arg(long, value_name = "N", default_value_t = 1024,
+    #[arg(long, value_name = "N", default_value_t = 1024, allow_negative_numbers = true,
           value_parser = clap::value_parser!(i32).range(1..))]
     backlog: i32,
 

@@ -1,0 +1,369 @@
+//! Test harness: start the real forkd binary on a port of its own choosing, read its log,
+//! talk protocol v1 to it, inspect its descriptors and children, and clean up every process
+//! a test started.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use forkd::addr::Addr;
+use forkd::conn::Stream;
+use forkd::frame::{Frame, FrameReader, Kind, write_frame};
+
+pub const FORKD: &str = env!("CARGO_BIN_EXE_forkd");
+pub const FORKC: &str = env!("CARGO_BIN_EXE_forkc");
+
+/// Long enough for a loaded 2-core machine, short enough that a hang fails the test.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A running forkd, killed with its children when dropped.
+pub struct Forkd {
+    child: Option<Child>,
+    pub pid: i32,
+    /// The addresses from the `start` line, as bound.
+    pub addrs: Vec<String>,
+    log: Arc<Mutex<Vec<String>>>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Forkd {
+    /// Starts forkd logging to stderr. Without a `--listen` in `args` it listens on
+    /// 127.0.0.1 at a port the kernel picks.
+    pub fn start(args: &[&str]) -> Forkd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut all: Vec<String> = vec!["--log".into(), "stderr".into()];
+        if !args.contains(&"--listen") {
+            all.extend(["--listen".into(), "127.0.0.1:0".into()]);
+        }
+        all.extend(args.iter().map(|s| s.to_string()));
+        Forkd::start_with(Command::new(FORKD).args(&all), dir)
+    }
+
+    /// Starts a prepared command (stderr is taken over) and waits for its `start` line.
+    pub fn start_with(cmd: &mut Command, dir: tempfile::TempDir) -> Forkd {
+        let mut forkd = Forkd::spawn(cmd, dir);
+        let start = forkd.wait_log(" start ");
+        forkd.addrs = field(&start, "listen")
+            .expect("listen= in start line")
+            .split(',')
+            .map(str::to_string)
+            .collect();
+        forkd
+    }
+
+    /// Starts forkd with a log level that hides the start line: it is up once `addr` answers.
+    pub fn start_silent(args: &[&str], addr: &str) -> Forkd {
+        let mut cmd = Command::new(FORKD);
+        cmd.args(["--log", "stderr", "--listen", addr]).args(args);
+        let mut forkd = Forkd::spawn(&mut cmd, tempfile::tempdir().unwrap());
+        forkd.addrs = vec![addr.to_string()];
+        let deadline = Instant::now() + PATIENCE;
+        while forkd::client::connect(&forkd.addr(), PATIENCE).is_err() {
+            assert!(Instant::now() < deadline, "forkd never answered on {addr}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        forkd
+    }
+
+    fn spawn(cmd: &mut Command, dir: tempfile::TempDir) -> Forkd {
+        // Whatever the test runner leaked to us stays out of forkd, so descriptor checks can
+        // be exact. close() is async-signal-safe, as pre_exec requires.
+        unsafe {
+            cmd.pre_exec(|| {
+                for fd in 3..1024 {
+                    libc::close(fd);
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn forkd");
+        let pid = child.id() as i32;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Forkd {
+            child: Some(child),
+            pid,
+            addrs: Vec::new(),
+            log,
+            dir,
+        }
+    }
+
+    pub fn addr(&self) -> Addr {
+        self.addrs[0].parse().expect("bound address")
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for a log line containing `pattern` and returns it.
+    pub fn wait_log(&mut self, pattern: &str) -> String {
+        self.wait_log_count(pattern, 1).pop().unwrap()
+    }
+
+    /// Waits until `count` log lines contain `pattern`; returns them.
+    pub fn wait_log_count(&mut self, pattern: &str, count: usize) -> Vec<String> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let hits: Vec<String> = self
+                .log()
+                .into_iter()
+                .filter(|l| l.contains(pattern))
+                .collect();
+            if hits.len() >= count {
+                return hits;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no {count} log lines with {pattern:?} in time; log:\n{}",
+                    self.log().join("\n")
+                );
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "forkd exited ({status}) before logging {pattern:?}; log:\n{}",
+                    self.log().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The pid of the child serving the connection from `local` (the client's own address).
+    pub fn child_for(&mut self, client: &Stream) -> i32 {
+        let Stream::Tcp(s) = client else {
+            panic!("child_for needs a TCP client")
+        };
+        let peer = format!(" peer={} ", s.local_addr().unwrap());
+        let line = self.wait_log(&format!("accept{peer}"));
+        field(&line, "pid").unwrap().parse().unwrap()
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        assert_eq!(unsafe { libc::kill(self.pid, sig) }, 0, "kill {sig}");
+    }
+
+    /// Waits for forkd to exit.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().expect("still ours");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                // Let the log reader take the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return status;
+            }
+            assert!(Instant::now() < deadline, "forkd did not exit in time");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Open descriptors of the supervisor.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .unwrap()
+            .count()
+    }
+
+    /// (pid, state) of every process whose parent is the supervisor.
+    pub fn children(&self) -> Vec<(i32, char)> {
+        children_of(self.pid)
+    }
+
+    /// Waits until the supervisor has no child at all (none running, none a zombie).
+    pub fn wait_no_children(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.children().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "children left: {:?}",
+                self.children()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Forkd {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if child.try_wait().ok().flatten().is_none() {
+            // Children first, while their parent is still the supervisor we started.
+            for (pid, _) in children_of(self.pid) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+    }
+}
+
+/// (pid, state) of every process whose parent is `parent`, from /proc.
+pub fn children_of(parent: i32) -> Vec<(i32, char)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid: i32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        if ppid == parent {
+            out.push((pid, state));
+        }
+    }
+    out
+}
+
+/// The value of `key=` in a log line.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+/// A protocol-v1 client connection for tests.
+pub struct Client {
+    reader: FrameReader<Stream>,
+}
+
+impl Client {
+    pub fn connect(addr: &Addr) -> Client {
+        let stream = forkd::client::connect(addr, PATIENCE).expect("connect");
+        Client {
+            reader: FrameReader::new(stream, u32::MAX),
+        }
+    }
+
+    pub fn stream(&mut self) -> &mut Stream {
+        self.reader.get_mut()
+    }
+
+    pub fn send(&mut self, kind: Kind, payload: &[u8]) {
+        write_frame(self.reader.get_mut(), kind, payload).expect("send frame");
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).expect("send bytes");
+    }
+
+    /// Writes `bytes` from another thread, ignoring errors: for a peer that sends more than
+    /// the server will read before it closes.
+    pub fn send_in_background(&mut self, bytes: Vec<u8>) -> std::thread::JoinHandle<()> {
+        let mut writer = self.reader.get_ref().try_clone().unwrap();
+        std::thread::spawn(move || {
+            let _ = writer.write_all(&bytes);
+        })
+    }
+
+    pub fn recv(&mut self) -> Frame {
+        self.reader
+            .next_frame()
+            .expect("read frame")
+            .expect("a frame, not EOF")
+    }
+
+    /// Sends DATA and returns the reply.
+    pub fn echo(&mut self, payload: &[u8]) -> Frame {
+        self.send(Kind::Data, payload);
+        self.recv()
+    }
+
+    pub fn half_close(&mut self) {
+        self.reader.get_mut().shutdown(Shutdown::Write).unwrap();
+    }
+
+    /// Asserts the server closed: the next read is a clean EOF.
+    pub fn expect_eof(&mut self) {
+        match self.reader.next_frame() {
+            Ok(None) => {}
+            other => panic!("expected EOF, got {other:?}"),
+        }
+    }
+
+    /// Reads whatever raw bytes arrive until EOF.
+    pub fn read_to_end(mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.reader.get_mut().read_to_end(&mut out).expect("read");
+        out
+    }
+}
+
+/// Runs forkc with `args` (and `stdin`), returning (exit code, stdout, stderr).
+pub fn forkc(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
+    let mut child = Command::new(FORKC)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn forkc");
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs forkd expecting it to refuse to start: (exit code, stderr).
+pub fn forkd_fails(args: &[&str]) -> (i32, String) {
+    let out = Command::new(FORKD)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "forkd started with {args:?}");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+pub fn unix_addr(dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let addr = format!("unix:{}", path.display());
+    (path, addr)
+}
