@@ -61,7 +61,13 @@ impl Forkd {
     pub fn start_silent(args: &[&str], addr: &str) -> Forkd {
         let mut cmd = Command::new(FORKD);
         cmd.args(["--log", "stderr", "--listen", addr]).args(args);
-        let mut forkd = Forkd::spawn(&mut cmd, tempfile::tempdir().unwrap());
+        Forkd::spawn_until_answering(&mut cmd, addr)
+    }
+
+    /// Starts a prepared command whose log goes elsewhere (syslog): it is up once `addr`
+    /// answers a connection (which it then serves like any other).
+    pub fn spawn_until_answering(cmd: &mut Command, addr: &str) -> Forkd {
+        let mut forkd = Forkd::spawn(cmd, tempfile::tempdir().unwrap());
         forkd.addrs = vec![addr.to_string()];
         let deadline = Instant::now() + PATIENCE;
         while forkd::client::connect(&forkd.addr(), PATIENCE).is_err() {
