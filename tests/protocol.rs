@@ -203,3 +203,33 @@ fn eof_inside_a_header_gets_error_3() {
     client.half_close();
     assert_error_then_eof(&mut server, client, 3);
 }
+
+/// The shell example of docs/protocol.md, run as written there (with the test's port).
+#[test]
+fn the_documented_netcat_example_runs() {
+    let server = Forkd::start(&[]);
+    let port = server.addrs[0].rsplit(':').next().unwrap().to_string();
+    let doc = include_str!("../docs/protocol.md");
+    let example = doc
+        .lines()
+        .find(|l| l.starts_with("printf ") && l.contains("| nc -N 127.0.0.1 7000"))
+        .expect("example in docs/protocol.md");
+    let expected = doc
+        .lines()
+        .skip_while(|l| *l != example)
+        .nth(1)
+        .unwrap()
+        .trim_start_matches('#')
+        .trim();
+    let command = example.replace("7000", &port);
+    let out = std::process::Command::new("sh")
+        .args(["-c", &command])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expected);
+}
