@@ -3,6 +3,7 @@
 //! ended.
 
 pub mod echo;
+pub mod fault;
 pub mod framed;
 
 use crate::conn::Connection;
@@ -26,12 +27,17 @@ pub trait Handler {
 pub enum HandlerName {
     /// Answers DATA with the same DATA, PING with PONG.
     Echo,
+    /// Echo that commits a fault on request (panic, abort, stack overflow, spin, leak): for
+    /// tests and benchmarks only, so it stays out of --help.
+    #[value(hide = true)]
+    Fault,
 }
 
 impl HandlerName {
     pub fn as_str(self) -> &'static str {
         match self {
             HandlerName::Echo => "echo",
+            HandlerName::Fault => "fault",
         }
     }
 }
@@ -46,5 +52,6 @@ pub struct ProtocolSettings {
 pub fn build(name: HandlerName, settings: ProtocolSettings) -> Box<dyn Handler> {
     match name {
         HandlerName::Echo => Box::new(echo::Echo { settings }),
+        HandlerName::Fault => Box::new(fault::Fault { settings }),
     }
 }

@@ -202,12 +202,20 @@ impl Forkd {
 
     /// Waits until the supervisor has no child at all (none running, none a zombie).
     pub fn wait_no_children(&self) {
+        self.wait_no_children_but(0);
+    }
+
+    /// Waits until the supervisor has exactly `alive` children, none of them a zombie.
+    pub fn wait_no_children_but(&self, alive: usize) {
         let deadline = Instant::now() + PATIENCE;
-        while !self.children().is_empty() {
+        loop {
+            let children = self.children();
+            if children.len() == alive && children.iter().all(|(_, state)| *state != 'Z') {
+                return;
+            }
             assert!(
                 Instant::now() < deadline,
-                "children left: {:?}",
-                self.children()
+                "children: {children:?}, expected {alive}"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -271,6 +279,10 @@ impl Client {
         Client {
             reader: FrameReader::new(stream, u32::MAX),
         }
+    }
+
+    pub fn stream_ref(&self) -> &Stream {
+        self.reader.get_ref()
     }
 
     pub fn stream(&mut self) -> &mut Stream {

@@ -1,0 +1,77 @@
+//! A fault in one child ends that child only: panics, aborts and stack overflows in the
+//! (hidden, test-only) fault handler, while another conversation carries on.
+
+mod common;
+
+use common::{Client, Forkd};
+
+/// Commits `fault` in one conversation and checks the supervisor's `end` line for it, and
+/// that a conversation already open and a new one are both served.
+fn fault_ends_only_its_child(fault: &str, expected_status: &[&str]) -> String {
+    let mut server = Forkd::start(&["--handler", "fault"]);
+    let mut bystander = Client::connect(&server.addr());
+    assert_eq!(bystander.echo(b"before").payload, b"before");
+    let mut victim = Client::connect(&server.addr());
+    assert_eq!(victim.echo(b"echo first").payload, b"echo first");
+    let pid = server.child_for(victim.stream());
+    victim.send(forkd::frame::Kind::Data, fault.as_bytes());
+    let end = server.wait_log(&format!("end peer={}", local(&victim)));
+    assert!(
+        expected_status.iter().any(|s| end.contains(s)),
+        "{fault}: {end}"
+    );
+    assert!(end.contains(&format!("pid={pid} ")), "{end}");
+    assert!(end.contains("warning:"), "{end}");
+    assert_eq!(bystander.echo(b"after").payload, b"after");
+    let mut newcomer = Client::connect(&server.addr());
+    assert_eq!(newcomer.echo(b"new").payload, b"new");
+    server.wait_no_children_but(2);
+    end
+}
+
+fn local(client: &Client) -> String {
+    match client.stream_ref() {
+        forkd::conn::Stream::Tcp(s) => s.local_addr().unwrap().to_string(),
+        forkd::conn::Stream::Unix(_) => unreachable!(),
+    }
+}
+
+#[test]
+fn a_panic_ends_its_child_with_101_and_is_logged() {
+    let end = fault_ends_only_its_child("panic", &["status=exit:101 reason=panic"]);
+    assert!(end.contains("reason=panic"));
+}
+
+#[test]
+fn a_panic_message_reaches_the_log_from_the_child() {
+    let mut server = Forkd::start(&["--handler", "fault"]);
+    let mut victim = Client::connect(&server.addr());
+    let pid = server.child_for(victim.stream());
+    victim.send(forkd::frame::Kind::Data, b"panic");
+    let line = server.wait_log(&format!("panic pid={pid} "));
+    assert!(line.contains("fault handler asked to panic"), "{line}");
+}
+
+#[test]
+fn an_abort_ends_its_child_only() {
+    fault_ends_only_its_child("abort", &["status=signal:SIGABRT"]);
+}
+
+#[test]
+fn a_stack_overflow_ends_its_child_only() {
+    fault_ends_only_its_child(
+        "stack-overflow",
+        &["status=signal:SIGSEGV", "status=signal:SIGABRT"],
+    );
+}
+
+#[test]
+fn the_fault_handler_is_not_in_help() {
+    let out = std::process::Command::new(common::FORKD)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.contains("- echo:"), "{help}");
+    assert!(!help.contains("- fault"), "{help}");
+}
