@@ -1,9 +1,10 @@
 //! What happens in a child between fork() and the end of its connection.
 //!
-//! The child closes what belongs to the supervisor (listeners, the signal pipe), restores
-//! default signal dispositions and an empty mask, leaves the supervisor's process group, runs
-//! the handler and leaves with `_exit`: it never unwinds or returns into the supervisor's code,
-//! and a panic in the handler ends this child only.
+//! The child closes what belongs to the supervisor (listeners, the signal pipe, rejected
+//! connections still draining), restores default signal dispositions and an empty mask, leaves
+//! the supervisor's process group, applies its resource limits, runs the handler and leaves
+//! with `_exit`: it never unwinds or returns into the supervisor's code, and a panic in the
+//! handler ends this child only.
 
 use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe};
@@ -23,14 +24,67 @@ pub const EXIT_FAILED: i32 = 1;
 /// Exit status of a child whose handler panicked (logged by it).
 pub const EXIT_PANIC: i32 = 101;
 
+/// Per-child resource limits (`--rlimit-*`, `--nice`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChildLimits {
+    pub address_space: Option<u64>,
+    pub cpu_seconds: Option<u64>,
+    pub open_files: Option<u64>,
+    pub nice: Option<i32>,
+}
+
+impl ChildLimits {
+    /// Applies the limits to this process. Soft and hard limits are set alike, so a handler
+    /// cannot raise them again; the CPU hard limit is one second above the soft one, so the
+    /// kernel sends SIGXCPU first and SIGKILL only to a process that ignores it.
+    fn apply(&self) -> Result<(), String> {
+        use nix::sys::resource::{Resource, setrlimit};
+        let set = |flag: &str, resource, soft: u64, hard: u64| {
+            setrlimit(resource, soft, hard).map_err(|e| format!("{flag} {soft}: {e}"))
+        };
+        if let Some(bytes) = self.address_space {
+            set("--rlimit-as", Resource::RLIMIT_AS, bytes, bytes)?;
+        }
+        if let Some(secs) = self.cpu_seconds {
+            set(
+                "--rlimit-cpu",
+                Resource::RLIMIT_CPU,
+                secs,
+                secs.saturating_add(1),
+            )?;
+        }
+        if let Some(n) = self.open_files {
+            set("--rlimit-nofile", Resource::RLIMIT_NOFILE, n, n)?;
+        }
+        if let Some(nice) = self.nice {
+            // setpriority is absolute, unlike nice(2); -1 is a valid result, so check errno.
+            let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+            if rc == -1 {
+                return Err(format!("--nice {nice}: {}", Errno::last()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Everything the supervisor hands every child besides its connection.
+#[derive(Clone, Debug, Default)]
+pub struct ChildSetup {
+    /// Descriptors the child must not keep: listeners and the signal pipe.
+    pub supervisor_fds: Vec<RawFd>,
+    pub limits: ChildLimits,
+    pub keepalive: bool,
+}
+
 /// Forks a child to serve `conn`. In the supervisor: the child's pid (the supervisor's copy of
 /// the connection is closed), or the fork error with the connection handed back so the caller
 /// can still tell the peer. In the child: never returns.
 ///
-/// `supervisor_fds` are the descriptors the child must not keep.
+/// `extra_fds` are further supervisor descriptors the child must close (draining sockets).
 pub fn spawn(
     conn: Connection,
-    supervisor_fds: &[RawFd],
+    setup: &ChildSetup,
+    extra_fds: &[RawFd],
     handler: &dyn Handler,
 ) -> Result<Pid, (Errno, Connection)> {
     debug_assert_single_threaded();
@@ -38,17 +92,22 @@ pub fn spawn(
     // child is a full copy with no lock held by a vanished thread.
     match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Parent { child }) => Ok(child),
-        Ok(ForkResult::Child) => run_child(conn, supervisor_fds, handler),
+        Ok(ForkResult::Child) => run_child(conn, setup, extra_fds, handler),
         Err(e) => Err((e, conn)),
     }
 }
 
-fn run_child(conn: Connection, supervisor_fds: &[RawFd], handler: &dyn Handler) -> ! {
+fn run_child(
+    conn: Connection,
+    setup: &ChildSetup,
+    extra_fds: &[RawFd],
+    handler: &dyn Handler,
+) -> ! {
     signals::reset_for_child();
     // An in-process handler writes to a socket its peer may have closed: it should see EPIPE,
     // as Rust code expects, not die of SIGPIPE.
     let _ = signals::ignore_sigpipe();
-    for fd in supervisor_fds {
+    for fd in setup.supervisor_fds.iter().chain(extra_fds) {
         // The supervisor's objects are never dropped here (the child ends in _exit), so
         // closing the raw descriptors cannot double-close.
         unsafe { libc::close(*fd) };
@@ -56,11 +115,16 @@ fn run_child(conn: Connection, supervisor_fds: &[RawFd], handler: &dyn Handler) 
     // Out of the supervisor's process group: a Ctrl-C at the terminal reaches the supervisor,
     // which then grants the grace period, instead of killing every conversation at once.
     let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
-    if let Err(e) = configure_accepted(&conn.stream) {
+    let prepared = setup.limits.apply().and_then(|()| {
+        configure_accepted(&conn.stream, setup.keepalive)
+            .map_err(|e| format!("socket options: {e}"))
+    });
+    if let Err(reason) = prepared {
         log::error!(
-            "error peer={} pid={} reason=\"socket options: {e}\"",
+            "error peer={} pid={} reason={}",
             conn.peer,
-            std::process::id()
+            std::process::id(),
+            crate::logging::quote(&reason)
         );
         exit(EXIT_FAILED);
     }

@@ -4,11 +4,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
 use log::LevelFilter;
 use syslog::Facility;
 
 use crate::addr::Addr;
+use crate::admission::{Cidr, Policy, Rate, Rule, SourcePrefix};
+use crate::child::ChildLimits;
 use crate::handler::HandlerName;
 use crate::logging::{LogOptions, Target};
 
@@ -62,6 +64,89 @@ struct Cli {
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     grace: Duration,
 
+    /// A child that receives no complete frame for this long (counted from its last reply;
+    /// partial bytes do not count) answers ERROR 7 and closes. 0 turns it off.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs,
+          help_heading = "Limits")]
+    idle_timeout: Duration,
+
+    /// End a child older than this whatever it is doing: SIGTERM, then SIGKILL a second
+    /// later. Off by default.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, help_heading = "Limits")]
+    max_lifetime: Option<Duration>,
+
+    /// Admit clients from this address or network (10.0.0.0/8, 2001:db8::/32, 127.0.0.1).
+    /// Repeatable; --allow and --deny are checked in command-line order, the first match
+    /// wins, and an address no rule matches is admitted.
+    #[arg(long, value_name = "CIDR", help_heading = "Admission")]
+    allow: Vec<Cidr>,
+
+    /// Refuse clients from this address or network with ERROR 5, without a fork.
+    #[arg(long, value_name = "CIDR", help_heading = "Admission")]
+    deny: Vec<Cidr>,
+
+    /// At most N children at once per source; more get ERROR 4, without a fork.
+    #[arg(long, value_name = "N", help_heading = "Admission",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    per_source: Option<u32>,
+
+    /// Leading bits of an IPv4:IPv6 address that make one source, for --per-source and
+    /// --rate: 24:64 counts a /24 or a /64 as one client.
+    #[arg(
+        long,
+        value_name = "V4:V6",
+        default_value = "32:128",
+        help_heading = "Admission"
+    )]
+    per_source_prefix: SourcePrefix,
+
+    /// At most N new connections per SECS seconds per source (a token bucket, e.g. 20/1);
+    /// more get ERROR 6, without a fork.
+    #[arg(long, value_name = "N/SECS", help_heading = "Admission")]
+    rate: Option<Rate>,
+
+    /// At --max-children: defer leaves new connections in the kernel's backlog until a child
+    /// exits; reject answers them ERROR 4 at once.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "defer|reject",
+        default_value = "defer",
+        help_heading = "Admission"
+    )]
+    overload: Overload,
+
+    /// Address-space limit of each child (RLIMIT_AS), K, M, G suffixes.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes_u64, help_heading = "Children")]
+    rlimit_as: Option<u64>,
+
+    /// CPU seconds each child may use (RLIMIT_CPU); then the kernel sends SIGXCPU.
+    #[arg(long, value_name = "SECS", help_heading = "Children")]
+    rlimit_cpu: Option<u64>,
+
+    /// Open descriptors each child may have (RLIMIT_NOFILE).
+    #[arg(long, value_name = "N", help_heading = "Children")]
+    rlimit_nofile: Option<u64>,
+
+    /// Scheduling priority of each child, -20 (first) to 19 (last).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, help_heading = "Children",
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    nice: Option<i32>,
+
+    /// Once the listeners are bound, drop to this user (its primary group unless --group,
+    /// no supplementary groups) before accepting anything.
+    #[arg(long, value_name = "NAME", help_heading = "Children")]
+    user: Option<String>,
+
+    /// Once the listeners are bound, drop to this group.
+    #[arg(long, value_name = "NAME", help_heading = "Children")]
+    group: Option<String>,
+
+    /// Do not set SO_KEEPALIVE on accepted TCP connections (set by default, so a peer that
+    /// vanished is noticed even without --idle-timeout).
+    #[arg(long, help_heading = "Children")]
+    no_keepalive: bool,
+
     /// Where the log goes. Without a reachable syslog socket forkd says so and uses stderr.
     #[arg(
         long,
@@ -92,6 +177,13 @@ struct Cli {
     quiet: u8,
 }
 
+/// What happens to a connection arriving at --max-children.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Overload {
+    Defer,
+    Reject,
+}
+
 /// Everything forkd was asked to do, checked.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -101,6 +193,15 @@ pub struct Config {
     pub backlog: i32,
     pub max_frame: u32,
     pub grace: Duration,
+    /// `None`: off.
+    pub idle_timeout: Option<Duration>,
+    pub max_lifetime: Option<Duration>,
+    pub admission: Policy,
+    pub overload: Overload,
+    pub child_limits: ChildLimits,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub keepalive: bool,
     pub log: LogOptions,
     pub pidfile: Option<PathBuf>,
 }
@@ -136,10 +237,11 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(args) {
-        Ok(cli) => cli,
-        Err(e) => return Err(clap_error(e)),
-    };
+    let matches = Cli::command()
+        .try_get_matches_from(args)
+        .map_err(clap_error)?;
+    let cli = Cli::from_arg_matches(&matches).map_err(clap_error)?;
+    let rules = rules_in_order(&matches);
     let level = match (cli.verbose, cli.quiet) {
         (0, 0) => LevelFilter::Info,
         (1, _) => LevelFilter::Debug,
@@ -154,6 +256,24 @@ where
         backlog: cli.backlog,
         max_frame: cli.max_frame,
         grace: cli.grace,
+        idle_timeout: Some(cli.idle_timeout).filter(|d| !d.is_zero()),
+        max_lifetime: cli.max_lifetime,
+        admission: Policy {
+            rules,
+            per_source: cli.per_source,
+            source_prefix: cli.per_source_prefix,
+            rate: cli.rate,
+        },
+        overload: cli.overload,
+        child_limits: ChildLimits {
+            address_space: cli.rlimit_as,
+            cpu_seconds: cli.rlimit_cpu,
+            open_files: cli.rlimit_nofile,
+            nice: cli.nice,
+        },
+        user: cli.user,
+        group: cli.group,
+        keepalive: !cli.no_keepalive,
         log: LogOptions {
             target: cli.log,
             facility: cli.syslog_facility,
@@ -162,6 +282,23 @@ where
         },
         pidfile: cli.pidfile,
     })
+}
+
+/// --allow and --deny as one list in command-line order, since the first match wins.
+fn rules_in_order(matches: &ArgMatches) -> Vec<Rule> {
+    let mut indexed: Vec<(usize, Rule)> = Vec::new();
+    for (id, allow) in [("allow", true), ("deny", false)] {
+        if let (Some(indices), Some(nets)) = (matches.indices_of(id), matches.get_many::<Cidr>(id))
+        {
+            indexed.extend(
+                indices
+                    .zip(nets)
+                    .map(|(i, net)| (i, Rule { allow, net: *net })),
+            );
+        }
+    }
+    indexed.sort_by_key(|(i, _)| *i);
+    indexed.into_iter().map(|(_, rule)| rule).collect()
 }
 
 /// Help and version are printed whole; any other clap error becomes one line, its first
@@ -187,8 +324,14 @@ pub fn clap_error(e: clap::Error) -> Stop {
     }
 }
 
-/// `1048576`, `64K`, `1M`, `1G` (powers of 1024; `KiB`, `MiB`, `GiB` too).
+/// A byte count that fits a frame's 32-bit length field (see [`parse_bytes_u64`]).
 pub fn parse_bytes(s: &str) -> Result<u32, String> {
+    let n = parse_bytes_u64(s)?;
+    u32::try_from(n).map_err(|_| format!("'{s}' is more than {} bytes", u32::MAX))
+}
+
+/// `1048576`, `64K`, `1M`, `1G` (powers of 1024; `KiB`, `MiB`, `GiB` too).
+pub fn parse_bytes_u64(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
@@ -203,8 +346,7 @@ pub fn parse_bytes(s: &str) -> Result<u32, String> {
         .parse()
         .map_err(|_| format!("'{s}' is not a byte count"))?;
     n.checked_mul(scale)
-        .and_then(|b| u32::try_from(b).ok())
-        .ok_or_else(|| format!("'{s}' is more than {} bytes", u32::MAX))
+        .ok_or_else(|| format!("'{s}' is too many bytes"))
 }
 
 /// Seconds, whole or fractional: `10`, `0.5`.
@@ -251,6 +393,48 @@ mod tests {
         assert_eq!(c.log.target, Target::Syslog);
         assert_eq!(c.log.facility as u32, Facility::LOG_DAEMON as u32);
         assert_eq!(c.log.level, LevelFilter::Info);
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(c.max_lifetime, None);
+        assert_eq!(c.overload, Overload::Defer);
+        assert!(c.keepalive);
+        assert!(c.admission.rules.is_empty());
+        assert_eq!(c.admission.source_prefix, SourcePrefix { v4: 32, v6: 128 });
+    }
+
+    #[test]
+    fn allow_and_deny_keep_command_line_order() {
+        let c = run(&[
+            "--listen",
+            ":1",
+            "--deny",
+            "10.0.0.1",
+            "--allow",
+            "10.0.0.0/8",
+            "--deny",
+            "0.0.0.0/0",
+        ]);
+        let order: Vec<(bool, String)> = c
+            .admission
+            .rules
+            .iter()
+            .map(|r| (r.allow, r.net.to_string()))
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                (false, "10.0.0.1/32".to_string()),
+                (true, "10.0.0.0/8".to_string()),
+                (false, "0.0.0.0/0".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn zero_idle_timeout_is_off() {
+        assert_eq!(
+            run(&["--listen", ":1", "--idle-timeout", "0"]).idle_timeout,
+            None
+        );
     }
 
     #[test]
@@ -283,6 +467,18 @@ mod tests {
                 "--syslog-facility",
             ),
             (&["--listen", ":1", "--bogus"][..], "--bogus"),
+            (&["--listen", ":1", "--allow", "10.0.0.0/40"][..], "--allow"),
+            (&["--listen", ":1", "--rate", "fast"][..], "--rate"),
+            (
+                &["--listen", ":1", "--per-source-prefix", "24"][..],
+                "--per-source-prefix",
+            ),
+            (&["--listen", ":1", "--nice", "-30"][..], "--nice"),
+            (&["--listen", ":1", "--overload", "drop"][..], "--overload"),
+            (
+                &["--listen", ":1", "--rlimit-as", "lots"][..],
+                "--rlimit-as",
+            ),
             (&[][..], "--listen"),
         ] {
             let msg = invalid(args);

@@ -7,14 +7,17 @@
 //! (`handler`), and how it is isolated (`child`: a forked process).
 
 pub mod addr;
+pub mod admission;
 pub mod child;
 pub mod cli;
 pub mod client;
 pub mod conn;
+pub mod drain;
 pub mod frame;
 pub mod handler;
 pub mod listen;
 pub mod logging;
 pub mod pidfile;
+pub mod privilege;
 pub mod signals;
 pub mod supervisor;

@@ -198,10 +198,18 @@ impl Listener {
         }
     }
 
-    /// Removes the socket file of a Unix listener, if it is still ours.
+    /// Removes the socket file of a Unix listener. Failing (forkd dropped to a user that may
+    /// not write the directory) is logged, not fatal.
     pub fn remove_socket_file(&self) {
-        if let Listener::Unix { path, .. } = self {
-            let _ = std::fs::remove_file(path);
+        if let Listener::Unix { path, .. } = self
+            && let Err(e) = std::fs::remove_file(path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            log::warn!(
+                "stop listen=unix:{} reason={}",
+                path.display(),
+                crate::logging::quote(&format!("cannot remove socket file: {e}"))
+            );
         }
     }
 }
@@ -223,11 +231,13 @@ impl AsRawFd for Listener {
 
 /// Options for an accepted socket, set in the child so the supervisor's accept path stays
 /// short: blocking mode (the handler reads and writes blocking) and, for TCP, TCP_NODELAY so a
-/// small reply leaves at once instead of waiting on Nagle's algorithm.
-pub fn configure_accepted(stream: &Stream) -> io::Result<()> {
+/// small reply leaves at once instead of waiting on Nagle's algorithm, and SO_KEEPALIVE (unless
+/// `--no-keepalive`) so a peer that vanished without a word is eventually noticed.
+pub fn configure_accepted(stream: &Stream, keepalive: bool) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     if let Stream::Tcp(s) = stream {
         s.set_nodelay(true)?;
+        socket::setsockopt(s, sockopt::KeepAlive, &keepalive).map_err(io::Error::from)?;
     }
     Ok(())
 }

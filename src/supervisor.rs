@@ -1,12 +1,14 @@
-//! The supervisor: one thread, one poll loop over the listeners and the signal pipe.
+//! The supervisor: one thread, one poll loop over the listeners, the signal pipe and rejected
+//! connections draining.
 //!
-//! It accepts, forks a child per connection, reaps children on SIGCHLD, and shuts down on
-//! SIGTERM/SIGINT with a grace period. At `--max-children` it leaves the listeners out of the
-//! poll set, so new connections wait in the kernel's backlog and nothing is refused. It never
-//! reads client data; the only bytes it writes to a client are a best-effort ERROR frame when
-//! it cannot fork.
+//! It accepts, decides admission before any fork, forks a child per admitted connection, reaps
+//! children on SIGCHLD, ends children that outlive `--max-lifetime`, and shuts down on
+//! SIGTERM/SIGINT with a grace period. At `--max-children` it either leaves the listeners out
+//! of the poll set (`--overload defer`: new connections wait in the kernel's backlog) or keeps
+//! accepting to reject (`--overload reject`). It never reads client data; the only bytes it
+//! writes to a client are a best-effort ERROR frame when it turns a connection away.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, Instant};
@@ -17,13 +19,17 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use crate::child::{self, EXIT_PANIC};
-use crate::cli::Config;
+use crate::admission::{Admission, Refusal};
+use crate::child::{self, ChildSetup, EXIT_PANIC};
+use crate::cli::{Config, Overload};
 use crate::conn::{Connection, Peer};
+use crate::drain::Drains;
 use crate::frame::{ErrorCode, Frame};
 use crate::handler::{self, Handler, ProtocolSettings};
 use crate::listen::{self, Listener};
+use crate::logging::quote;
 use crate::pidfile::Pidfile;
+use crate::privilege;
 use crate::signals::SignalPipe;
 
 /// Connections accepted from one listener per wake-up, so one busy listener cannot starve
@@ -33,43 +39,55 @@ const ACCEPT_BATCH: usize = 32;
 /// How long the listeners rest after accept() ran out of descriptors or memory.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Binds, writes the pidfile, serves until SIGTERM/SIGINT, cleans up. Errors are the start-up
-/// failures, as one line each.
+/// Between the SIGTERM and the SIGKILL for a child past `--max-lifetime`.
+const LIFETIME_KILL_DELAY: Duration = Duration::from_secs(1);
+
+/// `reject` lines logged per second at most; the rest are counted in a summary line.
+const REJECT_LINES_PER_SEC: u32 = 20;
+
+/// Binds, drops privileges, writes the pidfile, serves until SIGTERM/SIGINT, cleans up.
+/// Errors are the start-up failures, as one line each.
 pub fn run(config: &Config) -> Result<(), String> {
+    let identity = privilege::resolve(config.user.as_deref(), config.group.as_deref())?;
     let listeners = listen::bind_all(&config.listen, config.backlog).map_err(|e| e.to_string())?;
-    let cleanup_listeners =
-        |listeners: &[Listener]| listeners.iter().for_each(Listener::remove_socket_file);
-    let signals = match SignalPipe::install() {
-        Ok(s) => s,
-        Err(e) => {
-            cleanup_listeners(&listeners);
-            return Err(format!("cannot install signal handlers: {e}"));
-        }
+    let cleanup = |listeners: &[Listener], e: String| {
+        listeners.iter().for_each(Listener::remove_socket_file);
+        e
     };
-    let pidfile = match config.pidfile.as_deref().map(Pidfile::write).transpose() {
-        Ok(p) => p,
-        Err(e) => {
-            cleanup_listeners(&listeners);
-            return Err(e);
-        }
-    };
+    let signals = SignalPipe::install()
+        .map_err(|e| cleanup(&listeners, format!("cannot install signal handlers: {e}")))?;
+    // The pidfile is written while still root, so it may live in /run.
+    let pidfile = config
+        .pidfile
+        .as_deref()
+        .map(Pidfile::write)
+        .transpose()
+        .map_err(|e| cleanup(&listeners, e))?;
+    if let Some(id) = &identity {
+        privilege::drop_to(id).map_err(|e| cleanup(&listeners, e))?;
+    }
     let handler = handler::build(
         config.handler,
         ProtocolSettings {
             max_frame: config.max_frame,
+            idle_timeout: config.idle_timeout,
         },
     );
     let names: Vec<String> = listeners.iter().map(Listener::local_name).collect();
     log::info!(
-        "start version={} pid={} listen={} handler={} max_children={} max_frame={} grace={}s",
+        "start version={} pid={} listen={} handler={} max_children={} max_frame={} grace={}s user={}",
         env!("CARGO_PKG_VERSION"),
         std::process::id(),
         names.join(","),
         config.handler.as_str(),
         config.max_children,
         config.max_frame,
-        config.grace.as_secs_f64()
+        config.grace.as_secs_f64(),
+        nix::unistd::Uid::effective(),
     );
+    if nix::unistd::Uid::effective().is_root() {
+        log::warn!("start user=root reason=\"serving as root: use --user to drop privileges\"");
+    }
     let mut supervisor = Supervisor::new(config, listeners, signals, handler);
     supervisor.serve();
     if let Some(p) = pidfile {
@@ -89,18 +107,34 @@ enum Ended {
     Signal(Signal, bool),
 }
 
+/// What one poll reported.
+#[derive(Default)]
+struct Ready {
+    signals: bool,
+    listeners: Vec<usize>,
+    drains: Vec<usize>,
+}
+
 struct Supervisor {
     listeners: Vec<Listener>,
     signals: SignalPipe,
     handler: Box<dyn Handler>,
     max_children: usize,
+    overload: Overload,
     grace: Duration,
+    max_lifetime: Option<Duration>,
     children: HashMap<Pid, ChildRecord>,
-    /// Descriptors a child closes: the listeners and the signal pipe.
-    supervisor_fds: Vec<RawFd>,
+    /// Children in start order with the moment they outlive `--max-lifetime`.
+    lifetimes: VecDeque<(Instant, Pid, Instant)>,
+    /// Children sent SIGTERM for their lifetime, with the moment SIGKILL follows.
+    kills_due: VecDeque<(Instant, Pid, Instant)>,
+    admission: Admission,
+    drains: Drains,
+    setup: ChildSetup,
     /// Set after accept() failed for lack of resources: the listeners rest until then.
     accept_resume_at: Option<Instant>,
     accept_failures: LogThrottle,
+    rejects: RejectLog,
     accepted_total: u64,
     at_limit: bool,
 }
@@ -119,11 +153,22 @@ impl Supervisor {
             signals,
             handler,
             max_children: config.max_children as usize,
+            overload: config.overload,
             grace: config.grace,
+            max_lifetime: config.max_lifetime,
             children: HashMap::new(),
-            supervisor_fds,
+            lifetimes: VecDeque::new(),
+            kills_due: VecDeque::new(),
+            admission: Admission::new(config.admission.clone()),
+            drains: Drains::default(),
+            setup: ChildSetup {
+                supervisor_fds,
+                limits: config.child_limits,
+                keepalive: config.keepalive,
+            },
             accept_resume_at: None,
             accept_failures: LogThrottle::default(),
+            rejects: RejectLog::default(),
             accepted_total: 0,
             at_limit: false,
         }
@@ -140,36 +185,52 @@ impl Supervisor {
             if self.accept_resume_at.is_some_and(|t| t <= now) {
                 self.accept_resume_at = None;
             }
+            self.enforce_lifetimes(now);
+            self.rejects.flush_if_due(now);
             self.note_limit();
-            let accepting =
-                self.children.len() < self.max_children && self.accept_resume_at.is_none();
-            let timeout = self
-                .accept_resume_at
-                .map(|t| t.saturating_duration_since(now));
-            let (signalled, ready) = match self.wait(accepting, timeout) {
-                Some(r) => r,
-                None => continue,
-            };
-            if signalled {
-                for sig in self.signals.drain() {
-                    if matches!(sig, Signal::SIGTERM | Signal::SIGINT) {
-                        self.reap();
-                        self.shut_down(sig);
-                        return;
-                    }
-                }
-                self.reap();
+            let below_limit = self.children.len() < self.max_children;
+            let accepting = self.accept_resume_at.is_none()
+                && (below_limit || self.overload == Overload::Reject);
+            let ready = self.wait(accepting, self.next_timer());
+            if !ready.drains.is_empty() || !self.drains.is_empty() {
+                self.drains.service(&ready.drains, Instant::now());
             }
-            for index in ready {
+            if ready.signals {
+                let stop = self
+                    .signals
+                    .drain()
+                    .into_iter()
+                    .find(|s| matches!(s, Signal::SIGTERM | Signal::SIGINT));
+                self.reap();
+                if let Some(sig) = stop {
+                    self.shut_down(sig);
+                    return;
+                }
+            }
+            for index in ready.listeners {
                 self.accept_from(index);
             }
         }
     }
 
-    /// One poll. Returns whether the signal pipe is readable and which listeners are, or
-    /// `None` if poll was interrupted or timed out.
-    fn wait(&self, accepting: bool, timeout: Option<Duration>) -> Option<(bool, Vec<usize>)> {
+    /// The earliest moment the loop has something to do without an event.
+    fn next_timer(&self) -> Option<Instant> {
+        [
+            self.accept_resume_at,
+            self.drains.next_deadline(),
+            self.lifetimes.front().map(|(t, _, _)| *t),
+            self.kills_due.front().map(|(t, _, _)| *t),
+            self.rejects.flush_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// One poll over the signal pipe, the listeners (if `accepting`) and draining sockets.
+    fn wait(&self, accepting: bool, until: Option<Instant>) -> Ready {
         let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+        let listeners = if accepting { self.listeners.len() } else { 0 };
         if accepting {
             fds.extend(
                 self.listeners
@@ -177,45 +238,62 @@ impl Supervisor {
                     .map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN)),
             );
         }
+        fds.extend(
+            self.drains
+                .fds()
+                .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
+        );
+        let timeout = until.map(|t| t.saturating_duration_since(Instant::now()));
         match nix::poll::poll(&mut fds, poll_timeout(timeout)) {
-            Ok(0) | Err(Errno::EINTR) => return None,
+            Ok(0) | Err(Errno::EINTR) => return Ready::default(),
             Ok(_) => {}
             Err(e) => {
-                // poll only fails on EINTR, EINVAL or ENOMEM; rest rather than spin.
+                // poll fails only on EINTR, EINVAL or ENOMEM; rest rather than spin.
                 log::error!("status reason=\"poll: {e}\"");
                 std::thread::sleep(ACCEPT_BACKOFF);
-                return None;
+                return Ready::default();
             }
         }
         let readable = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-        let signalled = readable(&fds[0]);
-        let ready = fds[1..]
-            .iter()
-            .enumerate()
-            .filter(|(_, fd)| readable(fd))
-            .map(|(i, _)| i)
-            .collect();
-        Some((signalled, ready))
+        // Indices relative to the start of each group.
+        let ready_in = |range: std::ops::Range<usize>| -> Vec<usize> {
+            fds[range]
+                .iter()
+                .enumerate()
+                .filter(|(_, fd)| readable(fd))
+                .map(|(i, _)| i)
+                .collect()
+        };
+        Ready {
+            signals: readable(&fds[0]),
+            listeners: ready_in(1..1 + listeners),
+            drains: ready_in(1 + listeners..fds.len()),
+        }
     }
 
     /// Logs the moments the child limit is reached and left, so the log shows when
-    /// connections were waiting in the backlog.
+    /// connections were waiting in the backlog (or being turned away).
     fn note_limit(&mut self) {
         let at_limit = self.children.len() >= self.max_children;
         if at_limit != self.at_limit {
             self.at_limit = at_limit;
-            let accepting = if at_limit { "paused" } else { "resumed" };
+            let accepting = match (at_limit, self.overload) {
+                (false, _) => "resumed",
+                (true, Overload::Defer) => "paused",
+                (true, Overload::Reject) => "rejecting",
+            };
             log::info!("status active={} accepting={accepting}", self.active());
         }
     }
 
     fn accept_from(&mut self, index: usize) {
         for _ in 0..ACCEPT_BATCH {
-            if self.children.len() >= self.max_children {
+            let at_limit = self.children.len() >= self.max_children;
+            if at_limit && self.overload == Overload::Defer {
                 return;
             }
             match self.listeners[index].accept() {
-                Ok(conn) => self.spawn(conn, index),
+                Ok(conn) => self.admit(conn, index, at_limit),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // The peer gave up between the handshake and accept(): nothing to serve.
@@ -237,22 +315,64 @@ impl Supervisor {
             log::warn!(
                 "status listen={} reason={} failures={count} backoff_ms={}",
                 self.listeners[index].local_name(),
-                crate::logging::quote(&format!("accept: {e}")),
+                quote(&format!("accept: {e}")),
                 ACCEPT_BACKOFF.as_millis()
             );
         }
     }
 
+    /// Admission, then a child, or a rejection.
+    fn admit(&mut self, conn: Connection, index: usize, at_limit: bool) {
+        let now = Instant::now();
+        let verdict = self.admission.check(&conn.peer, now).and_then(|()| {
+            if at_limit {
+                Err(Refusal {
+                    code: ErrorCode::Busy,
+                    reason: "overload",
+                    message: format!("server at its limit of {} connections", self.max_children),
+                })
+            } else {
+                Ok(())
+            }
+        });
+        match verdict {
+            Ok(()) => self.spawn(conn, index),
+            Err(refusal) => self.reject(conn, index, refusal),
+        }
+    }
+
+    fn reject(&mut self, conn: Connection, index: usize, refusal: Refusal) {
+        let now = Instant::now();
+        if self.rejects.admit_line(now) {
+            log::info!(
+                "reject peer={} listen={} reason={} code={} active={}",
+                conn.peer,
+                self.listeners[index].local_name(),
+                refusal.reason,
+                refusal.code as u16,
+                self.active()
+            );
+        }
+        let error = Frame::error(refusal.code, &refusal.message);
+        self.drains.reject(conn.stream, &error, now);
+    }
+
     fn spawn(&mut self, conn: Connection, index: usize) {
         let peer = conn.peer.clone();
-        match child::spawn(conn, &self.supervisor_fds, self.handler.as_ref()) {
+        let draining = self.drains.raw_fds();
+        match child::spawn(conn, &self.setup, &draining, self.handler.as_ref()) {
             Ok(pid) => {
+                let started = Instant::now();
                 self.accepted_total += 1;
+                self.admission.started(&peer);
+                if let Some(lifetime) = self.max_lifetime {
+                    self.lifetimes.push_back((started + lifetime, pid, started));
+                }
                 self.children.insert(
                     pid,
                     ChildRecord {
                         peer: peer.clone(),
-                        started: Instant::now(),
+                        started,
                     },
                 );
                 log::info!(
@@ -263,16 +383,58 @@ impl Supervisor {
             }
             Err((e, conn)) => {
                 log::error!(
-                    "reject peer={peer} reason=\"fork: {e}\" active={}",
+                    "reject peer={peer} reason=fork code=4 error={} active={}",
+                    quote(&e.to_string()),
                     self.active()
                 );
-                // Best effort, never blocking the loop: the peer learns why it is dropped.
-                let mut stream = conn.stream;
-                if stream.set_nonblocking(true).is_ok() {
-                    let _ = Frame::error(ErrorCode::Busy, "server cannot start a process")
-                        .write_to(&mut stream);
-                }
+                let error = Frame::error(ErrorCode::Busy, "server cannot start a process");
+                self.drains.reject(conn.stream, &error, Instant::now());
             }
+        }
+    }
+
+    /// Whether `pid` is still the child that started at `started` (pids are reused).
+    fn is_child(&self, pid: Pid, started: Instant) -> bool {
+        self.children
+            .get(&pid)
+            .is_some_and(|c| c.started == started)
+    }
+
+    /// SIGTERM to children past `--max-lifetime`, SIGKILL to those still there a moment
+    /// later. A process can be ended whatever it is doing, even spinning inside its handler:
+    /// the reason to fork.
+    fn enforce_lifetimes(&mut self, now: Instant) {
+        while let Some(&(due, pid, started)) = self.lifetimes.front() {
+            if due > now {
+                break;
+            }
+            self.lifetimes.pop_front();
+            if !self.is_child(pid, started) {
+                continue;
+            }
+            let _ = kill(pid, Signal::SIGTERM);
+            log::warn!(
+                "status pid={pid} peer={} action=SIGTERM reason=max-lifetime age={:.3}s",
+                self.children[&pid].peer,
+                started.elapsed().as_secs_f64()
+            );
+            self.kills_due
+                .push_back((now + LIFETIME_KILL_DELAY, pid, started));
+        }
+        while let Some(&(due, pid, started)) = self.kills_due.front() {
+            if due > now {
+                break;
+            }
+            self.kills_due.pop_front();
+            if !self.is_child(pid, started) {
+                continue;
+            }
+            let _ = kill(pid, Signal::SIGKILL);
+            log::warn!(
+                "status pid={pid} peer={} action=SIGKILL reason=max-lifetime age={:.3}s",
+                self.children[&pid].peer,
+                started.elapsed().as_secs_f64()
+            );
         }
     }
 
@@ -298,6 +460,7 @@ impl Supervisor {
         let Some(record) = self.children.remove(&pid) else {
             return;
         };
+        self.admission.ended(&record.peer);
         let duration = record.started.elapsed().as_secs_f64();
         let active = self.active();
         let peer = record.peer;
@@ -321,6 +484,9 @@ impl Supervisor {
         for listener in self.listeners.drain(..) {
             listener.remove_socket_file();
         }
+        self.drains.clear();
+        self.rejects
+            .flush_if_due(Instant::now() + Duration::from_secs(3600));
         log::info!(
             "stop signal={} active={} grace={}s",
             sig.as_str(),
@@ -329,11 +495,16 @@ impl Supervisor {
         );
         let deadline = Instant::now() + self.grace;
         while !self.children.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            let now = Instant::now();
+            if deadline <= now {
                 break;
             }
-            if let Some((true, _)) = self.wait(false, Some(left)) {
+            self.enforce_lifetimes(now);
+            let until = [Some(deadline), self.next_timer()]
+                .into_iter()
+                .flatten()
+                .min();
+            if self.wait(false, until).signals {
                 let again = self
                     .signals
                     .drain()
@@ -394,5 +565,53 @@ impl LogThrottle {
         }
         self.last = Some(Instant::now());
         Some(std::mem::take(&mut self.count))
+    }
+}
+
+/// At most [`REJECT_LINES_PER_SEC`] `reject` lines a second; the rest are counted and
+/// reported in one `reject suppressed=N` line when the second is over, never dropped silently.
+#[derive(Default)]
+struct RejectLog {
+    window_start: Option<Instant>,
+    lines: u32,
+    suppressed: u64,
+}
+
+impl RejectLog {
+    /// Whether this rejection gets its own line.
+    fn admit_line(&mut self, now: Instant) -> bool {
+        self.flush_if_due(now);
+        let start = *self.window_start.get_or_insert(now);
+        if now.duration_since(start) >= Duration::from_secs(1) {
+            self.window_start = Some(now);
+            self.lines = 0;
+        }
+        if self.lines < REJECT_LINES_PER_SEC {
+            self.lines += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    /// When the summary of suppressed lines is due, if any are pending.
+    fn flush_due(&self) -> Option<Instant> {
+        if self.suppressed == 0 {
+            return None;
+        }
+        self.window_start.map(|s| s + Duration::from_secs(1))
+    }
+
+    fn flush_if_due(&mut self, now: Instant) {
+        if self.flush_due().is_some_and(|due| due <= now) {
+            log::info!(
+                "reject suppressed={} reason=\"more than {REJECT_LINES_PER_SEC} rejections in 1s\"",
+                self.suppressed
+            );
+            self.suppressed = 0;
+            self.window_start = None;
+            self.lines = 0;
+        }
     }
 }

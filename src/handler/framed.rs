@@ -2,11 +2,12 @@
 //!
 //! The session owns everything the protocol says regardless of handler: PING is answered with
 //! PONG carrying the same payload; a frame a client may not send, an oversize header, an
-//! unknown kind or a stream cut inside a frame is answered with an ERROR frame, logged, and
-//! the connection closed so that the ERROR still reaches the peer. A [`Responder`] only
-//! decides what a DATA request gets.
+//! unknown kind, a stream cut inside a frame or a peer idle past `--idle-timeout` is answered
+//! with an ERROR frame, logged, and the connection closed so that the ERROR still reaches the
+//! peer. A [`Responder`] only decides what a DATA request gets.
 
-use std::io;
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
 
 use super::{Outcome, ProtocolSettings};
 use crate::conn::{Connection, Stream};
@@ -32,13 +33,30 @@ pub fn serve(
     responder: &mut dyn Responder,
 ) -> Outcome {
     let Connection { stream, peer } = conn;
-    let mut reader = FrameReader::new(stream, settings.max_frame);
+    if let Some(idle) = settings.idle_timeout {
+        // A peer that takes no reply for this long is as idle as one that sends nothing.
+        let _ = stream.set_write_timeout(Some(idle));
+    }
+    let timed = IdleClock {
+        stream,
+        deadline: None,
+    };
+    let mut reader = FrameReader::new(timed, settings.max_frame);
     let failure = loop {
+        // The clock starts after the last reply; bytes of a partial frame do not reset it.
+        reader.get_mut().deadline = settings.idle_timeout.map(|idle| Instant::now() + idle);
         let frame = match reader.next_frame() {
             Ok(Some(frame)) => frame,
             // A half-close at a frame boundary: every reply was written before this read.
             Ok(None) => return Outcome::Clean,
             Err(ReadError::Protocol(e)) => break Failure::Protocol(e.code(), e.to_string()),
+            Err(ReadError::Io(e)) if timed_out(&e) => {
+                let idle = settings.idle_timeout.unwrap_or_default();
+                break Failure::Protocol(
+                    ErrorCode::Timeout,
+                    format!("idle timeout: no complete frame in {}s", idle.as_secs_f64()),
+                );
+            }
             Err(ReadError::Io(e)) => break Failure::Io("read", e),
         };
         let written = match frame.kind {
@@ -66,7 +84,7 @@ pub fn serve(
     };
     let reason = match failure {
         Failure::Protocol(code, reason) => {
-            let mut stream: Stream = reader.into_inner();
+            let mut stream: Stream = reader.into_inner().stream;
             let sent = Frame::error(code, &reason).write_to(&mut stream);
             stream.close_after_error();
             format!(
@@ -89,4 +107,45 @@ pub fn serve(
 enum Failure {
     Protocol(ErrorCode, String),
     Io(&'static str, io::Error),
+}
+
+/// A read timeout shows as EAGAIN (or ETIMEDOUT) on a blocking socket.
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// The connection with the idle clock: no read waits past `deadline`.
+struct IdleClock {
+    stream: Stream,
+    deadline: Option<Instant>,
+}
+
+impl Read for IdleClock {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left < Duration::from_millis(1) {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            self.stream.set_read_timeout(Some(left))?;
+        }
+        self.stream.read(buf)
+    }
+}
+
+impl Write for IdleClock {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.stream.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }

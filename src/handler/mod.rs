@@ -46,6 +46,8 @@ impl HandlerName {
 #[derive(Clone, Copy, Debug)]
 pub struct ProtocolSettings {
     pub max_frame: u32,
+    /// How long a complete request may take to arrive after the last reply; `None`: forever.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// The handler a name stands for.

@@ -48,7 +48,7 @@ impl Forkd {
     /// Starts a prepared command (stderr is taken over) and waits for its `start` line.
     pub fn start_with(cmd: &mut Command, dir: tempfile::TempDir) -> Forkd {
         let mut forkd = Forkd::spawn(cmd, dir);
-        let start = forkd.wait_log(" start ");
+        let start = forkd.wait_log(" start version=");
         forkd.addrs = field(&start, "listen")
             .expect("listen= in start line")
             .split(',')
@@ -123,7 +123,7 @@ impl Forkd {
 
     /// Waits for a log line containing `pattern` and returns it.
     pub fn wait_log(&mut self, pattern: &str) -> String {
-        self.wait_log_count(pattern, 1).pop().unwrap()
+        self.wait_log_count(pattern, 1).swap_remove(0)
     }
 
     /// Waits until `count` log lines contain `pattern`; returns them.

@@ -1,0 +1,432 @@
+//! Admission: whether the supervisor forks a child for a new connection at all.
+//!
+//! Decided before any fork, in this order: access rules (`--allow` / `--deny`, first match
+//! wins, default allow), concurrent children per source (`--per-source`), and connections per
+//! source over time (`--rate`, a token bucket). A source is the client address cut to
+//! `--per-source-prefix` bits (default 32 for IPv4, 128 for IPv6), as sshd's
+//! PerSourceNetBlockSize groups neighbours. Unix-socket peers have no address: rules and
+//! per-source limits do not apply to them.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use crate::conn::Peer;
+use crate::frame::ErrorCode;
+
+/// An IP network: an address and a prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, canonical(ip)) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                mask_v4(ip, self.prefix) == mask_v4(net, self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                mask_v6(ip, self.prefix) == mask_v6(net, self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    /// `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a /32 or /128).
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("'{s}' is not an address or network (10.0.0.0/8, ::1/128)"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("'{s}': prefix must be 0 to {max}"))?,
+        };
+        Ok(Cidr {
+            addr: canonical(addr),
+            prefix,
+        })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// An IPv4 address that arrives mapped into IPv6 (`::ffff:a.b.c.d`, from a dual-stack socket)
+/// is matched as the IPv4 address it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+fn mask_v4(ip: Ipv4Addr, prefix: u8) -> u32 {
+    let bits = u32::from(ip);
+    if prefix == 0 {
+        0
+    } else {
+        bits & (u32::MAX << (32 - u32::from(prefix)))
+    }
+}
+
+fn mask_v6(ip: Ipv6Addr, prefix: u8) -> u128 {
+    let bits = u128::from(ip);
+    if prefix == 0 {
+        0
+    } else {
+        bits & (u128::MAX << (128 - u32::from(prefix)))
+    }
+}
+
+/// One `--allow` or `--deny`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub allow: bool,
+    pub net: Cidr,
+}
+
+/// `--rate N/SECS`: at most N new connections per SECS seconds from one source.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl FromStr for Rate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Rate, String> {
+        let bad = || format!("'{s}' is not a rate: expected N/SECS, as in 20/1");
+        let (n, secs) = s.split_once('/').ok_or_else(bad)?;
+        let count: u32 = n.trim().parse().ok().filter(|n| *n > 0).ok_or_else(bad)?;
+        let per = crate::cli::parse_secs(secs)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(bad)?;
+        Ok(Rate { count, per })
+    }
+}
+
+/// `--per-source-prefix V4:V6`: how many leading bits of an address make one source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourcePrefix {
+    pub v4: u8,
+    pub v6: u8,
+}
+
+impl Default for SourcePrefix {
+    fn default() -> Self {
+        SourcePrefix { v4: 32, v6: 128 }
+    }
+}
+
+impl FromStr for SourcePrefix {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<SourcePrefix, String> {
+        let bad = || format!("'{s}' is not V4:V6 prefix lengths, as in 32:128 or 24:64");
+        let (v4, v6) = s.split_once(':').ok_or_else(bad)?;
+        let v4: u8 = v4.parse().ok().filter(|p| *p <= 32).ok_or_else(bad)?;
+        let v6: u8 = v6.parse().ok().filter(|p| *p <= 128).ok_or_else(bad)?;
+        Ok(SourcePrefix { v4, v6 })
+    }
+}
+
+impl SourcePrefix {
+    /// The source a peer belongs to; `None` for Unix-socket peers.
+    pub fn source_of(&self, peer: &Peer) -> Option<Cidr> {
+        let Peer::Tcp(sa) = peer else { return None };
+        let ip = canonical(sa.ip());
+        let (addr, prefix) = match ip {
+            IpAddr::V4(v4) => (IpAddr::V4(Ipv4Addr::from(mask_v4(v4, self.v4))), self.v4),
+            IpAddr::V6(v6) => (IpAddr::V6(Ipv6Addr::from(mask_v6(v6, self.v6))), self.v6),
+        };
+        Some(Cidr { addr, prefix })
+    }
+}
+
+/// The admission settings from the command line.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    pub rules: Vec<Rule>,
+    pub per_source: Option<u32>,
+    pub source_prefix: SourcePrefix,
+    pub rate: Option<Rate>,
+}
+
+/// Why a connection gets no child.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    /// For the log, one word: `denied`, `per-source`, `rate`, `overload`, `fork`.
+    pub reason: &'static str,
+    /// For the peer, in the ERROR frame.
+    pub message: String,
+}
+
+/// Buckets beyond this many are swept of full (idle) ones, so a scan from many addresses
+/// cannot grow the supervisor without bound.
+const MAX_BUCKETS: usize = 16_384;
+
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// The admission state: children per source and rate buckets.
+pub struct Admission {
+    policy: Policy,
+    children_per_source: HashMap<Cidr, u32>,
+    buckets: HashMap<Cidr, Bucket>,
+}
+
+impl Admission {
+    pub fn new(policy: Policy) -> Admission {
+        Admission {
+            policy,
+            children_per_source: HashMap::new(),
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Whether `peer` may have a child now. An admitted connection spends a rate token; call
+    /// [`Admission::started`] once its child runs.
+    pub fn check(&mut self, peer: &Peer, now: Instant) -> Result<(), Refusal> {
+        let Peer::Tcp(sa) = peer else { return Ok(()) };
+        let ip = sa.ip();
+        if let Some(rule) = self.policy.rules.iter().find(|r| r.net.contains(ip))
+            && !rule.allow
+        {
+            return Err(Refusal {
+                code: ErrorCode::Denied,
+                reason: "denied",
+                message: format!("address {} denied by rule {}", canonical(ip), rule.net),
+            });
+        }
+        let source = self.policy.source_prefix.source_of(peer).expect("TCP peer");
+        if let Some(limit) = self.policy.per_source {
+            let now_from_source = self.connections_from(&source);
+            if now_from_source >= limit {
+                return Err(Refusal {
+                    code: ErrorCode::Busy,
+                    reason: "per-source",
+                    message: format!("{limit} connections from {source} already"),
+                });
+            }
+        }
+        if let Some(rate) = self.policy.rate
+            && !self.take_token(source, rate, now)
+        {
+            return Err(Refusal {
+                code: ErrorCode::RateLimited,
+                reason: "rate",
+                message: format!(
+                    "more than {} connections in {}s from {source}",
+                    rate.count,
+                    rate.per.as_secs_f64()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Connections from `source` with a child now (TCPCONNNUM, per-source limit).
+    pub fn connections_from(&self, source: &Cidr) -> u32 {
+        self.children_per_source.get(source).copied().unwrap_or(0)
+    }
+
+    pub fn source_of(&self, peer: &Peer) -> Option<Cidr> {
+        self.policy.source_prefix.source_of(peer)
+    }
+
+    pub fn started(&mut self, peer: &Peer) {
+        if let Some(source) = self.source_of(peer) {
+            *self.children_per_source.entry(source).or_insert(0) += 1;
+        }
+    }
+
+    pub fn ended(&mut self, peer: &Peer) {
+        let Some(source) = self.source_of(peer) else {
+            return;
+        };
+        if let Some(n) = self.children_per_source.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                self.children_per_source.remove(&source);
+            }
+        }
+    }
+
+    fn take_token(&mut self, source: Cidr, rate: Rate, now: Instant) -> bool {
+        let capacity = f64::from(rate.count);
+        let per_sec = capacity / rate.per.as_secs_f64();
+        if self.buckets.len() >= MAX_BUCKETS && !self.buckets.contains_key(&source) {
+            let full_after = rate.per;
+            self.buckets
+                .retain(|_, b| now.saturating_duration_since(b.updated) < full_after);
+        }
+        let bucket = self.buckets.entry(source).or_insert(Bucket {
+            tokens: capacity,
+            updated: now,
+        });
+        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * per_sec).min(capacity);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn peer(s: &str) -> Peer {
+        Peer::Tcp(s.parse::<SocketAddr>().unwrap())
+    }
+
+    fn rule(allow: bool, net: &str) -> Rule {
+        Rule {
+            allow,
+            net: net.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn cidr_matching_v4_v6_and_mapped() {
+        let net: Cidr = "10.1.0.0/16".parse().unwrap();
+        assert!(net.contains("10.1.200.3".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        assert!(net.contains("::ffff:10.1.0.9".parse().unwrap()));
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
+        assert!(!v6.contains("2001:db9::1".parse().unwrap()));
+        assert!(!v6.contains("10.1.0.1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("192.0.2.1".parse().unwrap()));
+        assert_eq!(
+            "127.0.0.1".parse::<Cidr>().unwrap().to_string(),
+            "127.0.0.1/32"
+        );
+        for bad in ["10.0.0.0/33", "::/129", "host/8", "10.0.0.0/x", ""] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn first_matching_rule_wins_and_default_is_allow() {
+        let mut a = Admission::new(Policy {
+            rules: vec![rule(true, "10.0.0.5"), rule(false, "10.0.0.0/8")],
+            ..Policy::default()
+        });
+        let now = Instant::now();
+        assert!(a.check(&peer("10.0.0.5:1"), now).is_ok());
+        let refusal = a.check(&peer("10.9.9.9:1"), now).unwrap_err();
+        assert_eq!(refusal.code, ErrorCode::Denied);
+        assert!(a.check(&peer("192.0.2.1:1"), now).is_ok());
+        assert!(
+            a.check(
+                &Peer::Unix {
+                    pid: None,
+                    uid: None,
+                    gid: None
+                },
+                now
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn per_source_counts_neighbours_by_prefix() {
+        let mut a = Admission::new(Policy {
+            per_source: Some(2),
+            source_prefix: "24:64".parse().unwrap(),
+            ..Policy::default()
+        });
+        let now = Instant::now();
+        for p in ["10.0.0.1:1", "10.0.0.2:1"] {
+            assert!(a.check(&peer(p), now).is_ok());
+            a.started(&peer(p));
+        }
+        assert_eq!(
+            a.check(&peer("10.0.0.3:1"), now).unwrap_err().code,
+            ErrorCode::Busy
+        );
+        assert!(a.check(&peer("10.0.1.1:1"), now).is_ok());
+        a.ended(&peer("10.0.0.1:9"));
+        assert!(a.check(&peer("10.0.0.3:1"), now).is_ok());
+    }
+
+    #[test]
+    fn rate_is_a_token_bucket() {
+        let mut a = Admission::new(Policy {
+            rate: Some("3/1".parse().unwrap()),
+            ..Policy::default()
+        });
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(a.check(&peer("192.0.2.1:1"), t0).is_ok());
+        }
+        let refused = a.check(&peer("192.0.2.1:1"), t0).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::RateLimited);
+        assert!(a.check(&peer("192.0.2.2:1"), t0).is_ok(), "another source");
+        // A third of a second buys one token back.
+        let later = t0 + Duration::from_millis(340);
+        assert!(a.check(&peer("192.0.2.1:1"), later).is_ok());
+        assert!(a.check(&peer("192.0.2.1:1"), later).is_err());
+    }
+
+    #[test]
+    fn parses_rates_and_prefixes() {
+        assert_eq!(
+            "20/1".parse::<Rate>().unwrap(),
+            Rate {
+                count: 20,
+                per: Duration::from_secs(1)
+            }
+        );
+        assert_eq!(
+            "5/0.5".parse::<Rate>().unwrap().per,
+            Duration::from_millis(500)
+        );
+        for bad in ["20", "0/1", "20/0", "x/1", "20/y"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            "24:56".parse::<SourcePrefix>().unwrap(),
+            SourcePrefix { v4: 24, v6: 56 }
+        );
+        for bad in ["33:128", "32:129", "32", "a:b"] {
+            assert!(bad.parse::<SourcePrefix>().is_err(), "{bad}");
+        }
+    }
+}
