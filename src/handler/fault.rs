@@ -7,6 +7,7 @@
 //! | `abort`          | aborts the process (SIGABRT)                       |
 //! | `stack-overflow` | recurses until the stack overflows (SIGSEGV)       |
 //! | `spin`           | loops forever without reading or writing          |
+//! | `spin-deaf`      | ignores SIGTERM, then loops forever                |
 //! | `leak MIB`       | allocates and touches MIB mebibytes, never frees, answers `leaked MIB` |
 
 use std::hint::black_box;
@@ -32,9 +33,16 @@ impl Responder for FaultResponder {
                 let depth = recurse(black_box(1));
                 Reply::Data(depth.to_string().into_bytes())
             }
-            b"spin" => loop {
-                std::hint::spin_loop();
-            },
+            b"spin" => spin(),
+            b"spin-deaf" => {
+                let _ = unsafe {
+                    nix::sys::signal::signal(
+                        nix::sys::signal::Signal::SIGTERM,
+                        nix::sys::signal::SigHandler::SigIgn,
+                    )
+                };
+                spin()
+            }
             other => match other.strip_prefix(b"leak ") {
                 Some(mib) => self.leak(mib),
                 None => Reply::Data(payload),
@@ -54,6 +62,12 @@ impl FaultResponder {
         // Touch every page so the memory is really resident, not just reserved.
         self.leaked.push(vec![0xa5; mib << 20]);
         Reply::Data(format!("leaked {mib}").into_bytes())
+    }
+}
+
+fn spin() -> ! {
+    loop {
+        std::hint::spin_loop();
     }
 }
 

@@ -6,6 +6,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -281,6 +282,33 @@ impl Client {
         }
     }
 
+    /// Connects to a TCP `addr` from the loopback address `source` (any of 127.0.0.0/8), to
+    /// look like another client.
+    pub fn connect_from(source: &str, addr: &Addr) -> Client {
+        use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn};
+        let Addr::Ip(target) = addr else {
+            panic!("connect_from needs an IP address")
+        };
+        let fd = socket::socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let local: std::net::SocketAddrV4 = format!("{source}:0").parse().unwrap();
+        socket::bind(fd.as_raw_fd(), &SockaddrIn::from(local)).unwrap();
+        let std::net::SocketAddr::V4(target) = target else {
+            panic!("connect_from needs IPv4")
+        };
+        socket::connect(fd.as_raw_fd(), &SockaddrIn::from(*target)).unwrap();
+        let stream = std::net::TcpStream::from(fd);
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        Client {
+            reader: FrameReader::new(Stream::Tcp(stream), u32::MAX),
+        }
+    }
+
     pub fn stream_ref(&self) -> &Stream {
         self.reader.get_ref()
     }
@@ -321,6 +349,17 @@ impl Client {
 
     pub fn half_close(&mut self) {
         self.reader.get_mut().shutdown(Shutdown::Write).unwrap();
+    }
+
+    /// Asserts the next frame is an ERROR with `code`, then EOF; returns the message.
+    pub fn expect_error(&mut self, code: u16) -> String {
+        let reply = self.recv();
+        let (got, message) = reply
+            .error_parts()
+            .unwrap_or_else(|| panic!("expected ERROR {code}, got {reply:?}"));
+        assert_eq!(got, code, "{message}");
+        self.expect_eof();
+        message
     }
 
     /// Asserts the server closed: the next read is a clean EOF.
