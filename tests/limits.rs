@@ -84,7 +84,7 @@ fn max_lifetime_follows_with_sigkill_when_sigterm_is_ignored() {
     let pid = server.child_for(deaf.stream());
     deaf.send(Kind::Data, b"spin-deaf");
     server.wait_log(&format!("status pid={pid} peer="));
-    let kill = server.wait_log(&format!("action=SIGKILL reason=max-lifetime"));
+    let kill = server.wait_log("action=SIGKILL reason=max-lifetime");
     assert!(kill.contains(&format!("pid={pid} ")), "{kill}");
     server.wait_log(&format!("pid={pid} status=signal:SIGKILL"));
     // The others were never in danger.
