@@ -1,0 +1,146 @@
+//! Admission before fork against the real binary: access rules, per-source and rate limits,
+//! --overload reject, and the rejection's ERROR reaching a peer that already sent its request.
+//! Other clients are other loopback source addresses (127.0.0.0/8).
+
+mod common;
+
+use common::{Client, Forkd, field};
+use forkd::frame::{Frame, Kind};
+
+/// A client that, as clients do, sends its first request before reading anything; a large
+/// one, so that closing without draining would reset the connection and lose the ERROR.
+fn eager_client(source: &str, server: &Forkd) -> (Client, std::thread::JoinHandle<()>) {
+    let mut client = Client::connect_from(source, &server.addr());
+    let request = Frame::new(Kind::Data, vec![b'r'; 200_000]).encode();
+    let writer = client.send_in_background(request);
+    (client, writer)
+}
+
+fn rejections(server: &Forkd, reason: &str) -> usize {
+    server
+        .log()
+        .iter()
+        .filter(|l| l.contains(" reject ") && l.contains(&format!("reason={reason} ")))
+        .count()
+}
+
+#[test]
+fn denied_address_gets_error_5_without_a_fork() {
+    let mut server = Forkd::start(&["--allow", "127.0.0.2", "--deny", "127.0.0.0/8"]);
+    let (mut denied, writer) = eager_client("127.0.0.1", &server);
+    let message = denied.expect_error(5);
+    assert!(message.contains("127.0.0.1"), "{message}");
+    writer.join().unwrap();
+    let line = server.wait_log(" reject peer=127.0.0.1:");
+    assert_eq!(field(&line, "reason"), Some("denied"));
+    assert_eq!(field(&line, "code"), Some("5"));
+    assert!(!server.log().iter().any(|l| l.contains(" accept ")));
+
+    // The first matching rule wins: 127.0.0.2 is allowed before the /8 denies it.
+    let mut allowed = Client::connect_from("127.0.0.2", &server.addr());
+    assert_eq!(allowed.echo(b"in").payload, b"in");
+}
+
+#[test]
+fn per_source_limit_gets_error_4_and_counts_the_prefix() {
+    let mut server = Forkd::start(&["--per-source", "2", "--per-source-prefix", "24:128"]);
+    let mut a = Client::connect_from("127.0.0.1", &server.addr());
+    let mut b = Client::connect_from("127.0.0.2", &server.addr());
+    assert_eq!(a.echo(b"a").payload, b"a");
+    assert_eq!(b.echo(b"b").payload, b"b");
+    // 127.0.0.3 is in the same /24: a third connection from that source.
+    let (mut third, writer) = eager_client("127.0.0.3", &server);
+    third.expect_error(4);
+    writer.join().unwrap();
+    assert_eq!(rejections(&server, "per-source"), 1);
+    // Another /24 is another source.
+    let mut elsewhere = Client::connect_from("127.0.1.1", &server.addr());
+    assert_eq!(elsewhere.echo(b"c").payload, b"c");
+    // A slot frees when a child ends.
+    drop(a);
+    server.wait_log(" end peer=127.0.0.1:");
+    let mut again = Client::connect_from("127.0.0.3", &server.addr());
+    assert_eq!(again.echo(b"d").payload, b"d");
+}
+
+#[test]
+fn rate_limit_gets_error_6() {
+    let mut server = Forkd::start(&["--rate", "3/30"]);
+    for i in 0..3u8 {
+        let mut ok = Client::connect_from("127.0.0.5", &server.addr());
+        assert_eq!(ok.echo(&[i]).payload, [i]);
+    }
+    let (mut limited, writer) = eager_client("127.0.0.5", &server);
+    limited.expect_error(6);
+    writer.join().unwrap();
+    server.wait_log("reason=rate code=6");
+    let mut other = Client::connect_from("127.0.0.6", &server.addr());
+    assert_eq!(other.echo(b"o").payload, b"o");
+}
+
+#[test]
+fn overload_reject_answers_error_4_at_max_children() {
+    let mut server = Forkd::start(&["--max-children", "1", "--overload", "reject"]);
+    let mut holder = Client::connect(&server.addr());
+    assert_eq!(holder.echo(b"h").payload, b"h");
+    server.wait_log("accepting=rejecting");
+    let (mut late, writer) = eager_client("127.0.0.1", &server);
+    let message = late.expect_error(4);
+    assert!(message.contains("limit"), "{message}");
+    writer.join().unwrap();
+    server.wait_log("reason=overload code=4");
+    drop(holder);
+    server.wait_log("accepting=resumed");
+    let mut next = Client::connect(&server.addr());
+    assert_eq!(next.echo(b"n").payload, b"n");
+}
+
+#[test]
+fn a_burst_of_rejections_is_throttled_in_the_log_and_counted() {
+    let mut server = Forkd::start(&["--deny", "127.0.0.9"]);
+    let total = 60;
+    for _ in 0..total {
+        let mut c = Client::connect_from("127.0.0.9", &server.addr());
+        c.expect_error(5);
+    }
+    let summary = server.wait_log(" reject suppressed=");
+    let lines = rejections(&server, "denied");
+    let suppressed: usize = server
+        .log()
+        .iter()
+        .filter_map(|l| field(l, "suppressed"))
+        .map(|n| n.parse::<usize>().unwrap())
+        .sum();
+    assert!(lines <= 40, "{lines} reject lines for {total}: {summary}");
+    assert_eq!(lines + suppressed, total, "every rejection is counted");
+}
+
+#[test]
+fn many_rejected_peers_that_never_close_cannot_pin_the_supervisor() {
+    let mut server = Forkd::start(&["--deny", "127.0.0.10"]);
+    let fds_before = server.fd_count();
+    // Peers that connect, keep the connection open and never read: more than may drain.
+    let held: Vec<Client> = (0..300)
+        .map(|_| Client::connect_from("127.0.0.10", &server.addr()))
+        .collect();
+    server.wait_log_count("reason=denied", 20);
+    // Rejected sockets are held for their drain, but never more than the cap.
+    let pinned = server.fd_count();
+    assert!(pinned > fds_before, "no socket is draining");
+    assert!(
+        pinned <= fds_before + forkd::drain::MAX_DRAINING,
+        "{pinned} descriptors"
+    );
+    let mut ok = Client::connect(&server.addr());
+    assert_eq!(ok.echo(b"served meanwhile").payload, b"served meanwhile");
+    // Drains end after their second, whatever the peers do.
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while server.fd_count() > fds_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "descriptors stay pinned"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop(held);
+}
