@@ -78,7 +78,7 @@ fn sixty_connections_held_under_nofile_24() {
         "--listen",
         "127.0.0.1:0",
     ]);
-    let mut server = Forkd::start_with(&mut cmd, tempfile::tempdir().unwrap());
+    let server = Forkd::start_with(&mut cmd, tempfile::tempdir().unwrap());
     let mut held: Vec<Client> = (0..60).map(|_| Client::connect(&server.addr())).collect();
     for (i, client) in held.iter_mut().enumerate() {
         assert_eq!(client.echo(&[i as u8]).payload, [i as u8]);
