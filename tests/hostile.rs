@@ -1,0 +1,104 @@
+//! 1500 hostile connections: random bytes, half frames, and whole frames followed by an
+//! abortive close (RST). Afterwards the supervisor has no zombie, the descriptors it started
+//! with, and still answers.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{Client, Forkd};
+use forkd::addr::Addr;
+use forkd::frame::{Frame, Kind};
+
+/// xorshift64*: reproducible noise without a dependency.
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+fn tcp(addr: &Addr) -> TcpStream {
+    let Addr::Ip(sa) = addr else { unreachable!() };
+    let s = TcpStream::connect(sa).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// Closes with SO_LINGER 0: the kernel sends RST instead of FIN.
+fn abort(stream: TcpStream) {
+    nix::sys::socket::setsockopt(
+        &stream,
+        nix::sys::socket::sockopt::Linger,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    )
+    .unwrap();
+    drop(stream);
+}
+
+fn attack(addr: &Addr, seed: u64, count: usize) {
+    let mut noise = Noise(seed);
+    for i in 0..count {
+        let mut s = tcp(addr);
+        match i % 3 {
+            0 => {
+                let n = (noise.next() % 2048) as usize;
+                let _ = s.write_all(&noise.bytes(n));
+            }
+            1 => {
+                let frame = Frame::new(Kind::Data, noise.bytes(64)).encode();
+                let cut = 1 + (noise.next() as usize % (frame.len() - 1));
+                let _ = s.write_all(&frame[..cut]);
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            }
+            _ => {
+                let _ = s.write_all(&Frame::new(Kind::Data, noise.bytes(300)).encode());
+                abort(s);
+                continue;
+            }
+        }
+        if noise.next() % 2 == 0 {
+            abort(s);
+        }
+    }
+}
+
+#[test]
+fn fifteen_hundred_hostile_connections_leave_nothing_behind() {
+    let mut server = Forkd::start(&["--max-children", "64", "--idle-timeout", "5"]);
+    let addr = server.addr();
+    let fds_before = server.fd_count();
+    let attackers: Vec<_> = (0..6u64)
+        .map(|t| {
+            let addr = addr.clone();
+            std::thread::spawn(move || attack(&addr, 0x9e37_79b9_7f4a_7c15 ^ (t + 1), 250))
+        })
+        .collect();
+    for a in attackers {
+        a.join().unwrap();
+    }
+    server.wait_log_count(" end peer=", 1500);
+    server.wait_no_children();
+    assert_eq!(server.fd_count(), fds_before, "supervisor descriptors");
+    let log = server.log();
+    assert!(
+        !log.iter().any(|l| l.contains("signal:")),
+        "a child died of a signal: {:?}",
+        log.iter().find(|l| l.contains("signal:"))
+    );
+    let mut client = Client::connect(&addr);
+    assert_eq!(client.echo(b"still answering").payload, b"still answering");
+}
