@@ -187,8 +187,10 @@ pub struct Refusal {
     pub message: String,
 }
 
-/// Buckets beyond this many are swept of full (idle) ones, so a scan from many addresses
-/// cannot grow the supervisor without bound.
+/// Rate buckets kept at most. A full table is swept of idle buckets (at most once a second,
+/// so a spray of new addresses cannot make every accept a full scan); if it is still full,
+/// new sources are refused until buckets go idle: a scan from many addresses can neither grow
+/// the supervisor without bound nor slip past the rate limit.
 const MAX_BUCKETS: usize = 16_384;
 
 struct Bucket {
@@ -201,6 +203,7 @@ pub struct Admission {
     policy: Policy,
     children_per_source: HashMap<Cidr, u32>,
     buckets: HashMap<Cidr, Bucket>,
+    last_sweep: Option<Instant>,
 }
 
 impl Admission {
@@ -209,6 +212,7 @@ impl Admission {
             policy,
             children_per_source: HashMap::new(),
             buckets: HashMap::new(),
+            last_sweep: None,
         }
     }
 
@@ -284,9 +288,19 @@ impl Admission {
         let capacity = f64::from(rate.count);
         let per_sec = capacity / rate.per.as_secs_f64();
         if self.buckets.len() >= MAX_BUCKETS && !self.buckets.contains_key(&source) {
-            let full_after = rate.per;
-            self.buckets
-                .retain(|_, b| now.saturating_duration_since(b.updated) < full_after);
+            let due = self
+                .last_sweep
+                .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
+            if due {
+                self.last_sweep = Some(now);
+                // A bucket idle for a whole period is full again: forgetting it loses nothing.
+                let full_after = rate.per;
+                self.buckets
+                    .retain(|_, b| now.saturating_duration_since(b.updated) < full_after);
+            }
+            if self.buckets.len() >= MAX_BUCKETS {
+                return false;
+            }
         }
         let bucket = self.buckets.entry(source).or_insert(Bucket {
             tokens: capacity,
@@ -403,6 +417,27 @@ mod tests {
         let later = t0 + Duration::from_millis(340);
         assert!(a.check(&peer("192.0.2.1:1"), later).is_ok());
         assert!(a.check(&peer("192.0.2.1:1"), later).is_err());
+    }
+
+    #[test]
+    fn a_full_bucket_table_refuses_new_sources_until_buckets_go_idle() {
+        let mut a = Admission::new(Policy {
+            rate: Some("1/1".parse().unwrap()),
+            ..Policy::default()
+        });
+        let t0 = Instant::now();
+        for i in 0..MAX_BUCKETS as u32 {
+            let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+            assert!(a.check(&Peer::Tcp(SocketAddr::from((ip, 1))), t0).is_ok());
+        }
+        assert!(a.check(&peer("192.0.2.1:1"), t0).is_err(), "table full");
+        assert_eq!(a.buckets.len(), MAX_BUCKETS);
+        let later = t0 + Duration::from_secs(2);
+        assert!(
+            a.check(&peer("192.0.2.1:1"), later).is_ok(),
+            "idle buckets swept"
+        );
+        assert_eq!(a.buckets.len(), 1);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! accepting to reject (`--overload reject`). It never reads client data; the only bytes it
 //! writes to a client are a best-effort ERROR frame when it turns a connection away.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, Instant};
@@ -124,8 +124,9 @@ struct Supervisor {
     grace: Duration,
     max_lifetime: Option<Duration>,
     children: HashMap<Pid, ChildRecord>,
-    /// Children in start order with the moment they outlive `--max-lifetime`.
-    lifetimes: VecDeque<(Instant, Pid, Instant)>,
+    /// Living children by start time, when `--max-lifetime` is set: the first is the next to
+    /// outlive it. Entries leave when the child is reaped, so this is as small as `children`.
+    lifetimes: BTreeSet<(Instant, Pid)>,
     /// Children sent SIGTERM for their lifetime, with the moment SIGKILL follows.
     kills_due: VecDeque<(Instant, Pid, Instant)>,
     admission: Admission,
@@ -157,7 +158,7 @@ impl Supervisor {
             grace: config.grace,
             max_lifetime: config.max_lifetime,
             children: HashMap::new(),
-            lifetimes: VecDeque::new(),
+            lifetimes: BTreeSet::new(),
             kills_due: VecDeque::new(),
             admission: Admission::new(config.admission.clone()),
             drains: Drains::default(),
@@ -218,7 +219,10 @@ impl Supervisor {
         [
             self.accept_resume_at,
             self.drains.next_deadline(),
-            self.lifetimes.front().map(|(t, _, _)| *t),
+            self.lifetimes
+                .first()
+                .zip(self.max_lifetime)
+                .map(|((started, _), lifetime)| *started + lifetime),
             self.kills_due.front().map(|(t, _, _)| *t),
             self.rejects.flush_due(),
         ]
@@ -365,8 +369,8 @@ impl Supervisor {
                 let started = Instant::now();
                 self.accepted_total += 1;
                 self.admission.started(&peer);
-                if let Some(lifetime) = self.max_lifetime {
-                    self.lifetimes.push_back((started + lifetime, pid, started));
+                if self.max_lifetime.is_some() {
+                    self.lifetimes.insert((started, pid));
                 }
                 self.children.insert(
                     pid,
@@ -404,14 +408,14 @@ impl Supervisor {
     /// later. A process can be ended whatever it is doing, even spinning inside its handler:
     /// the reason to fork.
     fn enforce_lifetimes(&mut self, now: Instant) {
-        while let Some(&(due, pid, started)) = self.lifetimes.front() {
-            if due > now {
+        let Some(lifetime) = self.max_lifetime else {
+            return;
+        };
+        while let Some(&(started, pid)) = self.lifetimes.first() {
+            if started + lifetime > now {
                 break;
             }
-            self.lifetimes.pop_front();
-            if !self.is_child(pid, started) {
-                continue;
-            }
+            self.lifetimes.pop_first();
             let _ = kill(pid, Signal::SIGTERM);
             log::warn!(
                 "status pid={pid} peer={} action=SIGTERM reason=max-lifetime age={:.3}s",
@@ -460,6 +464,7 @@ impl Supervisor {
         let Some(record) = self.children.remove(&pid) else {
             return;
         };
+        self.lifetimes.remove(&(record.started, pid));
         self.admission.ended(&record.peer);
         let duration = record.started.elapsed().as_secs_f64();
         let active = self.active();
