@@ -70,7 +70,7 @@ fn attack(addr: &Addr, seed: u64, count: usize) {
                 continue;
             }
         }
-        if noise.next() % 2 == 0 {
+        if noise.next().is_multiple_of(2) {
             abort(s);
         }
     }
