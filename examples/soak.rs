@@ -5,8 +5,7 @@
 //! and in connections; stops by itself; talks to 127.0.0.0/8 only.
 
 use std::io::Write;
-use std::net::{Shutdown, SocketAddr, SocketAddrV4, TcpStream};
-use std::os::fd::AsRawFd;
+use std::net::{Shutdown, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -317,38 +316,6 @@ fn next(noise: &mut u64) -> u64 {
     noise.wrapping_mul(0x2545_f491_4f6c_dd1d)
 }
 
-fn connect_from(source: &str, addr: SocketAddr) -> Option<TcpStream> {
-    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn};
-    let fd = socket::socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .ok()?;
-    let local: SocketAddrV4 = format!("{source}:0").parse().ok()?;
-    socket::bind(fd.as_raw_fd(), &SockaddrIn::from(local)).ok()?;
-    let SocketAddr::V4(target) = addr else {
-        return None;
-    };
-    socket::connect(fd.as_raw_fd(), &SockaddrIn::from(target)).ok()?;
-    let s = TcpStream::from(fd);
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.set_write_timeout(Some(Duration::from_secs(10))).ok()?;
-    Some(s)
-}
-
-fn abort(s: TcpStream) {
-    let _ = nix::sys::socket::setsockopt(
-        &s,
-        nix::sys::socket::sockopt::Linger,
-        &libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        },
-    );
-}
-
 /// Reads frames until EOF, counting ERROR codes.
 fn read_errors(reader: &mut FrameReader<Stream>, tally: &Tally) {
     while let Ok(Some(frame)) = reader.next_frame() {
@@ -359,7 +326,10 @@ fn read_errors(reader: &mut FrameReader<Stream>, tally: &Tally) {
 }
 
 fn run(traffic: Traffic, source: &str, addr: SocketAddr, tally: &Tally, noise: &mut u64, n: u64) {
-    let Some(s) = connect_from(source, addr) else {
+    let (Ok(source), SocketAddr::V4(target)) = (source.parse(), addr) else {
+        unreachable!("IPv4 loopback only")
+    };
+    let Ok(s) = forkd::client::connect_from(source, target, Duration::from_secs(10)) else {
         std::thread::sleep(Duration::from_millis(10));
         return;
     };
@@ -402,7 +372,7 @@ fn run(traffic: Traffic, source: &str, addr: SocketAddr, tally: &Tally, noise: &
             let Stream::Tcp(s) = reader.into_inner() else {
                 unreachable!()
             };
-            abort(s);
+            forkd::client::reset(s);
         }
         Traffic::Denied | Traffic::Flood => {
             let _ = reader

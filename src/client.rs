@@ -2,7 +2,9 @@
 //! exchange frames.
 
 use std::fmt;
-use std::net::TcpStream;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -27,6 +29,52 @@ pub fn connect(addr: &Addr, timeout: Duration) -> Result<Stream, String> {
     stream.set_read_timeout(Some(timeout)).map_err(fail)?;
     stream.set_write_timeout(Some(timeout)).map_err(fail)?;
     Ok(stream)
+}
+
+/// Connects to an IPv4 `target` from the local address `source` (any of 127.0.0.0/8 on
+/// loopback), so that one machine can play many clients for per-source limits and rules.
+pub fn connect_from(
+    source: Ipv4Addr,
+    target: SocketAddrV4,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let fd = socket::socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(SocketAddrV4::new(source, 0)),
+    )?;
+    socket::connect(fd.as_raw_fd(), &SockaddrIn::from(target))?;
+    let stream = TcpStream::from(fd);
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    Ok(stream)
+}
+
+/// Closes with SO_LINGER 0, so the kernel sends a reset instead of FIN: the way a crashed or
+/// impatient client leaves.
+pub fn reset(stream: TcpStream) {
+    let _ = nix::sys::socket::setsockopt(
+        &stream,
+        nix::sys::socket::sockopt::Linger,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    );
+}
+
+/// The IPv4 address of an `Addr`, for [`connect_from`].
+pub fn ipv4_target(addr: &Addr) -> Option<SocketAddrV4> {
+    match addr.connect_target() {
+        Addr::Ip(SocketAddr::V4(v4)) => Some(v4),
+        _ => None,
+    }
 }
 
 /// An ERROR frame from the server, for humans.

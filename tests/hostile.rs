@@ -35,20 +35,6 @@ fn tcp(addr: &Addr) -> TcpStream {
     s
 }
 
-/// Closes with SO_LINGER 0: the kernel sends RST instead of FIN.
-fn abort(stream: TcpStream) {
-    nix::sys::socket::setsockopt(
-        &stream,
-        nix::sys::socket::sockopt::Linger,
-        &libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        },
-    )
-    .unwrap();
-    drop(stream);
-}
-
 fn attack(addr: &Addr, seed: u64, count: usize) {
     let mut noise = Noise(seed);
     for i in 0..count {
@@ -66,12 +52,12 @@ fn attack(addr: &Addr, seed: u64, count: usize) {
             }
             _ => {
                 let _ = s.write_all(&Frame::new(Kind::Data, noise.bytes(300)).encode());
-                abort(s);
+                forkd::client::reset(s);
                 continue;
             }
         }
         if noise.next().is_multiple_of(2) {
-            abort(s);
+            forkd::client::reset(s);
         }
     }
 }

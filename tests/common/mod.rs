@@ -6,7 +6,6 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -285,25 +284,9 @@ impl Client {
     /// Connects to a TCP `addr` from the loopback address `source` (any of 127.0.0.0/8), to
     /// look like another client.
     pub fn connect_from(source: &str, addr: &Addr) -> Client {
-        use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn};
-        let Addr::Ip(target) = addr else {
-            panic!("connect_from needs an IP address")
-        };
-        let fd = socket::socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .unwrap();
-        let local: std::net::SocketAddrV4 = format!("{source}:0").parse().unwrap();
-        socket::bind(fd.as_raw_fd(), &SockaddrIn::from(local)).unwrap();
-        let std::net::SocketAddr::V4(target) = target else {
-            panic!("connect_from needs IPv4")
-        };
-        socket::connect(fd.as_raw_fd(), &SockaddrIn::from(*target)).unwrap();
-        let stream = std::net::TcpStream::from(fd);
-        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let target = forkd::client::ipv4_target(addr).expect("an IPv4 address");
+        let stream = forkd::client::connect_from(source.parse().unwrap(), target, PATIENCE)
+            .expect("connect");
         Client {
             reader: FrameReader::new(Stream::Tcp(stream), u32::MAX),
         }
