@@ -80,11 +80,14 @@ pub struct ChildSetup {
 /// the connection is closed), or the fork error with the connection handed back so the caller
 /// can still tell the peer. In the child: never returns.
 ///
-/// `extra_fds` are further supervisor descriptors the child must close (draining sockets).
+/// `extra_fds` are further supervisor descriptors the child must close (draining sockets,
+/// other programs' stderr pipes); `stderr` is the write end of the pipe that becomes the
+/// child's descriptor 2, for handlers that exec a program.
 pub fn spawn(
     conn: Connection,
     setup: &ChildSetup,
     extra_fds: &[RawFd],
+    stderr: Option<RawFd>,
     handler: &dyn Handler,
 ) -> Result<Pid, (Errno, Connection)> {
     debug_assert_single_threaded();
@@ -92,7 +95,7 @@ pub fn spawn(
     // child is a full copy with no lock held by a vanished thread.
     match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Parent { child }) => Ok(child),
-        Ok(ForkResult::Child) => run_child(conn, setup, extra_fds, handler),
+        Ok(ForkResult::Child) => run_child(conn, setup, extra_fds, stderr, handler),
         Err(e) => Err((e, conn)),
     }
 }
@@ -101,6 +104,7 @@ fn run_child(
     conn: Connection,
     setup: &ChildSetup,
     extra_fds: &[RawFd],
+    stderr: Option<RawFd>,
     handler: &dyn Handler,
 ) -> ! {
     signals::reset_for_child();
@@ -111,6 +115,10 @@ fn run_child(
         // The supervisor's objects are never dropped here (the child ends in _exit), so
         // closing the raw descriptors cannot double-close.
         unsafe { libc::close(*fd) };
+    }
+    if let Some(pipe) = stderr {
+        // The pipe stays open as descriptor 2 only (the original is close-on-exec).
+        unsafe { libc::dup2(pipe, 2) };
     }
     // Out of the supervisor's process group: a Ctrl-C at the terminal reaches the supervisor,
     // which then grants the grace period, instead of killing every conversation at once.

@@ -35,13 +35,37 @@ Examples:
 struct Cli {
     /// Address to listen on, repeatable: 127.0.0.1:7000, [::1]:7000, :7000 (every address,
     /// IPv4 and IPv6) or unix:/path/to.sock. Port 0 lets the kernel choose; the start line
-    /// logs the port bound.
-    #[arg(long, value_name = "ADDR", required = true)]
+    /// logs the port bound. Not needed under systemd socket activation or with --inetd.
+    #[arg(long, value_name = "ADDR")]
     listen: Vec<Addr>,
 
-    /// What each child does with its connection.
-    #[arg(long, value_enum, value_name = "NAME", default_value = "echo")]
-    handler: HandlerName,
+    /// What each child does with its connection [default: echo, or exec when a PROGRAM
+    /// follows --].
+    #[arg(long, value_enum, value_name = "NAME")]
+    handler: Option<HandlerName>,
+
+    /// Serve the one connection on descriptor 0, as inetd, xinetd ("nowait") or systemd
+    /// (Accept=yes) hand it over, then exit.
+    #[arg(long, conflicts_with_all = ["listen", "pidfile"])]
+    inetd: bool,
+
+    /// The program for --handler exec or frame-exec, and its arguments.
+    #[arg(last = true, value_name = "PROGRAM [ARGS]...")]
+    program: Vec<std::ffi::OsString>,
+
+    /// Start PROGRAM with an empty environment (PATH kept), plus the UCSPI variables and --env.
+    #[arg(long, help_heading = "Programs")]
+    env_clear: bool,
+
+    /// Add K=V to PROGRAM's environment; repeatable.
+    #[arg(long, value_name = "K=V", value_parser = parse_env, help_heading = "Programs")]
+    env: Vec<(String, String)>,
+
+    /// frame-exec: a program still running after this long is killed and the request answered
+    /// with ERROR 7. 0 turns it off.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs,
+          help_heading = "Programs")]
+    request_timeout: Duration,
 
     /// Children alive at once. At the limit new connections wait in the kernel's backlog.
     #[arg(long, value_name = "N", default_value_t = 64, allow_negative_numbers = true,
@@ -177,6 +201,16 @@ struct Cli {
     quiet: u8,
 }
 
+/// A program to run per connection or per request, and what its environment gets.
+#[derive(Clone, Debug)]
+pub struct Program {
+    pub argv: Vec<std::ffi::OsString>,
+    pub env_clear: bool,
+    pub env: Vec<(String, String)>,
+    /// frame-exec's per-request limit; `None`: off.
+    pub request_timeout: Option<Duration>,
+}
+
 /// What happens to a connection arriving at --max-children.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Overload {
@@ -189,6 +223,9 @@ pub enum Overload {
 pub struct Config {
     pub listen: Vec<Addr>,
     pub handler: HandlerName,
+    pub inetd: bool,
+    /// For the exec and frame-exec handlers.
+    pub program: Option<Program>,
     pub max_children: u32,
     pub backlog: i32,
     pub max_frame: u32,
@@ -242,6 +279,29 @@ where
         .map_err(clap_error)?;
     let cli = Cli::from_arg_matches(&matches).map_err(clap_error)?;
     let rules = rules_in_order(&matches);
+    let handler = match (cli.handler, cli.program.is_empty()) {
+        (None, true) => HandlerName::Echo,
+        (None, false) => HandlerName::Exec,
+        (Some(h @ (HandlerName::Exec | HandlerName::FrameExec)), true) => {
+            return Err(Stop::Invalid(format!(
+                "--handler {} needs a PROGRAM after --, as in: forkd --handler {0} -- /usr/bin/cat",
+                h.as_str()
+            )));
+        }
+        (Some(h @ (HandlerName::Echo | HandlerName::Fault)), false) => {
+            return Err(Stop::Invalid(format!(
+                "a PROGRAM after -- runs with --handler exec or frame-exec, not --handler {}",
+                h.as_str()
+            )));
+        }
+        (Some(h), _) => h,
+    };
+    let program = (!cli.program.is_empty()).then(|| Program {
+        argv: cli.program,
+        env_clear: cli.env_clear,
+        env: cli.env,
+        request_timeout: Some(cli.request_timeout).filter(|d| !d.is_zero()),
+    });
     let level = match (cli.verbose, cli.quiet) {
         (0, 0) => LevelFilter::Info,
         (1, _) => LevelFilter::Debug,
@@ -251,7 +311,9 @@ where
     };
     Ok(Config {
         listen: cli.listen,
-        handler: cli.handler,
+        handler,
+        inetd: cli.inetd,
+        program,
         max_children: cli.max_children,
         backlog: cli.backlog,
         max_frame: cli.max_frame,
@@ -356,6 +418,13 @@ pub fn parse_secs(s: &str) -> Result<Duration, String> {
         .ok()
         .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
         .ok_or_else(|| format!("'{s}' is not a number of seconds"))
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("'{s}' is not K=V")),
+    }
 }
 
 fn parse_facility(s: &str) -> Result<Facility, String> {
@@ -479,7 +548,10 @@ mod tests {
                 &["--listen", ":1", "--rlimit-as", "lots"][..],
                 "--rlimit-as",
             ),
-            (&[][..], "--listen"),
+            (&["--handler", "frame-exec"][..], "PROGRAM"),
+            (&["--handler", "echo", "--", "cat"][..], "PROGRAM"),
+            (&["--inetd", "--listen", ":1"][..], "--inetd"),
+            (&["--listen", ":1", "--env", "novalue"][..], "--env"),
         ] {
             let msg = invalid(args);
             assert!(msg.contains(flag), "{msg}");

@@ -191,4 +191,6 @@ impl fmt::Display for Peer {
 pub struct Connection {
     pub stream: Stream,
     pub peer: Peer,
+    /// Connections from the same source with a child now, this one included (TCPCONNNUM).
+    pub from_source: u32,
 }

@@ -6,6 +6,7 @@
 //! Three questions stay apart: where connections come from (`listen`), what is done with one
 //! (`handler`), and how it is isolated (`child`: a forked process).
 
+pub mod activation;
 pub mod addr;
 pub mod admission;
 pub mod child;
@@ -13,11 +14,15 @@ pub mod cli;
 pub mod client;
 pub mod conn;
 pub mod drain;
+pub mod fds;
 pub mod frame;
 pub mod handler;
 pub mod listen;
 pub mod logging;
+pub mod notify;
 pub mod pidfile;
 pub mod privilege;
+pub mod relay;
 pub mod signals;
 pub mod supervisor;
+pub mod ucspi;

@@ -7,25 +7,34 @@
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6, sockopt};
+use nix::sys::socket::{
+    self, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6, SockaddrLike,
+    SockaddrStorage, sockopt,
+};
 
 use crate::addr::Addr;
 use crate::conn::{Connection, Peer, Stream};
 
 /// A bound, listening socket.
 #[derive(Debug)]
-pub enum Listener {
+pub struct Listener {
+    socket: Socket,
+    /// The socket file forkd made and removes at exit (inherited sockets are not forkd's).
+    owned_path: Option<PathBuf>,
+    /// The name systemd gave the socket (LISTEN_FDNAMES), for the log.
+    name: Option<String>,
+}
+
+#[derive(Debug)]
+enum Socket {
     Tcp(TcpListener),
-    Unix {
-        listener: UnixListener,
-        path: PathBuf,
-    },
+    Unix(UnixListener),
 }
 
 /// Why a `--listen` address could not be set up.
@@ -73,9 +82,9 @@ fn bind_any(port: u16, backlog: i32) -> Result<Vec<Listener>, String> {
     let v4 =
         bind_tcp(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), backlog).map_err(errno_text)?;
     // With port 0 the kernel picked one for IPv4: ask for the same on IPv6.
-    let port = match &v4 {
-        Listener::Tcp(l) => l.local_addr().map(|a| a.port()).unwrap_or(port),
-        Listener::Unix { .. } => port,
+    let port = match &v4.socket {
+        Socket::Tcp(l) => l.local_addr().map(|a| a.port()).unwrap_or(port),
+        Socket::Unix(_) => port,
     };
     match bind_tcp(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)), backlog) {
         Ok(v6) => Ok(vec![v4, v6]),
@@ -110,7 +119,11 @@ fn bind_tcp(addr: SocketAddr, backlog: i32) -> Result<Listener, Errno> {
         }
     }
     listen(&fd, backlog)?;
-    Ok(Listener::Tcp(TcpListener::from(fd)))
+    Ok(Listener {
+        socket: Socket::Tcp(TcpListener::from(fd)),
+        owned_path: None,
+        name: None,
+    })
 }
 
 fn bind_unix(path: &Path, backlog: i32) -> Result<Listener, String> {
@@ -124,9 +137,10 @@ fn bind_unix(path: &Path, backlog: i32) -> Result<Listener, String> {
     .map_err(errno_text)?;
     let sockaddr = socket::UnixAddr::new(path).map_err(errno_text)?;
     socket::bind(fd.as_raw_fd(), &sockaddr).map_err(errno_text)?;
-    let listener = Listener::Unix {
-        listener: UnixListener::from(fd),
-        path: path.to_path_buf(),
+    let listener = Listener {
+        socket: Socket::Unix(UnixListener::from(fd)),
+        owned_path: Some(path.to_path_buf()),
+        name: None,
     };
     if let Err(e) = listen(&listener, backlog) {
         listener.remove_socket_file();
@@ -166,33 +180,82 @@ fn errno_text(e: Errno) -> String {
 }
 
 impl Listener {
+    /// Takes over a listening socket inherited from systemd (made non-blocking here).
+    pub fn inherited(fd: OwnedFd, name: Option<String>) -> Result<Listener, String> {
+        let family = socket::getsockname::<SockaddrStorage>(fd.as_raw_fd())
+            .map_err(errno_text)?
+            .family();
+        let listening = socket::getsockopt(&fd, sockopt::AcceptConn).map_err(errno_text)?;
+        let socket_type = socket::getsockopt(&fd, sockopt::SockType).map_err(errno_text)?;
+        if socket_type != SockType::Stream || !listening {
+            return Err(
+                "not a listening stream socket (for Accept=yes run forkd --inetd with \
+                 StandardInput=socket)"
+                    .to_string(),
+            );
+        }
+        let socket = match family {
+            Some(AddressFamily::Inet | AddressFamily::Inet6) => Socket::Tcp(TcpListener::from(fd)),
+            Some(AddressFamily::Unix) => Socket::Unix(UnixListener::from(fd)),
+            other => return Err(format!("unsupported address family {other:?}")),
+        };
+        let listener = Listener {
+            socket,
+            owned_path: None,
+            name,
+        };
+        match &listener.socket {
+            Socket::Tcp(l) => l.set_nonblocking(true),
+            Socket::Unix(l) => l.set_nonblocking(true),
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(listener)
+    }
+
     /// The address as bound (with the port the kernel chose for port 0), in `--listen` form.
-    pub fn local_name(&self) -> String {
-        match self {
-            Listener::Tcp(l) => l
+    pub fn address(&self) -> String {
+        match &self.socket {
+            Socket::Tcp(l) => l
                 .local_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|e| format!("?({e})")),
-            Listener::Unix { path, .. } => format!("unix:{}", path.display()),
+            Socket::Unix(l) => match l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+            {
+                Some(path) => format!("unix:{}", path.display()),
+                None => "unix:(unnamed)".to_string(),
+            },
+        }
+    }
+
+    /// The address, and systemd's name for the socket where it has one: for the log.
+    pub fn local_name(&self) -> String {
+        match &self.name {
+            Some(name) => format!("{}(name={name})", self.address()),
+            None => self.address(),
         }
     }
 
     /// Accepts one connection (the socket close-on-exec), or `WouldBlock`.
     pub fn accept(&self) -> io::Result<Connection> {
-        match self {
-            Listener::Tcp(l) => {
+        match &self.socket {
+            Socket::Tcp(l) => {
                 let (stream, addr) = l.accept()?;
                 Ok(Connection {
                     stream: Stream::Tcp(stream),
                     peer: Peer::Tcp(addr),
+                    from_source: 1,
                 })
             }
-            Listener::Unix { listener, .. } => {
-                let (stream, _) = listener.accept()?;
+            Socket::Unix(l) => {
+                let (stream, _) = l.accept()?;
                 let peer = Peer::of_unix(&stream);
                 Ok(Connection {
                     stream: Stream::Unix(stream),
                     peer,
+                    from_source: 1,
                 })
             }
         }
@@ -201,7 +264,7 @@ impl Listener {
     /// Removes the socket file of a Unix listener. Failing (forkd dropped to a user that may
     /// not write the directory) is logged, not fatal.
     pub fn remove_socket_file(&self) {
-        if let Listener::Unix { path, .. } = self
+        if let Some(path) = &self.owned_path
             && let Err(e) = std::fs::remove_file(path)
             && e.kind() != io::ErrorKind::NotFound
         {
@@ -216,9 +279,9 @@ impl Listener {
 
 impl AsFd for Listener {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        match self {
-            Listener::Tcp(l) => l.as_fd(),
-            Listener::Unix { listener, .. } => listener.as_fd(),
+        match &self.socket {
+            Socket::Tcp(l) => l.as_fd(),
+            Socket::Unix(l) => l.as_fd(),
         }
     }
 }

@@ -19,6 +19,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use crate::activation;
 use crate::admission::{Admission, Refusal};
 use crate::child::{self, ChildSetup, EXIT_PANIC};
 use crate::cli::{Config, Overload};
@@ -28,8 +29,10 @@ use crate::frame::{ErrorCode, Frame};
 use crate::handler::{self, Handler, ProtocolSettings};
 use crate::listen::{self, Listener};
 use crate::logging::quote;
+use crate::notify::Notifier;
 use crate::pidfile::Pidfile;
 use crate::privilege;
+use crate::relay::Relays;
 use crate::signals::SignalPipe;
 
 /// Connections accepted from one listener per wake-up, so one busy listener cannot starve
@@ -45,11 +48,25 @@ const LIFETIME_KILL_DELAY: Duration = Duration::from_secs(1);
 /// `reject` lines logged per second at most; the rest are counted in a summary line.
 const REJECT_LINES_PER_SEC: u32 = 20;
 
-/// Binds, drops privileges, writes the pidfile, serves until SIGTERM/SIGINT, cleans up.
-/// Errors are the start-up failures, as one line each.
+/// Takes its listeners (bound, inherited from systemd, or the one `--inetd` connection),
+/// drops privileges, writes the pidfile, serves until SIGTERM/SIGINT (or, with `--inetd`,
+/// until its connection ends), cleans up. Errors are the start-up failures, as one line each.
 pub fn run(config: &Config) -> Result<(), String> {
     let identity = privilege::resolve(config.user.as_deref(), config.group.as_deref())?;
-    let listeners = listen::bind_all(&config.listen, config.backlog).map_err(|e| e.to_string())?;
+    let notifier = Notifier::from_env();
+    let (listeners, inetd_connection) = if config.inetd {
+        (Vec::new(), Some(activation::take_inetd_connection()?))
+    } else if let Some(inherited) = activation::take()? {
+        if !config.listen.is_empty() {
+            activation::check_agreement(&inherited, &config.listen)?;
+        }
+        (inherited, None)
+    } else if config.listen.is_empty() {
+        return Err(NO_ADDRESS.to_string());
+    } else {
+        let bound = listen::bind_all(&config.listen, config.backlog).map_err(|e| e.to_string())?;
+        (bound, None)
+    };
     let cleanup = |listeners: &[Listener], e: String| {
         listeners.iter().for_each(Listener::remove_socket_file);
         e
@@ -72,13 +89,25 @@ pub fn run(config: &Config) -> Result<(), String> {
             max_frame: config.max_frame,
             idle_timeout: config.idle_timeout,
         },
+        config.program.as_ref(),
     );
     let names: Vec<String> = listeners.iter().map(Listener::local_name).collect();
-    log::info!(
+    // Under inetd every connection starts a forkd: its start line is detail, not news.
+    let lifecycle = if config.inetd {
+        log::Level::Debug
+    } else {
+        log::Level::Info
+    };
+    log::log!(
+        lifecycle,
         "start version={} pid={} listen={} handler={} max_children={} max_frame={} grace={}s user={}",
         env!("CARGO_PKG_VERSION"),
         std::process::id(),
-        names.join(","),
+        if config.inetd {
+            "inetd".to_string()
+        } else {
+            names.join(",")
+        },
         config.handler.as_str(),
         config.max_children,
         config.max_frame,
@@ -88,13 +117,23 @@ pub fn run(config: &Config) -> Result<(), String> {
     if nix::unistd::Uid::effective().is_root() {
         log::warn!("start user=root reason=\"serving as root: use --user to drop privileges\"");
     }
-    let mut supervisor = Supervisor::new(config, listeners, signals, handler);
+    let mut supervisor = Supervisor::new(config, listeners, signals, handler, notifier, lifecycle);
+    if let Some(conn) = inetd_connection {
+        supervisor.admit(conn, "inetd", false);
+    }
+    let status = supervisor.status();
+    if let Some(n) = &mut supervisor.notifier {
+        n.ready(status);
+    }
     supervisor.serve();
     if let Some(p) = pidfile {
         p.remove();
     }
     Ok(())
 }
+
+/// Said when forkd has nowhere to take connections from.
+pub const NO_ADDRESS: &str = "no address to listen on: give --listen ADDR, or --inetd, or start under systemd socket activation";
 
 struct ChildRecord {
     peer: Peer,
@@ -113,6 +152,7 @@ struct Ready {
     signals: bool,
     listeners: Vec<usize>,
     drains: Vec<usize>,
+    relays: Vec<usize>,
 }
 
 struct Supervisor {
@@ -131,6 +171,8 @@ struct Supervisor {
     kills_due: VecDeque<(Instant, Pid, Instant)>,
     admission: Admission,
     drains: Drains,
+    /// The stderr pipes of exec'd programs.
+    relays: Relays,
     setup: ChildSetup,
     /// Set after accept() failed for lack of resources: the listeners rest until then.
     accept_resume_at: Option<Instant>,
@@ -138,6 +180,9 @@ struct Supervisor {
     rejects: RejectLog,
     accepted_total: u64,
     at_limit: bool,
+    notifier: Option<Notifier>,
+    /// The level of the start and stop lines (debug under inetd).
+    lifecycle: log::Level,
 }
 
 impl Supervisor {
@@ -146,9 +191,12 @@ impl Supervisor {
         listeners: Vec<Listener>,
         signals: SignalPipe,
         handler: Box<dyn Handler>,
+        notifier: Option<Notifier>,
+        lifecycle: log::Level,
     ) -> Supervisor {
         let mut supervisor_fds: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
         supervisor_fds.extend(signals.raw_fds());
+        supervisor_fds.extend(notifier.as_ref().map(Notifier::raw_fd));
         Supervisor {
             listeners,
             signals,
@@ -162,6 +210,7 @@ impl Supervisor {
             kills_due: VecDeque::new(),
             admission: Admission::new(config.admission.clone()),
             drains: Drains::default(),
+            relays: Relays::default(),
             setup: ChildSetup {
                 supervisor_fds,
                 limits: config.child_limits,
@@ -172,6 +221,25 @@ impl Supervisor {
             rejects: RejectLog::default(),
             accepted_total: 0,
             at_limit: false,
+            notifier,
+            lifecycle,
+        }
+    }
+
+    /// For systemd's STATUS=.
+    fn status(&self) -> String {
+        format!(
+            "{} active of {} children",
+            self.children.len(),
+            self.max_children
+        )
+    }
+
+    /// Tells systemd the status if it changed (throttled by the notifier).
+    fn notify_status(&mut self) {
+        let status = self.status();
+        if let Some(n) = &mut self.notifier {
+            n.status(status, Instant::now());
         }
     }
 
@@ -179,10 +247,23 @@ impl Supervisor {
         format!("{}/{}", self.children.len(), self.max_children)
     }
 
-    /// The main loop; returns once shutdown is complete.
+    /// The main loop; returns once shutdown is complete, or when there is nothing left to
+    /// serve (no listener, no child: the `--inetd` case).
     fn serve(&mut self) {
         loop {
+            if self.listeners.is_empty() && self.children.is_empty() {
+                self.relays.finish_all();
+                log::log!(
+                    self.lifecycle,
+                    "stop served={} killed=0",
+                    self.accepted_total
+                );
+                return;
+            }
             let now = Instant::now();
+            if let Some(n) = &mut self.notifier {
+                n.flush(now);
+            }
             if self.accept_resume_at.is_some_and(|t| t <= now) {
                 self.accept_resume_at = None;
             }
@@ -195,6 +276,9 @@ impl Supervisor {
             let ready = self.wait(accepting, self.next_timer());
             if !ready.drains.is_empty() || !self.drains.is_empty() {
                 self.drains.service(&ready.drains, Instant::now());
+            }
+            if !ready.relays.is_empty() {
+                self.relays.service(&ready.relays);
             }
             if ready.signals {
                 let stop = self
@@ -225,6 +309,7 @@ impl Supervisor {
                 .map(|((started, _), lifetime)| *started + lifetime),
             self.kills_due.front().map(|(t, _, _)| *t),
             self.rejects.flush_due(),
+            self.notifier.as_ref().and_then(Notifier::due),
         ]
         .into_iter()
         .flatten()
@@ -244,6 +329,12 @@ impl Supervisor {
         }
         fds.extend(
             self.drains
+                .fds()
+                .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
+        );
+        let drains_end = fds.len();
+        fds.extend(
+            self.relays
                 .fds()
                 .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
         );
@@ -271,7 +362,8 @@ impl Supervisor {
         Ready {
             signals: readable(&fds[0]),
             listeners: ready_in(1..1 + listeners),
-            drains: ready_in(1 + listeners..fds.len()),
+            drains: ready_in(1 + listeners..drains_end),
+            relays: ready_in(drains_end..fds.len()),
         }
     }
 
@@ -297,7 +389,10 @@ impl Supervisor {
                 return;
             }
             match self.listeners[index].accept() {
-                Ok(conn) => self.admit(conn, index, at_limit),
+                Ok(conn) => {
+                    let name = self.listeners[index].local_name();
+                    self.admit(conn, &name, at_limit)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // The peer gave up between the handshake and accept(): nothing to serve.
@@ -325,8 +420,8 @@ impl Supervisor {
         }
     }
 
-    /// Admission, then a child, or a rejection.
-    fn admit(&mut self, conn: Connection, index: usize, at_limit: bool) {
+    /// Admission, then a child, or a rejection. `listen` names where it came from.
+    fn admit(&mut self, conn: Connection, listen: &str, at_limit: bool) {
         let now = Instant::now();
         let verdict = self.admission.check(&conn.peer, now).and_then(|()| {
             if at_limit {
@@ -340,18 +435,17 @@ impl Supervisor {
             }
         });
         match verdict {
-            Ok(()) => self.spawn(conn, index),
-            Err(refusal) => self.reject(conn, index, refusal),
+            Ok(()) => self.spawn(conn, listen),
+            Err(refusal) => self.reject(conn, listen, refusal),
         }
     }
 
-    fn reject(&mut self, conn: Connection, index: usize, refusal: Refusal) {
+    fn reject(&mut self, conn: Connection, listen: &str, refusal: Refusal) {
         let now = Instant::now();
         if self.rejects.admit_line(now) {
             log::info!(
-                "reject peer={} listen={} reason={} code={} active={}",
+                "reject peer={} listen={listen} reason={} code={} active={}",
                 conn.peer,
-                self.listeners[index].local_name(),
                 refusal.reason,
                 refusal.code as u16,
                 self.active()
@@ -361,11 +455,43 @@ impl Supervisor {
         self.drains.reject(conn.stream, &error, now);
     }
 
-    fn spawn(&mut self, conn: Connection, index: usize) {
+    fn spawn(&mut self, mut conn: Connection, listen: &str) {
         let peer = conn.peer.clone();
-        let draining = self.drains.raw_fds();
-        match child::spawn(conn, &self.setup, &draining, self.handler.as_ref()) {
+        conn.from_source = self
+            .admission
+            .source_of(&peer)
+            .map_or(1, |s| self.admission.connections_from(&s) + 1);
+        let mut not_for_child = self.drains.raw_fds();
+        not_for_child.extend(self.relays.raw_fds());
+        let stderr_pipe = if self.handler.execs() {
+            match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+                Ok(pipe) => Some(pipe),
+                Err(e) => {
+                    log::error!(
+                        "reject peer={peer} reason=pipe code=4 error={}",
+                        quote(&e.to_string())
+                    );
+                    let error = Frame::error(ErrorCode::Busy, "server cannot start a process");
+                    self.drains.reject(conn.stream, &error, Instant::now());
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let stderr_write = stderr_pipe.as_ref().map(|(_, w)| w.as_raw_fd());
+        match child::spawn(
+            conn,
+            &self.setup,
+            &not_for_child,
+            stderr_write,
+            self.handler.as_ref(),
+        ) {
             Ok(pid) => {
+                if let Some((read, _write)) = stderr_pipe {
+                    // Our copy of the write end closes here: EOF comes when the program ends.
+                    self.relays.add(read, pid);
+                }
                 let started = Instant::now();
                 self.accepted_total += 1;
                 self.admission.started(&peer);
@@ -380,10 +506,10 @@ impl Supervisor {
                     },
                 );
                 log::info!(
-                    "accept peer={peer} pid={pid} listen={} active={}",
-                    self.listeners[index].local_name(),
+                    "accept peer={peer} pid={pid} listen={listen} active={}",
                     self.active()
                 );
+                self.notify_status();
             }
             Err((e, conn)) => {
                 log::error!(
@@ -466,11 +592,12 @@ impl Supervisor {
         };
         self.lifetimes.remove(&(record.started, pid));
         self.admission.ended(&record.peer);
+        self.notify_status();
         let duration = record.started.elapsed().as_secs_f64();
         let active = self.active();
         let peer = record.peer;
         match how {
-            Ended::Exit(EXIT_PANIC) => log::warn!(
+            Ended::Exit(EXIT_PANIC) if !self.handler.execs() => log::warn!(
                 "end peer={peer} pid={pid} status=exit:{EXIT_PANIC} reason=panic duration={duration:.3}s active={active}"
             ),
             Ended::Exit(code) => log::info!(
@@ -536,7 +663,12 @@ impl Supervisor {
                 Err(_) => break,
             }
         }
-        log::info!("stop served={} killed={killed}", self.accepted_total);
+        self.relays.finish_all();
+        log::log!(
+            self.lifecycle,
+            "stop served={} killed={killed}",
+            self.accepted_total
+        );
     }
 }
 

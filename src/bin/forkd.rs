@@ -11,6 +11,13 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(stop) => return stop.finish("forkd"),
     };
+    if config.listen.is_empty() && !config.inetd && !forkd::activation::offered() {
+        return cli::Stop::Invalid(forkd::supervisor::NO_ADDRESS.to_string()).finish("forkd");
+    }
+    if config.inetd {
+        forkd::activation::protect_inetd_stderr();
+    }
+    forkd::fds::cloexec_inherited();
     let target = logging::init(config.log.clone());
     logging::log_panics();
     match forkd::supervisor::run(&config) {

@@ -32,7 +32,7 @@ pub fn serve(
     settings: ProtocolSettings,
     responder: &mut dyn Responder,
 ) -> Outcome {
-    let Connection { stream, peer } = conn;
+    let Connection { stream, peer, .. } = conn;
     if let Some(idle) = settings.idle_timeout {
         // A peer that takes no reply for this long is as idle as one that sends nothing.
         let _ = stream.set_write_timeout(Some(idle));

@@ -3,9 +3,12 @@
 //! ended.
 
 pub mod echo;
+pub mod exec;
 pub mod fault;
+pub mod frame_exec;
 pub mod framed;
 
+use crate::cli::Program;
 use crate::conn::Connection;
 
 /// How a conversation ended; the child's exit status says it to the supervisor.
@@ -20,6 +23,12 @@ pub enum Outcome {
 /// Serves one connection.
 pub trait Handler {
     fn serve(&self, conn: Connection) -> Outcome;
+
+    /// Whether the child becomes another program: then its exit status is the program's, and
+    /// its stderr is relayed into the log.
+    fn execs(&self) -> bool {
+        false
+    }
 }
 
 /// The handlers `--handler` can name.
@@ -27,6 +36,12 @@ pub trait Handler {
 pub enum HandlerName {
     /// Answers DATA with the same DATA, PING with PONG.
     Echo,
+    /// Runs PROGRAM with the connection on stdin and stdout and the UCSPI environment, as
+    /// tcpserver does: the program owns the protocol.
+    Exec,
+    /// Speaks protocol v1 and runs PROGRAM once per DATA frame: the payload on its stdin, its
+    /// stdout the DATA reply.
+    FrameExec,
     /// Echo that commits a fault on request (panic, abort, stack overflow, spin, leak): for
     /// tests and benchmarks only, so it stays out of --help.
     #[value(hide = true)]
@@ -37,6 +52,8 @@ impl HandlerName {
     pub fn as_str(self) -> &'static str {
         match self {
             HandlerName::Echo => "echo",
+            HandlerName::Exec => "exec",
+            HandlerName::FrameExec => "frame-exec",
             HandlerName::Fault => "fault",
         }
     }
@@ -50,10 +67,21 @@ pub struct ProtocolSettings {
     pub idle_timeout: Option<std::time::Duration>,
 }
 
-/// The handler a name stands for.
-pub fn build(name: HandlerName, settings: ProtocolSettings) -> Box<dyn Handler> {
+/// The handler a name stands for. The command line guarantees a program for exec and
+/// frame-exec.
+pub fn build(
+    name: HandlerName,
+    settings: ProtocolSettings,
+    program: Option<&Program>,
+) -> Box<dyn Handler> {
+    let program = || program.expect("a PROGRAM for this handler").clone();
     match name {
         HandlerName::Echo => Box::new(echo::Echo { settings }),
         HandlerName::Fault => Box::new(fault::Fault { settings }),
+        HandlerName::Exec => Box::new(exec::Exec { program: program() }),
+        HandlerName::FrameExec => Box::new(frame_exec::FrameExec {
+            settings,
+            program: program(),
+        }),
     }
 }

@@ -1,0 +1,156 @@
+//! What forkd is handed instead of binding: systemd's listening sockets (LISTEN_PID,
+//! LISTEN_FDS, LISTEN_FDNAMES, as sd_listen_fds(3) describes), or, with `--inetd`, the one
+//! connection on descriptor 0.
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use crate::addr::Addr;
+use crate::conn::{Connection, Peer, Stream};
+use crate::listen::Listener;
+
+/// The first descriptor systemd passes.
+const SD_LISTEN_FDS_START: RawFd = 3;
+
+/// Whether systemd passed sockets to this very process.
+pub fn offered() -> bool {
+    let for_us = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    for_us
+        && std::env::var("LISTEN_FDS")
+            .ok()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n > 0)
+}
+
+/// Takes the sockets systemd passed, and clears the variables so no program started later
+/// mistakes them for its own. `None` when there are none for this process.
+pub fn take() -> Result<Option<Vec<Listener>>, String> {
+    if !offered() {
+        return Ok(None);
+    }
+    let count: RawFd = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .map(|n| n.split(':').map(str::to_string).collect())
+        .unwrap_or_default();
+    // SAFETY: forkd is single-threaded here; nothing else reads the environment meanwhile.
+    unsafe {
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDS");
+        std::env::remove_var("LISTEN_FDNAMES");
+    }
+    let mut listeners = Vec::new();
+    for (i, fd) in (SD_LISTEN_FDS_START..SD_LISTEN_FDS_START + count).enumerate() {
+        // SAFETY: systemd hands these descriptors to this process, which owns them from now on.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let name = names.get(i).filter(|n| !n.is_empty()).cloned();
+        let listener = Listener::inherited(owned, name)
+            .map_err(|e| format!("descriptor {fd} from systemd: {e}"))?;
+        listeners.push(listener);
+    }
+    Ok(Some(listeners))
+}
+
+/// With `--listen` also given, the inherited sockets must be exactly those addresses
+/// (`:PORT` standing for 0.0.0.0:PORT and [::]:PORT).
+pub fn check_agreement(inherited: &[Listener], asked: &[Addr]) -> Result<(), String> {
+    let mut want: Vec<String> = asked
+        .iter()
+        .flat_map(|a| match a {
+            Addr::AnyIp(port) => vec![format!("0.0.0.0:{port}"), format!("[::]:{port}")],
+            other => vec![other.to_string()],
+        })
+        .collect();
+    let mut have: Vec<String> = inherited.iter().map(Listener::address).collect();
+    want.sort();
+    have.sort();
+    if want == have {
+        Ok(())
+    } else {
+        Err(format!(
+            "systemd passed sockets for {} but --listen asks for {}",
+            have.join(","),
+            want.join(",")
+        ))
+    }
+}
+
+/// inetd hands a "nowait" service the socket as descriptors 0, 1 and 2: when stderr is a
+/// socket, point it at /dev/null before anything (the log's own fallback, a panic message)
+/// can write into the conversation. Call before the log is set up.
+pub fn protect_inetd_stderr() {
+    let stderr_is_socket = nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(2) })
+        .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
+        .unwrap_or(false);
+    if stderr_is_socket {
+        point_at_dev_null(&[2]);
+    }
+}
+
+fn point_at_dev_null(targets: &[RawFd]) {
+    use std::os::fd::AsRawFd;
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for target in targets {
+            unsafe { libc::dup2(null.as_raw_fd(), *target) };
+        }
+    }
+}
+
+/// The connection inetd (or systemd with Accept=yes and StandardInput=socket) left on
+/// descriptor 0. Descriptors 0 and 1 then point at /dev/null, so nothing but the handler
+/// writes to the peer.
+pub fn take_inetd_connection() -> Result<Connection, String> {
+    use nix::sys::socket::{AddressFamily, SockaddrLike, SockaddrStorage, getpeername};
+    let fd = nix::fcntl::fcntl(
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(0) },
+        nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3),
+    )
+    .map_err(|e| format!("--inetd: descriptor 0: {e}"))?;
+    // SAFETY: a fresh duplicate, owned here alone.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let peer_addr: SockaddrStorage = getpeername(fd)
+        .map_err(|e| format!("--inetd: descriptor 0 is not a connected socket: {e}"))?;
+    let (stream, peer) = match peer_addr.family() {
+        Some(AddressFamily::Inet | AddressFamily::Inet6) => {
+            let stream = std::net::TcpStream::from(owned);
+            let peer = stream.peer_addr().map_err(|e| format!("--inetd: {e}"))?;
+            (Stream::Tcp(stream), Peer::Tcp(peer))
+        }
+        Some(AddressFamily::Unix) => {
+            let stream = std::os::unix::net::UnixStream::from(owned);
+            let peer = Peer::of_unix(&stream);
+            (Stream::Unix(stream), peer)
+        }
+        other => return Err(format!("--inetd: unsupported address family {other:?}")),
+    };
+    let stderr_is_socket = nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(2) })
+        .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
+        .unwrap_or(false);
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("--inetd: /dev/null: {e}"))?;
+    let targets: &[RawFd] = if stderr_is_socket {
+        &[0, 1, 2]
+    } else {
+        &[0, 1]
+    };
+    for target in targets {
+        use std::os::fd::AsRawFd;
+        unsafe { libc::dup2(null.as_raw_fd(), *target) };
+    }
+    Ok(Connection {
+        stream,
+        peer,
+        from_source: 1,
+    })
+}

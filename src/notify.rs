@@ -1,0 +1,107 @@
+//! Telling systemd how forkd is doing (sd_notify(3)): READY=1 once serving, STOPPING=1 on
+//! shutdown, and STATUS= with the active and maximum children when that changes, at most four
+//! times a second so a busy server does not flood the manager.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::time::{Duration, Instant};
+
+const STATUS_INTERVAL: Duration = Duration::from_millis(250);
+
+pub struct Notifier {
+    socket: UnixDatagram,
+    target: SocketAddr,
+    sent_status: Option<String>,
+    sent_at: Option<Instant>,
+    pending: Option<String>,
+}
+
+impl Notifier {
+    /// From NOTIFY_SOCKET (a path, or `@name` for an abstract socket), which is then cleared
+    /// so programs started later do not talk to systemd in forkd's name.
+    pub fn from_env() -> Option<Notifier> {
+        let path = std::env::var_os("NOTIFY_SOCKET")?;
+        // SAFETY: forkd is single-threaded at start.
+        unsafe { std::env::remove_var("NOTIFY_SOCKET") };
+        let path = path.to_string_lossy().into_owned();
+        let target = match path.strip_prefix('@') {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                SocketAddr::from_abstract_name(name.as_bytes())
+            }
+            None => SocketAddr::from_pathname(&path),
+        };
+        let target = match target {
+            Ok(t) => t,
+            Err(e) => {
+                log::warn!(
+                    "status notify_socket={path} reason={}",
+                    crate::logging::quote(&e.to_string())
+                );
+                return None;
+            }
+        };
+        let socket = UnixDatagram::unbound().ok()?;
+        Some(Notifier {
+            socket,
+            target,
+            sent_status: None,
+            sent_at: None,
+            pending: None,
+        })
+    }
+
+    fn send(&self, message: &str) {
+        if let Err(e) = self.socket.send_to_addr(message.as_bytes(), &self.target) {
+            log::warn!(
+                "status notify={} reason={}",
+                message.lines().next().unwrap_or(""),
+                crate::logging::quote(&e.to_string())
+            );
+        }
+    }
+
+    pub fn ready(&mut self, status: String) {
+        self.send(&format!("READY=1\nSTATUS={status}"));
+        self.sent_status = Some(status);
+        self.sent_at = Some(Instant::now());
+    }
+
+    pub fn stopping(&mut self, status: String) {
+        self.send(&format!("STOPPING=1\nSTATUS={status}"));
+    }
+
+    /// Records the status; it is sent now or when the interval allows ([`Notifier::flush`]).
+    pub fn status(&mut self, status: String, now: Instant) {
+        if self.sent_status.as_deref() == Some(status.as_str()) {
+            self.pending = None;
+            return;
+        }
+        self.pending = Some(status);
+        self.flush(now);
+    }
+
+    /// Sends a pending status if the interval has passed.
+    pub fn flush(&mut self, now: Instant) {
+        if self.due().is_some_and(|due| due <= now)
+            && let Some(status) = self.pending.take()
+        {
+            self.send(&format!("STATUS={status}"));
+            self.sent_status = Some(status);
+            self.sent_at = Some(now);
+        }
+    }
+
+    /// When a pending status may be sent.
+    pub fn due(&self) -> Option<Instant> {
+        self.pending.as_ref()?;
+        Some(
+            self.sent_at
+                .map_or_else(Instant::now, |t| t + STATUS_INTERVAL),
+        )
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}

@@ -1,0 +1,141 @@
+//! A program's stderr, turned into log lines tagged with the program's pid.
+//!
+//! Each exec'd child writes its stderr into a pipe whose read end the supervisor keeps in its
+//! poll loop; whatever arrives is cut into lines and logged as `stderr pid=N: text`. Reads are
+//! bounded per wake-up, and very long lines are split, so a chatty program cannot take the
+//! supervisor over or grow it.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+/// Longest piece of a line logged at once; longer lines continue in further log lines.
+const MAX_LINE: usize = 2048;
+/// Bytes read from one pipe per wake-up.
+const READ_BUDGET: usize = 64 * 1024;
+
+/// Cuts a byte stream into log lines for one program.
+pub struct LineSplitter {
+    pid: Pid,
+    partial: Vec<u8>,
+}
+
+impl LineSplitter {
+    pub fn new(pid: Pid) -> LineSplitter {
+        LineSplitter {
+            pid,
+            partial: Vec::new(),
+        }
+    }
+
+    /// Logs every complete line in `bytes` (and pieces of overlong ones); keeps the rest.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if b == b'\n' {
+                self.emit();
+            } else {
+                self.partial.push(b);
+                if self.partial.len() >= MAX_LINE {
+                    self.emit();
+                }
+            }
+        }
+    }
+
+    /// Logs what is left at end of stream.
+    pub fn finish(&mut self) {
+        if !self.partial.is_empty() {
+            self.emit();
+        }
+    }
+
+    fn emit(&mut self) {
+        let text = String::from_utf8_lossy(&self.partial);
+        log::info!("stderr pid={}: {}", self.pid, text.trim_end_matches('\r'));
+        self.partial.clear();
+    }
+}
+
+struct Relay {
+    pipe: OwnedFd,
+    lines: LineSplitter,
+}
+
+/// The stderr pipes of running programs.
+#[derive(Default)]
+pub struct Relays {
+    list: Vec<Relay>,
+}
+
+impl Relays {
+    /// Starts relaying `pipe` (a read end, made non-blocking here) for `pid`.
+    pub fn add(&mut self, pipe: OwnedFd, pid: Pid) {
+        let _ = nix::fcntl::fcntl(
+            &pipe,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        );
+        self.list.push(Relay {
+            pipe,
+            lines: LineSplitter::new(pid),
+        });
+    }
+
+    pub fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        self.list.iter().map(|r| r.pipe.as_fd())
+    }
+
+    /// Descriptors a new child must close.
+    pub fn raw_fds(&self) -> Vec<RawFd> {
+        self.list.iter().map(|r| r.pipe.as_raw_fd()).collect()
+    }
+
+    /// Reads from the pipes at `ready` (indices into [`Relays::fds`]); drops those at EOF.
+    pub fn service(&mut self, ready: &[usize]) {
+        let mut done = vec![false; self.list.len()];
+        for &i in ready {
+            done[i] = read_some(&mut self.list[i]);
+        }
+        let mut index = 0;
+        self.list.retain(|_| {
+            index += 1;
+            !done[index - 1]
+        });
+    }
+
+    /// Logs what the pipes still hold (their programs have ended), without waiting for more:
+    /// a program's own child may hold a pipe open forever.
+    pub fn finish_all(&mut self) {
+        for relay in &mut self.list {
+            if !read_some(relay) {
+                relay.lines.finish();
+            }
+        }
+        self.list.clear();
+    }
+}
+
+/// Reads what is there; true at end of stream (or error), after logging the last piece.
+fn read_some(relay: &mut Relay) -> bool {
+    let mut buf = [0u8; 8192];
+    let mut taken = 0;
+    while taken < READ_BUDGET {
+        match nix::unistd::read(&relay.pipe, &mut buf) {
+            Ok(0) => {
+                relay.lines.finish();
+                return true;
+            }
+            Ok(n) => {
+                taken += n;
+                relay.lines.feed(&buf[..n]);
+            }
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => return false,
+            Err(_) => {
+                relay.lines.finish();
+                return true;
+            }
+        }
+    }
+    false
+}
