@@ -85,15 +85,16 @@ pub fn ignore_sigpipe() -> nix::Result<()> {
     unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }.map(drop)
 }
 
-/// In a new child: default dispositions for every signal and an empty mask, so the handler
-/// (or an exec'd program) starts as a fresh process would.
+/// In a new child: default dispositions for every signal, real-time ones included, and an
+/// empty mask, so the handler (or an exec'd program) starts as a fresh process would. (The C
+/// library keeps two real-time signals for itself; what forkd inherited for those stays.)
 pub fn reset_for_child() {
     PIPE_WRITE_FD.store(-1, Ordering::Relaxed);
-    for sig in Signal::iterator() {
-        if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+    for number in 1..=libc::SIGRTMAX() {
+        if number == libc::SIGKILL || number == libc::SIGSTOP {
             continue;
         }
-        let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
+        unsafe { libc::signal(number, libc::SIG_DFL) };
     }
     let _ = signal::sigprocmask(
         signal::SigmaskHow::SIG_SETMASK,
