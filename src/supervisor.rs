@@ -619,7 +619,12 @@ impl Supervisor {
         self.drains.clear();
         self.rejects
             .flush_if_due(Instant::now() + Duration::from_secs(3600));
-        log::info!(
+        let status = format!("stopping, {}", self.status());
+        if let Some(n) = &mut self.notifier {
+            n.stopping(status);
+        }
+        log::log!(
+            self.lifecycle,
             "stop signal={} active={} grace={}s",
             sig.as_str(),
             self.active(),

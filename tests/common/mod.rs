@@ -275,7 +275,10 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: &Addr) -> Client {
-        let stream = forkd::client::connect(addr, PATIENCE).expect("connect");
+        Client::from_stream(forkd::client::connect(addr, PATIENCE).expect("connect"))
+    }
+
+    pub fn from_stream(stream: Stream) -> Client {
         Client {
             reader: FrameReader::new(stream, u32::MAX),
         }
