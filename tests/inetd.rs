@@ -344,3 +344,24 @@ fn wait_for(socket: &UnixDatagram, needle: &str) -> String {
         assert!(Instant::now() < deadline, "no notification with {needle}");
     }
 }
+
+/// docs/inetd.md shows each example file whole, so what the reader copies is what ran.
+#[test]
+fn the_docs_show_the_examples_that_run() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/inetd.md")).unwrap();
+    for name in [
+        "inetd.conf",
+        "xinetd-forkd",
+        "systemd/forkd-echo.socket",
+        "systemd/forkd-echo.service",
+        "systemd/forkd-inetd.socket",
+        "systemd/forkd-inetd@.service",
+    ] {
+        let text = std::fs::read_to_string(Path::new(EXAMPLES).join(name)).unwrap();
+        assert!(
+            doc.contains(text.trim_end()),
+            "docs/inetd.md lacks {name} as it is"
+        );
+    }
+}
