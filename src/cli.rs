@@ -243,6 +243,11 @@ pub struct Config {
     pub pidfile: Option<PathBuf>,
 }
 
+/// The clap command, for man pages and completions.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
 /// A command line that does not run the program.
 #[derive(Debug)]
 pub enum Stop {

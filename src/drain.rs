@@ -54,6 +54,10 @@ impl Drains {
         });
     }
 
+    pub fn count(&self) -> usize {
+        self.list.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }

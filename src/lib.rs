@@ -15,6 +15,7 @@ pub mod client;
 pub mod conn;
 pub mod drain;
 pub mod fds;
+pub mod forkc_cli;
 pub mod frame;
 pub mod handler;
 pub mod listen;

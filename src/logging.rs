@@ -77,10 +77,36 @@ pub fn init(options: LogOptions) -> Target {
         level: options.level,
     };
     // A second init (tests in one process) keeps the first logger.
-    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+    let logger: &'static Logger = Box::leak(Box::new(logger));
+    if log::set_logger(logger).is_ok() {
         log::set_max_level(options.level);
+        let _ = INSTALLED.set(logger);
     }
     target
+}
+
+static INSTALLED: std::sync::OnceLock<&'static Logger> = std::sync::OnceLock::new();
+
+/// Connects to the syslog socket afresh (SIGHUP), for a syslog daemon that was restarted or
+/// a socket that moved. Returns what happened, for the log line that follows.
+pub fn reopen() -> &'static str {
+    let Some(logger) = INSTALLED.get() else {
+        return "none";
+    };
+    let mut backend = match logger.backend.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    match &mut *backend {
+        Backend::Stderr => "stderr",
+        Backend::Syslog { writer, options } => match connect_syslog(options) {
+            Ok(fresh) => {
+                *writer = fresh;
+                "syslog-reconnected"
+            }
+            Err(_) => "syslog-unreachable",
+        },
+    }
 }
 
 fn connect_syslog(options: &LogOptions) -> Result<SyslogWriter, String> {

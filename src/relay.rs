@@ -85,6 +85,10 @@ impl Relays {
         self.list.iter().map(|r| r.pipe.as_fd())
     }
 
+    pub fn count(&self) -> usize {
+        self.list.len()
+    }
+
     /// Descriptors a new child must close.
     pub fn raw_fds(&self) -> Vec<RawFd> {
         self.list.iter().map(|r| r.pipe.as_raw_fd()).collect()

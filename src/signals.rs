@@ -10,8 +10,15 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
-/// The signals the supervisor handles through the pipe.
-pub const HANDLED: [Signal; 3] = [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT];
+/// The signals the supervisor handles through the pipe: SIGCHLD (reap), SIGTERM and SIGINT
+/// (shut down), SIGHUP (reconnect to syslog), SIGUSR1 (log a status line).
+pub const HANDLED: [Signal; 5] = [
+    Signal::SIGCHLD,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+];
 
 static PIPE_WRITE_FD: AtomicI32 = AtomicI32::new(-1);
 

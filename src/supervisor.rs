@@ -235,6 +235,20 @@ impl Supervisor {
         )
     }
 
+    /// SIGUSR1: one line with what the supervisor is doing.
+    fn log_status(&self) {
+        let names: Vec<String> = self.listeners.iter().map(Listener::local_name).collect();
+        log::info!(
+            "status signal=SIGUSR1 pid={} active={} accepted={} draining={} relays={} listen={}",
+            std::process::id(),
+            self.active(),
+            self.accepted_total,
+            self.drains.count(),
+            self.relays.count(),
+            names.join(",")
+        );
+    }
+
     /// Tells systemd the status if it changed (throttled by the notifier).
     fn notify_status(&mut self) {
         let status = self.status();
@@ -281,11 +295,18 @@ impl Supervisor {
                 self.relays.service(&ready.relays);
             }
             if ready.signals {
-                let stop = self
-                    .signals
-                    .drain()
-                    .into_iter()
+                let signals = self.signals.drain();
+                let stop = signals
+                    .iter()
+                    .copied()
                     .find(|s| matches!(s, Signal::SIGTERM | Signal::SIGINT));
+                if signals.contains(&Signal::SIGHUP) {
+                    let log = crate::logging::reopen();
+                    log::info!("status signal=SIGHUP log={log}");
+                }
+                if signals.contains(&Signal::SIGUSR1) {
+                    self.log_status();
+                }
                 self.reap();
                 if let Some(sig) = stop {
                     self.shut_down(sig);

@@ -331,3 +331,22 @@ fn quiet_drops_connection_lines_but_keeps_warnings() {
         "{log:?}"
     );
 }
+
+#[test]
+fn sighup_and_sigusr1_are_harmless_and_say_so() {
+    let mut server = Forkd::start(&[]);
+    let mut client = Client::connect(&server.addr());
+    assert_eq!(client.echo(b"1").payload, b"1");
+    server.signal(libc::SIGHUP);
+    let hup = server.wait_log("status signal=SIGHUP");
+    assert_eq!(field(&hup, "log"), Some("stderr"));
+    server.signal(libc::SIGUSR1);
+    let status = server.wait_log("status signal=SIGUSR1");
+    assert_eq!(field(&status, "active"), Some("1/64"));
+    assert_eq!(field(&status, "accepted"), Some("1"));
+    assert_eq!(field(&status, "listen"), Some(server.addrs[0].as_str()));
+    // Still serving, the old conversation and new ones.
+    assert_eq!(client.echo(b"2").payload, b"2");
+    let mut other = Client::connect(&server.addr());
+    assert_eq!(other.echo(b"3").payload, b"3");
+}

@@ -20,13 +20,22 @@ struct Rsyslogd {
 
 impl Rsyslogd {
     fn start(dir: &Path) -> Rsyslogd {
+        Rsyslogd::start_named(dir, "messages")
+    }
+
+    /// An rsyslogd on `dir`/log.sock writing to `dir`/`messages`.
+    fn start_named(dir: &Path, messages: &str) -> Rsyslogd {
         assert!(
             Path::new(RSYSLOGD).exists(),
             "{RSYSLOGD} is missing: install rsyslog (bash .ci/run does)"
         );
         let socket = dir.join("log.sock");
-        let messages = dir.join("messages");
-        let conf = dir.join("rsyslog.conf");
+        let messages = dir.join(messages);
+        let _ = std::fs::remove_file(&socket);
+        let conf = dir.join(format!(
+            "{}.conf",
+            messages.display().to_string().replace('/', "_")
+        ));
         std::fs::write(
             &conf,
             format!(
@@ -176,4 +185,37 @@ fn without_a_syslog_socket_forkd_says_so_once_and_logs_to_stderr() {
         .filter(|l| l.contains("syslog unavailable"))
         .count();
     assert_eq!(notices, 1);
+}
+
+#[test]
+fn a_restarted_syslog_daemon_gets_the_next_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Rsyslogd::start_named(dir.path(), "first");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let mut cmd = Command::new(FORKD);
+    cmd.args(["--listen", &port, "--log", "syslog", "--syslog-socket"])
+        .arg(&first.socket);
+    let server = Forkd::spawn_until_answering(&mut cmd, &port);
+    first.wait_line(&[" start version="]);
+    // The harness's probe connection is logged too before the daemon goes.
+    first.wait_line(&[" end peer="]);
+    drop(first);
+
+    // A new daemon on the same socket path: forkd reconnects on its next line.
+    let second = Rsyslogd::start_named(dir.path(), "second");
+    let mut client = Client::connect(&port.parse().unwrap());
+    assert_eq!(client.echo(b"after restart").payload, b"after restart");
+    second.wait_line(&[" accept peer=127.0.0.1:"]);
+    // And SIGHUP reconnects on purpose.
+    server.signal(libc::SIGHUP);
+    second.wait_line(&["status signal=SIGHUP log=syslog-reconnected"]);
+    assert!(
+        server.log().is_empty(),
+        "nothing fell back to stderr: {:?}",
+        server.log()
+    );
 }

@@ -5,58 +5,13 @@ use std::net::Shutdown;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 
 use forkd::addr::Addr;
-use forkd::cli::parse_secs;
 use forkd::client::{ServerError, connect};
 use forkd::conn::Stream;
-use forkd::frame::{DEFAULT_MAX_FRAME, Frame, FrameReader, Kind, write_frame};
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "forkc",
-    version,
-    about = "Client for forkd's protocol v1: send DATA frames and print the replies, or ping.",
-    after_help = "Examples:\n  forkc --connect 127.0.0.1:7000 send hello world\n  \
-                  printf 'a\\nb\\n' | forkc --connect unix:/run/forkd.sock send -\n  \
-                  forkc --connect [::1]:7000 ping --count 5"
-)]
-struct Cli {
-    /// Server address (required): 127.0.0.1:7000, [::1]:7000, :7000 (this machine) or
-    /// unix:/path.
-    #[arg(long, value_name = "ADDR", global = true)]
-    connect: Option<Addr>,
-
-    /// Give up on a connect, read or write that takes longer than this.
-    #[arg(long, value_name = "SECS", global = true, default_value = "10", value_parser = parse_secs)]
-    timeout: Duration,
-
-    /// Largest reply payload accepted.
-    #[arg(long, value_name = "BYTES", global = true, default_value_t = DEFAULT_MAX_FRAME,
-          value_parser = forkd::cli::parse_bytes)]
-    max_frame: u32,
-
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Send each PAYLOAD as a DATA frame (pipelined) and print each reply on its own line.
-    /// `-` reads payloads from stdin, one per line.
-    Send {
-        #[arg(value_name = "PAYLOAD", required = true)]
-        payloads: Vec<String>,
-    },
-    /// Send PING frames one at a time and print each round-trip time.
-    Ping {
-        /// How many pings.
-        #[arg(long, value_name = "N", default_value_t = 1,
-              value_parser = clap::value_parser!(u64).range(1..))]
-        count: u64,
-    },
-}
+use forkd::forkc_cli::{Cli, Command};
+use forkd::frame::{Frame, FrameReader, Kind, write_frame};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

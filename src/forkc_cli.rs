@@ -1,0 +1,60 @@
+//! forkc's command line: the clap definitions, shared by the forkc binary and the man-page
+//! and completion generator.
+
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::addr::Addr;
+use crate::cli::{parse_bytes, parse_secs};
+use crate::frame::DEFAULT_MAX_FRAME;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "forkc",
+    version,
+    about = "Client for forkd's protocol v1: send DATA frames and print the replies, or ping.",
+    after_help = "Examples:\n  forkc --connect 127.0.0.1:7000 send hello world\n  \
+                  printf 'a\\nb\\n' | forkc --connect unix:/run/forkd.sock send -\n  \
+                  forkc --connect [::1]:7000 ping --count 5"
+)]
+pub struct Cli {
+    /// Server address (required): 127.0.0.1:7000, [::1]:7000, :7000 (this machine) or
+    /// unix:/path.
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub connect: Option<Addr>,
+
+    /// Give up on a connect, read or write that takes longer than this.
+    #[arg(long, value_name = "SECS", global = true, default_value = "10", value_parser = parse_secs)]
+    pub timeout: Duration,
+
+    /// Largest reply payload accepted.
+    #[arg(long, value_name = "BYTES", global = true, default_value_t = DEFAULT_MAX_FRAME,
+          value_parser = parse_bytes)]
+    pub max_frame: u32,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Send each PAYLOAD as a DATA frame (pipelined) and print each reply on its own line.
+    /// `-` reads payloads from stdin, one per line.
+    Send {
+        #[arg(value_name = "PAYLOAD", required = true)]
+        payloads: Vec<String>,
+    },
+    /// Send PING frames one at a time and print each round-trip time.
+    Ping {
+        /// How many pings.
+        #[arg(long, value_name = "N", default_value_t = 1,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        count: u64,
+    },
+}
+
+/// The clap command, for man pages and completions.
+pub fn command() -> clap::Command {
+    Cli::command()
+}

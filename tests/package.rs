@@ -1,0 +1,203 @@
+//! The Debian package, for real: lintian, apt-get install on this machine, the service's user,
+//! man pages, units, the packaged configuration serving, an upgrade in place keeping an edited
+//! conffile, and a purge that leaves nothing. packaging/build-deb must have run first (bash
+//! .ci/run does). The package database is left as it was found: forkd not installed.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::{Client, Forkd};
+
+const DEB_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/debian");
+
+fn deb() -> String {
+    let path = format!(
+        "{DEB_DIR}/forkd_{}_{}.deb",
+        env!("CARGO_PKG_VERSION"),
+        String::from_utf8(run("dpkg", &["--print-architecture"]).stdout)
+            .unwrap()
+            .trim()
+    );
+    assert!(
+        Path::new(&path).exists(),
+        "{path} is missing: run packaging/build-deb first (bash .ci/run does)"
+    );
+    path
+}
+
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"))
+}
+
+fn run_ok(program: &str, args: &[&str]) -> String {
+    let out = run(program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn installed() -> bool {
+    let out = run("dpkg-query", &["-W", "-f=${db:Status-Status}", "forkd"]);
+    out.status.success() && String::from_utf8_lossy(&out.stdout).trim() != "not-installed"
+}
+
+fn user_exists(name: &str) -> bool {
+    run("getent", &["passwd", name]).status.success()
+}
+
+fn group_exists(name: &str) -> bool {
+    run("getent", &["group", name]).status.success()
+}
+
+/// Purges forkd when dropped, so a failed assertion still leaves the machine as it was.
+struct Purge;
+
+impl Drop for Purge {
+    fn drop(&mut self) {
+        if installed() {
+            let _ = run("apt-get", &["purge", "-y", "-q", "forkd"]);
+        }
+    }
+}
+
+#[test]
+fn lintian_has_no_errors_or_warnings() {
+    let deb = deb();
+    let out = run("lintian", &["--fail-on", "error,warning", &deb]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "lintian:\n{report}");
+    assert!(
+        !report
+            .lines()
+            .any(|l| l.starts_with("E:") || l.starts_with("W:")),
+        "{report}"
+    );
+}
+
+#[test]
+fn install_serve_upgrade_and_purge() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "needs root (CI runs as root)"
+    );
+    assert!(
+        !installed(),
+        "forkd is already installed on this machine: this test would replace it"
+    );
+    let deb = deb();
+    let _purge = Purge;
+    run_ok("apt-get", &["install", "-y", "-q", &deb]);
+
+    // The service's user and group, the man pages, the units.
+    assert!(user_exists("forkd") && group_exists("forkd"));
+    let shell = run_ok("getent", &["passwd", "forkd"]);
+    assert!(shell.trim_end().ends_with("/usr/sbin/nologin"), "{shell}");
+    assert!(run_ok("man", &["-w", "forkd"]).contains("man8/forkd.8"));
+    assert!(run_ok("man", &["-w", "forkc"]).contains("man1/forkc.1"));
+    for unit in ["forkd.service", "forkd@.service"] {
+        let path = format!("/usr/lib/systemd/system/{unit}");
+        let out = run("systemd-analyze", &["verify", "--man=no", &path]);
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{unit}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let security = run_ok(
+        "systemd-analyze",
+        &[
+            "security",
+            "--offline=true",
+            "/usr/lib/systemd/system/forkd.service",
+        ],
+    );
+    let score: f64 = security
+        .lines()
+        .find_map(|l| l.split("forkd.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{security}"));
+    assert!(score <= 2.0, "exposure {score}:\n{security}");
+    for path in [
+        "/usr/share/doc/forkd/copyright",
+        "/usr/share/doc/forkd/changelog.gz",
+        "/usr/share/doc/forkd/README.md",
+        "/usr/share/doc/forkd/security.md",
+        "/usr/share/doc/forkd/examples/forkd.socket",
+        "/usr/share/bash-completion/completions/forkd",
+        "/usr/share/zsh/vendor-completions/_forkc",
+        "/usr/share/fish/vendor_completions.d/forkd.fish",
+    ] {
+        assert!(Path::new(path).exists(), "{path}");
+    }
+    let conffiles = run_ok("dpkg-query", &["-W", "-f=${Conffiles}", "forkd"]);
+    assert!(conffiles.contains("/etc/forkd/forkd.conf"), "{conffiles}");
+
+    // The installed forkd, started as the unit starts it (as user forkd, with the packaged
+    // FORKD_OPTS), answers a ping. Only the port differs, so as not to collide.
+    let conf = std::fs::read_to_string("/etc/forkd/forkd.conf").unwrap();
+    let opts = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("FORKD_OPTS="))
+        .expect("FORKD_OPTS in /etc/forkd/forkd.conf")
+        .trim_matches('"')
+        .replace("127.0.0.1:7000", "127.0.0.1:0")
+        .replace("--log syslog", "--log stderr");
+    assert!(opts.contains("--listen"), "{opts}");
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=forkd",
+        "--regid=forkd",
+        "--clear-groups",
+        "/usr/sbin/forkd",
+    ])
+    .args(opts.split_whitespace());
+    let server = Forkd::start_with(&mut cmd, tempfile::tempdir().unwrap());
+    let addr = server.addrs[0].clone();
+    let ping = run_ok("/usr/bin/forkc", &["--connect", &addr, "ping"]);
+    assert!(
+        ping.starts_with(&format!("pong from {addr} seq=1")),
+        "{ping}"
+    );
+    let mut client = Client::connect(&server.addr());
+    assert_eq!(client.echo(b"packaged").payload, b"packaged");
+    let uid = std::fs::read_to_string(format!("/proc/{}/status", server.pid)).unwrap();
+    let forkd_uid = nix::unistd::User::from_name("forkd").unwrap().unwrap().uid;
+    assert!(uid.contains(&format!("Uid:\t{forkd_uid}\t")), "{uid}");
+    drop(client);
+    drop(server);
+
+    // An upgrade in place keeps the admin's edit of the conffile.
+    let edited = format!("{conf}\n# edited by the admin\n");
+    std::fs::write("/etc/forkd/forkd.conf", &edited).unwrap();
+    run_ok("apt-get", &["install", "-y", "-q", "--reinstall", &deb]);
+    assert_eq!(
+        std::fs::read_to_string("/etc/forkd/forkd.conf").unwrap(),
+        edited
+    );
+    assert!(user_exists("forkd"), "the user survives an upgrade");
+
+    // Remove keeps configuration and user; purge removes everything.
+    run_ok("apt-get", &["remove", "-y", "-q", "forkd"]);
+    assert!(!Path::new("/usr/sbin/forkd").exists());
+    assert!(
+        Path::new("/etc/forkd/forkd.conf").exists(),
+        "remove keeps /etc/forkd"
+    );
+    run_ok("apt-get", &["purge", "-y", "-q", "forkd"]);
+    assert!(!Path::new("/usr/sbin/forkd").exists());
+    assert!(!Path::new("/etc/forkd").exists());
+    assert!(!user_exists("forkd") && !group_exists("forkd"));
+    assert!(!installed());
+}
