@@ -44,6 +44,12 @@ struct Cli {
     #[arg(long, value_enum, value_name = "NAME")]
     handler: Option<HandlerName>,
 
+    /// How each connection is isolated: its own forked process, or a thread of forkd's
+    /// process (for comparison; a thread cannot be killed, so --max-lifetime, --rlimit-*,
+    /// --nice and --handler exec are refused with it).
+    #[arg(long, value_enum, value_name = "fork|thread", default_value = "fork")]
+    model: crate::model::Model,
+
     /// Serve the one connection on descriptor 0, as inetd, xinetd ("nowait") or systemd
     /// (Accept=yes) hand it over, then exit.
     #[arg(long, conflicts_with_all = ["listen", "pidfile"])]
@@ -224,6 +230,7 @@ pub struct Config {
     pub listen: Vec<Addr>,
     pub handler: HandlerName,
     pub inetd: bool,
+    pub model: crate::model::Model,
     /// For the exec and frame-exec handlers.
     pub program: Option<Program>,
     pub max_children: u32,
@@ -314,10 +321,11 @@ where
         (_, 1) => LevelFilter::Warn,
         (_, _) => LevelFilter::Error,
     };
-    Ok(Config {
+    let config = Config {
         listen: cli.listen,
         handler,
         inetd: cli.inetd,
+        model: cli.model,
         program,
         max_children: cli.max_children,
         backlog: cli.backlog,
@@ -348,7 +356,9 @@ where
             level,
         },
         pidfile: cli.pidfile,
-    })
+    };
+    crate::model::check(&config).map_err(Stop::Invalid)?;
+    Ok(config)
 }
 
 /// --allow and --deny as one list in command-line order, since the first match wins.

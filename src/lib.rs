@@ -20,6 +20,7 @@ pub mod frame;
 pub mod handler;
 pub mod listen;
 pub mod logging;
+pub mod model;
 pub mod notify;
 pub mod pidfile;
 pub mod privilege;

@@ -76,9 +76,30 @@ impl SignalPipe {
         got
     }
 
+    /// A handle that wakes the poll loop from another thread.
+    pub fn waker(&self) -> Waker {
+        Waker {
+            fd: self.write.as_raw_fd(),
+        }
+    }
+
     /// Both descriptors, for a child to close.
     pub fn raw_fds(&self) -> [RawFd; 2] {
         [self.read.as_raw_fd(), self.write.as_raw_fd()]
+    }
+}
+
+/// Wakes the supervisor's poll loop (a zero byte on the signal pipe, which is no signal).
+#[derive(Clone, Copy, Debug)]
+pub struct Waker {
+    fd: RawFd,
+}
+
+impl Waker {
+    pub fn wake(&self) {
+        let byte = 0u8;
+        // A full pipe already holds a wake-up.
+        unsafe { libc::write(self.fd, (&byte as *const u8).cast(), 1) };
     }
 }
 

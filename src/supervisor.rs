@@ -11,6 +11,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -29,6 +30,7 @@ use crate::frame::{ErrorCode, Frame};
 use crate::handler::{self, Handler, ProtocolSettings};
 use crate::listen::{self, Listener};
 use crate::logging::quote;
+use crate::model::{Model, Threads};
 use crate::notify::Notifier;
 use crate::pidfile::Pidfile;
 use crate::privilege;
@@ -158,12 +160,15 @@ struct Ready {
 struct Supervisor {
     listeners: Vec<Listener>,
     signals: SignalPipe,
-    handler: Box<dyn Handler>,
+    handler: Arc<dyn Handler>,
     max_children: usize,
     overload: Overload,
     grace: Duration,
     max_lifetime: Option<Duration>,
     children: HashMap<Pid, ChildRecord>,
+    /// `--model thread`: the threads, and the connections they serve by thread number.
+    threads: Option<Threads>,
+    thread_workers: HashMap<u64, ChildRecord>,
     /// Living children by start time, when `--max-lifetime` is set: the first is the next to
     /// outlive it. Entries leave when the child is reaped, so this is as small as `children`.
     lifetimes: BTreeSet<(Instant, Pid)>,
@@ -194,18 +199,22 @@ impl Supervisor {
         notifier: Option<Notifier>,
         lifecycle: log::Level,
     ) -> Supervisor {
+        let threads = (config.model == Model::Thread)
+            .then(|| Threads::new(signals.waker(), config.keepalive));
         let mut supervisor_fds: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
         supervisor_fds.extend(signals.raw_fds());
         supervisor_fds.extend(notifier.as_ref().map(Notifier::raw_fd));
         Supervisor {
             listeners,
             signals,
-            handler,
+            handler: Arc::from(handler),
             max_children: config.max_children as usize,
             overload: config.overload,
             grace: config.grace,
             max_lifetime: config.max_lifetime,
             children: HashMap::new(),
+            threads,
+            thread_workers: HashMap::new(),
             lifetimes: BTreeSet::new(),
             kills_due: VecDeque::new(),
             admission: Admission::new(config.admission.clone()),
@@ -230,7 +239,7 @@ impl Supervisor {
     fn status(&self) -> String {
         format!(
             "{} active of {} children",
-            self.children.len(),
+            self.workers(),
             self.max_children
         )
     }
@@ -257,15 +266,20 @@ impl Supervisor {
         }
     }
 
+    /// Connections being served: child processes and threads.
+    fn workers(&self) -> usize {
+        self.children.len() + self.thread_workers.len()
+    }
+
     fn active(&self) -> String {
-        format!("{}/{}", self.children.len(), self.max_children)
+        format!("{}/{}", self.workers(), self.max_children)
     }
 
     /// The main loop; returns once shutdown is complete, or when there is nothing left to
     /// serve (no listener, no child: the `--inetd` case).
     fn serve(&mut self) {
         loop {
-            if self.listeners.is_empty() && self.children.is_empty() {
+            if self.listeners.is_empty() && self.workers() == 0 {
                 self.relays.finish_all();
                 log::log!(
                     self.lifecycle,
@@ -284,7 +298,7 @@ impl Supervisor {
             self.enforce_lifetimes(now);
             self.rejects.flush_if_due(now);
             self.note_limit();
-            let below_limit = self.children.len() < self.max_children;
+            let below_limit = self.workers() < self.max_children;
             let accepting = self.accept_resume_at.is_none()
                 && (below_limit || self.overload == Overload::Reject);
             let ready = self.wait(accepting, self.next_timer());
@@ -391,7 +405,7 @@ impl Supervisor {
     /// Logs the moments the child limit is reached and left, so the log shows when
     /// connections were waiting in the backlog (or being turned away).
     fn note_limit(&mut self) {
-        let at_limit = self.children.len() >= self.max_children;
+        let at_limit = self.workers() >= self.max_children;
         if at_limit != self.at_limit {
             self.at_limit = at_limit;
             let accepting = match (at_limit, self.overload) {
@@ -405,7 +419,7 @@ impl Supervisor {
 
     fn accept_from(&mut self, index: usize) {
         for _ in 0..ACCEPT_BATCH {
-            let at_limit = self.children.len() >= self.max_children;
+            let at_limit = self.workers() >= self.max_children;
             if at_limit && self.overload == Overload::Defer {
                 return;
             }
@@ -482,6 +496,10 @@ impl Supervisor {
             .admission
             .source_of(&peer)
             .map_or(1, |s| self.admission.connections_from(&s) + 1);
+        if self.threads.is_some() {
+            self.spawn_thread(conn, listen);
+            return;
+        }
         let mut not_for_child = self.drains.raw_fds();
         not_for_child.extend(self.relays.raw_fds());
         let stderr_pipe = if self.handler.execs() {
@@ -506,7 +524,7 @@ impl Supervisor {
             &self.setup,
             &not_for_child,
             stderr_write,
-            self.handler.as_ref(),
+            &*self.handler,
         ) {
             Ok(pid) => {
                 if let Some((read, _write)) = stderr_pipe {
@@ -541,6 +559,34 @@ impl Supervisor {
                 let error = Frame::error(ErrorCode::Busy, "server cannot start a process");
                 self.drains.reject(conn.stream, &error, Instant::now());
             }
+        }
+    }
+
+    fn spawn_thread(&mut self, conn: Connection, listen: &str) {
+        let peer = conn.peer.clone();
+        let threads = self.threads.as_mut().expect("thread model");
+        match threads.spawn(conn, &self.handler) {
+            Ok(id) => {
+                self.accepted_total += 1;
+                self.admission.started(&peer);
+                self.thread_workers.insert(
+                    id,
+                    ChildRecord {
+                        peer: peer.clone(),
+                        started: Instant::now(),
+                    },
+                );
+                log::info!(
+                    "accept peer={peer} thread={id} listen={listen} active={}",
+                    self.active()
+                );
+                self.notify_status();
+            }
+            Err((e, _)) => log::error!(
+                "reject peer={peer} reason=thread code=4 error={} active={}",
+                quote(&e.to_string()),
+                self.active()
+            ),
         }
     }
 
@@ -589,8 +635,20 @@ impl Supervisor {
         }
     }
 
-    /// Reaps every child that has exited, without blocking.
+    /// Reaps every child that has exited, and every thread that has ended, without blocking.
     fn reap(&mut self) {
+        let finished = self
+            .threads
+            .as_ref()
+            .map(Threads::finished)
+            .unwrap_or_default();
+        for (id, code) in finished {
+            if let Some(record) = self.thread_workers.remove(&id) {
+                self.admission.ended(&record.peer);
+                self.log_end(&record, &format!("thread={id}"), Ended::Exit(code));
+                self.notify_status();
+            }
+        }
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => self.ended(pid, Ended::Exit(code)),
@@ -613,19 +671,24 @@ impl Supervisor {
         };
         self.lifetimes.remove(&(record.started, pid));
         self.admission.ended(&record.peer);
+        self.log_end(&record, &format!("pid={pid}"), how);
         self.notify_status();
+    }
+
+    /// The `end` line for a child process (`who` is `pid=N`) or a thread (`thread=N`).
+    fn log_end(&self, record: &ChildRecord, who: &str, how: Ended) {
         let duration = record.started.elapsed().as_secs_f64();
         let active = self.active();
-        let peer = record.peer;
+        let peer = &record.peer;
         match how {
             Ended::Exit(EXIT_PANIC) if !self.handler.execs() => log::warn!(
-                "end peer={peer} pid={pid} status=exit:{EXIT_PANIC} reason=panic duration={duration:.3}s active={active}"
+                "end peer={peer} {who} status=exit:{EXIT_PANIC} reason=panic duration={duration:.3}s active={active}"
             ),
             Ended::Exit(code) => log::info!(
-                "end peer={peer} pid={pid} status=exit:{code} duration={duration:.3}s active={active}"
+                "end peer={peer} {who} status=exit:{code} duration={duration:.3}s active={active}"
             ),
             Ended::Signal(sig, core) => log::warn!(
-                "end peer={peer} pid={pid} status=signal:{} core={} duration={duration:.3}s active={active}",
+                "end peer={peer} {who} status=signal:{} core={} duration={duration:.3}s active={active}",
                 sig.as_str(),
                 if core { "yes" } else { "no" }
             ),
@@ -652,7 +715,7 @@ impl Supervisor {
             self.grace.as_secs_f64()
         );
         let deadline = Instant::now() + self.grace;
-        while !self.children.is_empty() {
+        while self.workers() > 0 {
             let now = Instant::now();
             if deadline <= now {
                 break;
@@ -676,6 +739,13 @@ impl Supervisor {
             }
         }
         let killed = self.children.len();
+        if !self.thread_workers.is_empty() {
+            // A thread cannot be killed: leaving ends the process, and every thread with it.
+            log::warn!(
+                "stop threads={} reason=\"grace over: threads end with the process\"",
+                self.thread_workers.len()
+            );
+        }
         for pid in self.children.keys() {
             let _ = kill(*pid, Signal::SIGKILL);
         }

@@ -20,8 +20,8 @@ pub enum Outcome {
     Failed,
 }
 
-/// Serves one connection.
-pub trait Handler {
+/// Serves one connection. Shared by every thread under `--model thread`.
+pub trait Handler: Send + Sync {
     fn serve(&self, conn: Connection) -> Outcome;
 
     /// Whether the child becomes another program: then its exit status is the program's, and
