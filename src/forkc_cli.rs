@@ -45,6 +45,36 @@ pub enum Command {
         #[arg(value_name = "PAYLOAD", required = true)]
         payloads: Vec<String>,
     },
+    /// Load the server and measure it: requests/s, connections/s, MB/s, latency percentiles,
+    /// errors by kind. Every reply is checked byte for byte. Bounded by --requests or
+    /// --duration (whichever ends first; 10000 requests when neither is given).
+    Bench {
+        /// churn: connect, one request, close; persistent: requests back to back on each
+        /// connection; pipelined: --depth requests in flight per connection; hold: idle
+        /// connections for --duration.
+        #[arg(long, value_enum, default_value = "persistent")]
+        workload: crate::bench::Workload,
+        /// Concurrent connections (one client thread each).
+        #[arg(long, value_name = "C", default_value_t = 4,
+              value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        connections: u64,
+        /// Total requests over all connections.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        requests: Option<u64>,
+        /// Stop after this long.
+        #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+        duration: Option<Duration>,
+        /// Payload bytes per request (at least 8: a sequence number).
+        #[arg(long, value_name = "BYTES", default_value = "64", value_parser = parse_bytes)]
+        size: u32,
+        /// pipelined: requests in flight per connection.
+        #[arg(long, value_name = "K", default_value_t = 16,
+              value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        depth: u64,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Send PING frames one at a time and print each round-trip time.
     Ping {
         /// How many pings.

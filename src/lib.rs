@@ -9,6 +9,7 @@
 pub mod activation;
 pub mod addr;
 pub mod admission;
+pub mod bench;
 pub mod child;
 pub mod cli;
 pub mod client;

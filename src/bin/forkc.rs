@@ -22,9 +22,49 @@ fn main() -> ExitCode {
         eprintln!("forkc: --connect ADDR is required");
         return ExitCode::from(2);
     };
+    if let Command::Bench {
+        workload,
+        connections,
+        requests,
+        duration,
+        size,
+        depth,
+        json,
+    } = &cli.command
+    {
+        use std::io::IsTerminal;
+        let report = forkd::bench::run(forkd::bench::BenchConfig {
+            addr,
+            workload: *workload,
+            connections: *connections as usize,
+            requests: match (requests, duration) {
+                (None, None) => Some(10_000),
+                (r, _) => *r,
+            },
+            duration: *duration,
+            size: *size as usize,
+            depth: *depth as usize,
+            timeout: cli.timeout,
+            progress: !json && io::stderr().is_terminal(),
+        });
+        print!(
+            "{}",
+            if *json {
+                report.json() + "\n"
+            } else {
+                report.text()
+            }
+        );
+        if report.error_count() > 0 {
+            eprintln!("forkc: failed requests: {}", report.error_count());
+            return ExitCode::from(1);
+        }
+        return ExitCode::SUCCESS;
+    }
     let result = connect(&addr, cli.timeout).and_then(|stream| match &cli.command {
         Command::Send { payloads } => send(stream, payloads, cli.max_frame),
         Command::Ping { count } => ping(stream, &addr, *count, cli.max_frame),
+        Command::Bench { .. } => unreachable!("bench connects by itself"),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
