@@ -11,7 +11,7 @@ fn json_number(json: &str, key: &str) -> f64 {
         .find(&format!("\"{key}\":"))
         .unwrap_or_else(|| panic!("{key} in {json}"));
     json[at + key.len() + 3..]
-        .split(|c| c == ',' || c == '}')
+        .split([',', '}'])
         .next()
         .unwrap()
         .parse()
