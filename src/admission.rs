@@ -204,11 +204,15 @@ pub struct Admission {
     children_per_source: HashMap<Cidr, u32>,
     buckets: HashMap<Cidr, Bucket>,
     last_sweep: Option<Instant>,
+    /// Whether children per source are counted: for --per-source, or when asked.
+    counting: bool,
 }
 
 impl Admission {
-    pub fn new(policy: Policy) -> Admission {
+    /// `count_sources`: keep children per source even without --per-source (TCPCONNNUM).
+    pub fn new(policy: Policy, count_sources: bool) -> Admission {
         Admission {
+            counting: count_sources || policy.per_source.is_some(),
             policy,
             children_per_source: HashMap::new(),
             buckets: HashMap::new(),
@@ -267,12 +271,18 @@ impl Admission {
     }
 
     pub fn started(&mut self, peer: &Peer) {
+        if !self.counting {
+            return;
+        }
         if let Some(source) = self.source_of(peer) {
             *self.children_per_source.entry(source).or_insert(0) += 1;
         }
     }
 
     pub fn ended(&mut self, peer: &Peer) {
+        if !self.counting {
+            return;
+        }
         let Some(source) = self.source_of(peer) else {
             return;
         };
@@ -357,10 +367,13 @@ mod tests {
 
     #[test]
     fn first_matching_rule_wins_and_default_is_allow() {
-        let mut a = Admission::new(Policy {
-            rules: vec![rule(true, "10.0.0.5"), rule(false, "10.0.0.0/8")],
-            ..Policy::default()
-        });
+        let mut a = Admission::new(
+            Policy {
+                rules: vec![rule(true, "10.0.0.5"), rule(false, "10.0.0.0/8")],
+                ..Policy::default()
+            },
+            false,
+        );
         let now = Instant::now();
         assert!(a.check(&peer("10.0.0.5:1"), now).is_ok());
         let refusal = a.check(&peer("10.9.9.9:1"), now).unwrap_err();
@@ -381,11 +394,14 @@ mod tests {
 
     #[test]
     fn per_source_counts_neighbours_by_prefix() {
-        let mut a = Admission::new(Policy {
-            per_source: Some(2),
-            source_prefix: "24:64".parse().unwrap(),
-            ..Policy::default()
-        });
+        let mut a = Admission::new(
+            Policy {
+                per_source: Some(2),
+                source_prefix: "24:64".parse().unwrap(),
+                ..Policy::default()
+            },
+            false,
+        );
         let now = Instant::now();
         for p in ["10.0.0.1:1", "10.0.0.2:1"] {
             assert!(a.check(&peer(p), now).is_ok());
@@ -402,10 +418,13 @@ mod tests {
 
     #[test]
     fn rate_is_a_token_bucket() {
-        let mut a = Admission::new(Policy {
-            rate: Some("3/1".parse().unwrap()),
-            ..Policy::default()
-        });
+        let mut a = Admission::new(
+            Policy {
+                rate: Some("3/1".parse().unwrap()),
+                ..Policy::default()
+            },
+            false,
+        );
         let t0 = Instant::now();
         for _ in 0..3 {
             assert!(a.check(&peer("192.0.2.1:1"), t0).is_ok());
@@ -421,10 +440,13 @@ mod tests {
 
     #[test]
     fn a_full_bucket_table_refuses_new_sources_until_buckets_go_idle() {
-        let mut a = Admission::new(Policy {
-            rate: Some("1/1".parse().unwrap()),
-            ..Policy::default()
-        });
+        let mut a = Admission::new(
+            Policy {
+                rate: Some("1/1".parse().unwrap()),
+                ..Policy::default()
+            },
+            false,
+        );
         let t0 = Instant::now();
         for i in 0..MAX_BUCKETS as u32 {
             let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);

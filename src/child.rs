@@ -149,6 +149,17 @@ fn exit(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Makes forking cheaper: no fastbins in glibc's allocator. With fastbins, a child's first
+/// larger allocation consolidates every small chunk the supervisor ever freed, touching each
+/// heap page that holds one, and after fork each touch is a copy-on-write fault. Measured with
+/// `perf record -e page-faults`: that walk was a third of the faults per connection.
+pub fn prepare_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::mallopt(libc::M_MXFAST, 0);
+    }
+}
+
 /// fork() in a process with other threads copies only the calling one; locks the others held
 /// stay locked forever in the child. forkd's supervisor must never have a second thread.
 fn debug_assert_single_threaded() {

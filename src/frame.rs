@@ -16,7 +16,7 @@ pub const HEADER_LEN: usize = 5;
 pub const DEFAULT_MAX_FRAME: u32 = 1 << 20;
 
 /// How much the decoder asks the kernel for at least, per read.
-const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK: usize = 4 * 1024;
 
 /// The kind byte of a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

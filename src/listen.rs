@@ -297,7 +297,10 @@ impl AsRawFd for Listener {
 /// small reply leaves at once instead of waiting on Nagle's algorithm, and SO_KEEPALIVE (unless
 /// `--no-keepalive`) so a peer that vanished without a word is eventually noticed.
 pub fn configure_accepted(stream: &Stream, keepalive: bool) -> io::Result<()> {
-    stream.set_nonblocking(false)?;
+    // Linux's accept4 never passes the listener's O_NONBLOCK on; elsewhere it may.
+    if !cfg!(target_os = "linux") {
+        stream.set_nonblocking(false)?;
+    }
     if let Stream::Tcp(s) = stream {
         s.set_nodelay(true)?;
         socket::setsockopt(s, sockopt::KeepAlive, &keepalive).map_err(io::Error::from)?;

@@ -43,6 +43,7 @@ impl SignalPipe {
     /// Creates the pipe (close-on-exec, non-blocking) and installs the handlers. SIGPIPE is
     /// ignored: a peer that went away is an EPIPE to handle, not a reason to die.
     pub fn install() -> nix::Result<SignalPipe> {
+        default_dispositions();
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
         PIPE_WRITE_FD.store(write.as_raw_fd(), Ordering::Relaxed);
         let action = SigAction::new(
@@ -113,16 +114,25 @@ pub fn ignore_sigpipe() -> nix::Result<()> {
     unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }.map(drop)
 }
 
-/// In a new child: default dispositions for every signal, real-time ones included, and an
-/// empty mask, so the handler (or an exec'd program) starts as a fresh process would. (The C
-/// library keeps two real-time signals for itself; what forkd inherited for those stays.)
-pub fn reset_for_child() {
-    PIPE_WRITE_FD.store(-1, Ordering::Relaxed);
+/// Once, at start: the default disposition for every signal, real-time ones included,
+/// whatever forkd inherited (a `nohup` ignores SIGHUP, say), so that children start from the
+/// defaults and only need to undo what [`SignalPipe::install`] sets. (The C library keeps two
+/// real-time signals for itself; what forkd inherited for those stays.)
+fn default_dispositions() {
     for number in 1..=libc::SIGRTMAX() {
         if number == libc::SIGKILL || number == libc::SIGSTOP {
             continue;
         }
         unsafe { libc::signal(number, libc::SIG_DFL) };
+    }
+}
+
+/// In a new child: default dispositions and an empty mask, so the handler (or an exec'd
+/// program) starts as a fresh process would. Every other signal is at its default already.
+pub fn reset_for_child() {
+    PIPE_WRITE_FD.store(-1, Ordering::Relaxed);
+    for sig in HANDLED.into_iter().chain([Signal::SIGPIPE]) {
+        let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
     }
     let _ = signal::sigprocmask(
         signal::SigmaskHow::SIG_SETMASK,

@@ -27,7 +27,7 @@ use crate::cli::{Config, Overload};
 use crate::conn::{Connection, Peer};
 use crate::drain::Drains;
 use crate::frame::{ErrorCode, Frame};
-use crate::handler::{self, Handler, ProtocolSettings};
+use crate::handler::{self, Handler, HandlerName, ProtocolSettings};
 use crate::listen::{self, Listener};
 use crate::logging::quote;
 use crate::model::{Model, Threads};
@@ -121,7 +121,7 @@ pub fn run(config: &Config) -> Result<(), String> {
     }
     let mut supervisor = Supervisor::new(config, listeners, signals, handler, notifier, lifecycle);
     if let Some(conn) = inetd_connection {
-        supervisor.admit(conn, "inetd", false);
+        supervisor.admit(conn, Origin::Inetd, false);
     }
     let status = supervisor.status();
     if let Some(n) = &mut supervisor.notifier {
@@ -136,6 +136,13 @@ pub fn run(config: &Config) -> Result<(), String> {
 
 /// Said when forkd has nowhere to take connections from.
 pub const NO_ADDRESS: &str = "no address to listen on: give --listen ADDR, or --inetd, or start under systemd socket activation";
+
+/// Where a connection came from.
+#[derive(Clone, Copy)]
+enum Origin {
+    Listener(usize),
+    Inetd,
+}
 
 struct ChildRecord {
     peer: Peer,
@@ -159,6 +166,8 @@ struct Ready {
 
 struct Supervisor {
     listeners: Vec<Listener>,
+    /// The listeners' names for log lines, made once.
+    listener_names: Vec<String>,
     signals: SignalPipe,
     handler: Arc<dyn Handler>,
     max_children: usize,
@@ -205,6 +214,7 @@ impl Supervisor {
         supervisor_fds.extend(signals.raw_fds());
         supervisor_fds.extend(notifier.as_ref().map(Notifier::raw_fd));
         Supervisor {
+            listener_names: listeners.iter().map(Listener::local_name).collect(),
             listeners,
             signals,
             handler: Arc::from(handler),
@@ -217,7 +227,11 @@ impl Supervisor {
             thread_workers: HashMap::new(),
             lifetimes: BTreeSet::new(),
             kills_due: VecDeque::new(),
-            admission: Admission::new(config.admission.clone()),
+            // Sources are counted for --per-source, and for TCPCONNNUM where a program sees it.
+            admission: Admission::new(
+                config.admission.clone(),
+                matches!(config.handler, HandlerName::Exec | HandlerName::FrameExec),
+            ),
             drains: Drains::default(),
             relays: Relays::default(),
             setup: ChildSetup {
@@ -260,6 +274,9 @@ impl Supervisor {
 
     /// Tells systemd the status if it changed (throttled by the notifier).
     fn notify_status(&mut self) {
+        if self.notifier.is_none() {
+            return;
+        }
         let status = self.status();
         if let Some(n) = &mut self.notifier {
             n.status(status, Instant::now());
@@ -424,10 +441,7 @@ impl Supervisor {
                 return;
             }
             match self.listeners[index].accept() {
-                Ok(conn) => {
-                    let name = self.listeners[index].local_name();
-                    self.admit(conn, &name, at_limit)
-                }
+                Ok(conn) => self.admit(conn, Origin::Listener(index), at_limit),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // The peer gave up between the handshake and accept(): nothing to serve.
@@ -455,8 +469,17 @@ impl Supervisor {
         }
     }
 
-    /// Admission, then a child, or a rejection. `listen` names where it came from.
-    fn admit(&mut self, conn: Connection, listen: &str, at_limit: bool) {
+    /// Where a connection came from, named only when a log line needs it: the accept path
+    /// allocates nothing, since every page it writes after a fork is a copy-on-write fault.
+    fn origin(&self, origin: Origin) -> String {
+        match origin {
+            Origin::Listener(index) => self.listener_names[index].clone(),
+            Origin::Inetd => "inetd".to_string(),
+        }
+    }
+
+    /// Admission, then a child, or a rejection.
+    fn admit(&mut self, conn: Connection, listen: Origin, at_limit: bool) {
         let now = Instant::now();
         let verdict = self.admission.check(&conn.peer, now).and_then(|()| {
             if at_limit {
@@ -475,12 +498,13 @@ impl Supervisor {
         }
     }
 
-    fn reject(&mut self, conn: Connection, listen: &str, refusal: Refusal) {
+    fn reject(&mut self, conn: Connection, listen: Origin, refusal: Refusal) {
         let now = Instant::now();
         if self.rejects.admit_line(now) {
             log::info!(
-                "reject peer={} listen={listen} reason={} code={} active={}",
+                "reject peer={} listen={} reason={} code={} active={}",
                 conn.peer,
+                self.origin(listen),
                 refusal.reason,
                 refusal.code as u16,
                 self.active()
@@ -490,7 +514,7 @@ impl Supervisor {
         self.drains.reject(conn.stream, &error, now);
     }
 
-    fn spawn(&mut self, mut conn: Connection, listen: &str) {
+    fn spawn(&mut self, mut conn: Connection, listen: Origin) {
         let peer = conn.peer.clone();
         conn.from_source = self
             .admission
@@ -545,7 +569,8 @@ impl Supervisor {
                     },
                 );
                 log::info!(
-                    "accept peer={peer} pid={pid} listen={listen} active={}",
+                    "accept peer={peer} pid={pid} listen={} active={}",
+                    self.origin(listen),
                     self.active()
                 );
                 self.notify_status();
@@ -562,7 +587,7 @@ impl Supervisor {
         }
     }
 
-    fn spawn_thread(&mut self, conn: Connection, listen: &str) {
+    fn spawn_thread(&mut self, conn: Connection, listen: Origin) {
         let peer = conn.peer.clone();
         let threads = self.threads.as_mut().expect("thread model");
         match threads.spawn(conn, &self.handler) {
@@ -577,7 +602,8 @@ impl Supervisor {
                     },
                 );
                 log::info!(
-                    "accept peer={peer} thread={id} listen={listen} active={}",
+                    "accept peer={peer} thread={id} listen={} active={}",
+                    self.origin(listen),
                     self.active()
                 );
                 self.notify_status();

@@ -128,7 +128,8 @@ fn many_rejected_peers_that_never_close_cannot_pin_the_supervisor() {
     let pinned = server.fd_count();
     assert!(pinned > fds_before, "no socket is draining");
     assert!(
-        pinned <= fds_before + forkd::drain::MAX_DRAINING,
+        // The cap, plus the one connection that may be between accept and its rejection.
+        pinned <= fds_before + forkd::drain::MAX_DRAINING + 1,
         "{pinned} descriptors"
     );
     let mut ok = Client::connect(&server.addr());

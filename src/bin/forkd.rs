@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         forkd::activation::protect_inetd_stderr();
     }
     forkd::fds::cloexec_inherited();
+    forkd::child::prepare_allocator();
     let target = logging::init(config.log.clone());
     logging::log_panics();
     match forkd::supervisor::run(&config) {

@@ -65,15 +65,25 @@ impl Forkd {
     }
 
     /// Starts a prepared command whose log goes elsewhere (syslog): it is up once `addr`
-    /// answers a connection (which it then serves like any other).
+    /// answers a PING. That probe conversation is then finished and its child reaped, so the
+    /// test starts with no child (the handler must answer PING: echo, fault, frame-exec).
     pub fn spawn_until_answering(cmd: &mut Command, addr: &str) -> Forkd {
         let mut forkd = Forkd::spawn(cmd, tempfile::tempdir().unwrap());
         forkd.addrs = vec![addr.to_string()];
         let deadline = Instant::now() + PATIENCE;
-        while forkd::client::connect(&forkd.addr(), PATIENCE).is_err() {
+        loop {
+            if let Ok(stream) = forkd::client::connect(&forkd.addr(), PATIENCE) {
+                let mut probe = Client::from_stream(stream);
+                probe.send(Kind::Ping, b"up?");
+                assert_eq!(probe.recv().kind, Kind::Pong, "{addr} answers PING");
+                probe.half_close();
+                probe.expect_eof();
+                break;
+            }
             assert!(Instant::now() < deadline, "forkd never answered on {addr}");
             std::thread::sleep(Duration::from_millis(10));
         }
+        forkd.wait_no_children();
         forkd
     }
 
