@@ -24,6 +24,19 @@ impl Drop for Owned {
     }
 }
 
+/// openbsd-inetd in the foreground (-d) with `conf`.
+fn start_inetd(conf: &Path) -> Owned {
+    Owned(
+        Command::new("/usr/sbin/inetd")
+            .arg("-d")
+            .arg(conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 fn require(path: &str, package: &str) {
     assert!(
         Path::new(path).exists(),
@@ -72,15 +85,7 @@ fn under_openbsd_inetd() {
     let port = free_port();
     let conf = dir.path().join("inetd.conf");
     std::fs::write(&conf, example("inetd.conf", port)).unwrap();
-    let _inetd = Owned(
-        Command::new("/usr/sbin/inetd")
-            .arg("-d")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _inetd = start_inetd(&conf);
     let addr = format!("127.0.0.1:{port}");
     wait_serving(&addr);
     for i in 0..3u8 {
@@ -150,15 +155,7 @@ fn the_exec_handler_under_inetd_gets_the_ucspi_environment() {
         ),
     )
     .unwrap();
-    let _inetd = Owned(
-        Command::new("/usr/sbin/inetd")
-            .arg("-d")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _inetd = start_inetd(&conf);
     let addr = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + PATIENCE;
     let reply = loop {

@@ -14,9 +14,10 @@ pub struct Exec {
     pub program: Program,
 }
 
-/// The command for `program` with `conn`'s UCSPI variables: with --env-clear an empty
-/// environment but PATH, then the UCSPI variables, then --env (which may override them).
-pub fn command(program: &Program, conn: &Connection) -> Command {
+/// The command for `program` with a connection's UCSPI variables (`ucspi`): with --env-clear
+/// an empty environment but PATH, then the UCSPI variables, then --env (which may override
+/// them). Shared by exec and frame-exec.
+pub fn command(program: &Program, ucspi: &[(String, String)]) -> Command {
     let mut cmd = Command::new(&program.argv[0]);
     cmd.args(&program.argv[1..]);
     if program.env_clear {
@@ -26,14 +27,14 @@ pub fn command(program: &Program, conn: &Connection) -> Command {
             cmd.env("PATH", path);
         }
     }
-    cmd.envs(crate::ucspi::environment(conn));
+    cmd.envs(ucspi.iter().map(|(k, v)| (k, v)));
     cmd.envs(program.env.iter().map(|(k, v)| (k, v)));
     cmd
 }
 
 impl Handler for Exec {
     fn serve(&self, conn: Connection) -> Outcome {
-        let mut cmd = command(&self.program, &conn);
+        let mut cmd = command(&self.program, &crate::ucspi::environment(&conn));
         let socket = conn.stream.as_raw_fd();
         // The socket becomes stdin and stdout (dup2 clears close-on-exec on the copies).
         for target in [0, 1] {

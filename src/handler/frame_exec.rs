@@ -50,18 +50,8 @@ struct Runner<'a> {
 impl Responder for Runner<'_> {
     fn on_data(&mut self, payload: Vec<u8>) -> Reply {
         let program = &self.handler.program;
-        let mut cmd = std::process::Command::new(&program.argv[0]);
-        cmd.args(&program.argv[1..]);
-        if program.env_clear {
-            let path = std::env::var_os("PATH");
-            cmd.env_clear();
-            if let Some(path) = path {
-                cmd.env("PATH", path);
-            }
-        }
-        cmd.envs(self.conn_env.iter().map(|(k, v)| (k, v)))
-            .envs(program.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
+        let mut cmd = super::exec::command(program, &self.conn_env);
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Its own process group, so a timeout kills whatever it started too.
