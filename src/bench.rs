@@ -211,44 +211,48 @@ fn check_reply(shared: &Shared, reader: &mut FrameReader<Stream>, expected: &[u8
     }
 }
 
+/// One request and its checked reply; the latency from `started` is recorded on success.
+fn exchange(
+    shared: &Shared,
+    reader: &mut FrameReader<Stream>,
+    seq: u64,
+    started: Instant,
+    h: &mut Histogram<u64>,
+) -> bool {
+    let request = payload(seq, shared.config.size);
+    if write_frame(reader.get_mut(), Kind::Data, &request).is_err() {
+        shared.error("io");
+        return false;
+    }
+    if !check_reply(shared, reader, &request) {
+        return false;
+    }
+    let _ = h.record(started.elapsed().as_micros() as u64);
+    shared.done.fetch_add(1, Ordering::Relaxed);
+    true
+}
+
+/// A connection per request; the latency includes the connect.
 fn churn(shared: &Shared) -> Histogram<u64> {
     let mut h = new_histogram();
     while let Some(seq) = shared.ticket() {
         let started = Instant::now();
-        let Some(mut reader) = open(shared) else {
-            continue;
-        };
-        let request = payload(seq, shared.config.size);
-        if write_frame(reader.get_mut(), Kind::Data, &request).is_err() {
-            shared.error("io");
-            continue;
+        if let Some(mut reader) = open(shared) {
+            exchange(shared, &mut reader, seq, started, &mut h);
+            let _ = reader.get_mut().shutdown(Shutdown::Write);
         }
-        if check_reply(shared, &mut reader, &request) {
-            let _ = h.record(started.elapsed().as_micros() as u64);
-            shared.done.fetch_add(1, Ordering::Relaxed);
-        }
-        let _ = reader.get_mut().shutdown(Shutdown::Write);
     }
     h
 }
 
 fn persistent(shared: &Shared) -> Histogram<u64> {
     let mut h = new_histogram();
-    let Some(mut reader) = open(shared) else {
-        return h;
-    };
-    while let Some(seq) = shared.ticket() {
-        let request = payload(seq, shared.config.size);
-        let started = Instant::now();
-        if write_frame(reader.get_mut(), Kind::Data, &request).is_err() {
-            shared.error("io");
-            break;
+    if let Some(mut reader) = open(shared) {
+        while let Some(seq) = shared.ticket() {
+            if !exchange(shared, &mut reader, seq, Instant::now(), &mut h) {
+                break;
+            }
         }
-        if !check_reply(shared, &mut reader, &request) {
-            break;
-        }
-        let _ = h.record(started.elapsed().as_micros() as u64);
-        shared.done.fetch_add(1, Ordering::Relaxed);
     }
     h
 }
@@ -295,17 +299,8 @@ fn hold(shared: &Shared) -> Histogram<u64> {
     let Some(mut reader) = open(shared) else {
         return h;
     };
-    let started = Instant::now();
-    let request = payload(
-        shared.connections.load(Ordering::Relaxed),
-        shared.config.size,
-    );
-    if write_frame(reader.get_mut(), Kind::Data, &request).is_ok()
-        && check_reply(shared, &mut reader, &request)
-    {
-        let _ = h.record(started.elapsed().as_micros() as u64);
-        shared.done.fetch_add(1, Ordering::Relaxed);
-    }
+    let seq = shared.connections.load(Ordering::Relaxed);
+    exchange(shared, &mut reader, seq, Instant::now(), &mut h);
     while !shared.stop.load(Ordering::Relaxed)
         && shared.deadline.is_some_and(|d| Instant::now() < d)
     {
