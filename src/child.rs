@@ -108,9 +108,6 @@ fn run_child(
     handler: &dyn Handler,
 ) -> ! {
     signals::reset_for_child();
-    // An in-process handler writes to a socket its peer may have closed: it should see EPIPE,
-    // as Rust code expects, not die of SIGPIPE.
-    let _ = signals::ignore_sigpipe();
     for fd in setup.supervisor_fds.iter().chain(extra_fds) {
         // The supervisor's objects are never dropped here (the child ends in _exit), so
         // closing the raw descriptors cannot double-close.

@@ -91,20 +91,15 @@ impl Threads {
         }
     }
 
-    /// Starts a thread serving `conn`; its number, or the error with the connection back.
-    pub fn spawn(
-        &mut self,
-        conn: Connection,
-        handler: &Arc<dyn Handler>,
-    ) -> Result<u64, (std::io::Error, Option<Connection>)> {
+    /// Starts a thread serving `conn`; its number. If the thread cannot start, the connection
+    /// is dropped with it.
+    pub fn spawn(&mut self, conn: Connection, handler: &Arc<dyn Handler>) -> std::io::Result<u64> {
         let id = self.next_id;
         self.next_id += 1;
         let handler = Arc::clone(handler);
         let done = self.done_tx.clone();
         let waker = self.waker;
         let keepalive = self.keepalive;
-        // The connection moves into the thread; if the thread cannot start it is dropped with
-        // the closure, so the peer gets a plain close.
         std::thread::Builder::new()
             .name(format!("conn-{id}"))
             .spawn(move || {
@@ -123,7 +118,6 @@ impl Threads {
                 waker.wake();
             })
             .map(|_| id)
-            .map_err(|e| (e, None))
     }
 
     /// Threads that have finished since the last call: (number, exit-status equivalent).

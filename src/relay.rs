@@ -71,10 +71,7 @@ pub struct Relays {
 impl Relays {
     /// Starts relaying `pipe` (a read end, made non-blocking here) for `pid`.
     pub fn add(&mut self, pipe: OwnedFd, pid: Pid) {
-        let _ = nix::fcntl::fcntl(
-            &pipe,
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        );
+        crate::fds::set_nonblocking(&pipe);
         self.list.push(Relay {
             pipe,
             lines: LineSplitter::new(pid),

@@ -127,11 +127,13 @@ fn default_dispositions() {
     }
 }
 
-/// In a new child: default dispositions and an empty mask, so the handler (or an exec'd
-/// program) starts as a fresh process would. Every other signal is at its default already.
+/// In a new child: default dispositions for the signals the supervisor handles and an empty
+/// mask; every other signal is at its default already. SIGPIPE stays ignored: an in-process
+/// handler should see EPIPE, as Rust code expects, and the exec handler restores the default
+/// itself before exec.
 pub fn reset_for_child() {
     PIPE_WRITE_FD.store(-1, Ordering::Relaxed);
-    for sig in HANDLED.into_iter().chain([Signal::SIGPIPE]) {
+    for sig in HANDLED {
         let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
     }
     let _ = signal::sigprocmask(

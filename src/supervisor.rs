@@ -260,7 +260,6 @@ impl Supervisor {
 
     /// SIGUSR1: one line with what the supervisor is doing.
     fn log_status(&self) {
-        let names: Vec<String> = self.listeners.iter().map(Listener::local_name).collect();
         log::info!(
             "status signal=SIGUSR1 pid={} active={} accepted={} draining={} relays={} listen={}",
             std::process::id(),
@@ -268,7 +267,7 @@ impl Supervisor {
             self.accepted_total,
             self.drains.count(),
             self.relays.count(),
-            names.join(",")
+            self.listener_names.join(",")
         );
     }
 
@@ -319,7 +318,8 @@ impl Supervisor {
             let accepting = self.accept_resume_at.is_none()
                 && (below_limit || self.overload == Overload::Reject);
             let ready = self.wait(accepting, self.next_timer());
-            if !ready.drains.is_empty() || !self.drains.is_empty() {
+            // Also with nothing readable: draining sockets past their deadline close here.
+            if !self.drains.is_empty() {
                 self.drains.service(&ready.drains, Instant::now());
             }
             if !ready.relays.is_empty() {
@@ -530,12 +530,7 @@ impl Supervisor {
             match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
                 Ok(pipe) => Some(pipe),
                 Err(e) => {
-                    log::error!(
-                        "reject peer={peer} reason=pipe code=4 error={}",
-                        quote(&e.to_string())
-                    );
-                    let error = Frame::error(ErrorCode::Busy, "server cannot start a process");
-                    self.drains.reject(conn.stream, &error, Instant::now());
+                    self.cannot_start(conn, "pipe", e.to_string());
                     return;
                 }
             }
@@ -555,36 +550,47 @@ impl Supervisor {
                     // Our copy of the write end closes here: EOF comes when the program ends.
                     self.relays.add(read, pid);
                 }
-                let started = Instant::now();
-                self.accepted_total += 1;
-                self.admission.started(&peer);
+                let record = self.started(peer, &format!("pid={pid}"), listen);
                 if self.max_lifetime.is_some() {
-                    self.lifetimes.insert((started, pid));
+                    self.lifetimes.insert((record.started, pid));
                 }
-                self.children.insert(
-                    pid,
-                    ChildRecord {
-                        peer: peer.clone(),
-                        started,
-                    },
-                );
-                log::info!(
-                    "accept peer={peer} pid={pid} listen={} active={}",
-                    self.origin(listen),
-                    self.active()
-                );
+                self.children.insert(pid, record);
                 self.notify_status();
             }
-            Err((e, conn)) => {
-                log::error!(
-                    "reject peer={peer} reason=fork code=4 error={} active={}",
-                    quote(&e.to_string()),
-                    self.active()
-                );
-                let error = Frame::error(ErrorCode::Busy, "server cannot start a process");
-                self.drains.reject(conn.stream, &error, Instant::now());
-            }
+            Err((e, conn)) => self.cannot_start(conn, "fork", e.to_string()),
         }
+    }
+
+    /// A worker is serving `peer`: count it and log it; its record, for the caller to store
+    /// (then tell systemd, which counts the stored records).
+    fn started(&mut self, peer: Peer, who: &str, listen: Origin) -> ChildRecord {
+        self.accepted_total += 1;
+        self.admission.started(&peer);
+        let record = ChildRecord {
+            peer,
+            started: Instant::now(),
+        };
+        // Counted before the record is stored: the worker it is about is active too.
+        log::info!(
+            "accept peer={} {who} listen={} active={}/{}",
+            record.peer,
+            self.origin(listen),
+            self.workers() + 1,
+            self.max_children
+        );
+        record
+    }
+
+    /// No process for this connection (`what` failed): ERROR 4, best effort, and a line.
+    fn cannot_start(&mut self, conn: Connection, what: &str, error: String) {
+        log::error!(
+            "reject peer={} reason={what} code=4 error={} active={}",
+            conn.peer,
+            quote(&error),
+            self.active()
+        );
+        let frame = Frame::error(ErrorCode::Busy, "server cannot start a process");
+        self.drains.reject(conn.stream, &frame, Instant::now());
     }
 
     fn spawn_thread(&mut self, conn: Connection, listen: Origin) {
@@ -592,23 +598,12 @@ impl Supervisor {
         let threads = self.threads.as_mut().expect("thread model");
         match threads.spawn(conn, &self.handler) {
             Ok(id) => {
-                self.accepted_total += 1;
-                self.admission.started(&peer);
-                self.thread_workers.insert(
-                    id,
-                    ChildRecord {
-                        peer: peer.clone(),
-                        started: Instant::now(),
-                    },
-                );
-                log::info!(
-                    "accept peer={peer} thread={id} listen={} active={}",
-                    self.origin(listen),
-                    self.active()
-                );
+                let record = self.started(peer, &format!("thread={id}"), listen);
+                self.thread_workers.insert(id, record);
                 self.notify_status();
             }
-            Err((e, _)) => log::error!(
+            // The thread's closure owned the connection: the peer sees a plain close.
+            Err(e) => log::error!(
                 "reject peer={peer} reason=thread code=4 error={} active={}",
                 quote(&e.to_string()),
                 self.active()

@@ -6,7 +6,7 @@
 //! stderr lines are logged, tagged with its pid.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
@@ -107,15 +107,14 @@ impl Run {
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
-        for fd in [
-            stdin.as_ref().map(|s| s.as_raw_fd()),
-            stdout.as_ref().map(|s| s.as_raw_fd()),
-            stderr.as_ref().map(|s| s.as_raw_fd()),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            set_nonblocking(fd);
+        if let Some(s) = &stdin {
+            crate::fds::set_nonblocking(s);
+        }
+        if let Some(s) = &stdout {
+            crate::fds::set_nonblocking(s);
+        }
+        if let Some(s) = &stderr {
+            crate::fds::set_nonblocking(s);
         }
         Run {
             child,
@@ -314,14 +313,5 @@ impl Run {
             ErrorCode::HandlerFailed,
             format!("waiting for the program: {e}"),
         )
-    }
-}
-
-fn set_nonblocking(fd: i32) {
-    use nix::fcntl::{FcntlArg, OFlag, fcntl};
-    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    if let Ok(flags) = fcntl(borrowed, FcntlArg::F_GETFL) {
-        let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
-        let _ = fcntl(borrowed, FcntlArg::F_SETFL(flags));
     }
 }
