@@ -1,6 +1,6 @@
 //! What happens in a child between fork() and the end of its connection.
 //!
-//! The child closes what belongs to the supervisor (listeners, the signal pipe, rejected
+//! The child closes what belongs to the supervisor (listeners, the signal descriptor, rejected
 //! connections still draining), restores default signal dispositions and an empty mask, leaves
 //! the supervisor's process group, applies its resource limits, runs the handler and leaves
 //! with `_exit`: it never unwinds or returns into the supervisor's code, and a panic in the
@@ -70,7 +70,7 @@ impl ChildLimits {
 /// Everything the supervisor hands every child besides its connection.
 #[derive(Clone, Debug, Default)]
 pub struct ChildSetup {
-    /// Descriptors the child must not keep: listeners and the signal pipe.
+    /// Descriptors the child must not keep: listeners and the signal descriptor.
     pub supervisor_fds: Vec<RawFd>,
     pub limits: ChildLimits,
     pub keepalive: bool,

@@ -4,7 +4,7 @@
 //! A thread cannot be killed safely, so what needs killing or per-process limits
 //! (`--max-lifetime`, `--rlimit-*`, `--nice`) and the exec handler, which replaces the process,
 //! are refused at start with `--model thread`. A thread reports its end on a channel and wakes
-//! the supervisor's poll loop through the signal pipe.
+//! the supervisor's poll loop by raising SIGCHLD, as a child's end would.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;

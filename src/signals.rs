@@ -1,17 +1,17 @@
-//! Signals as bytes on a self-pipe, so the supervisor's one poll loop sees them.
+//! Signals as a readable descriptor, so the supervisor's one poll loop sees them.
 //!
-//! The handler only writes the signal number to a non-blocking pipe (async-signal-safe); all
-//! the work happens in the loop. Children undo all of it before running their handler.
+//! On Linux the handled signals are blocked and read from a signalfd: no handler ever runs, so
+//! a child's exit costs the supervisor no signal delivery, and a new child has nothing to undo
+//! but the mask. Elsewhere a handler writes the signal number to a non-blocking self-pipe
+//! (async-signal-safe) and a new child restores the default dispositions. Either way all the
+//! work happens in the loop.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 
-use nix::errno::Errno;
-use nix::fcntl::OFlag;
-use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
 
-/// The signals the supervisor handles through the pipe: SIGCHLD (reap), SIGTERM and SIGINT
-/// (shut down), SIGHUP (reconnect to syslog), SIGUSR1 (log a status line).
+/// The signals the supervisor handles: SIGCHLD (reap), SIGTERM and SIGINT (shut down), SIGHUP
+/// (reconnect to syslog), SIGUSR1 (log a status line).
 pub const HANDLED: [Signal; 5] = [
     Signal::SIGCHLD,
     Signal::SIGTERM,
@@ -20,93 +20,51 @@ pub const HANDLED: [Signal; 5] = [
     Signal::SIGUSR1,
 ];
 
-static PIPE_WRITE_FD: AtomicI32 = AtomicI32::new(-1);
-
-extern "C" fn on_signal(number: libc::c_int) {
-    let saved = Errno::last_raw();
-    let fd = PIPE_WRITE_FD.load(Ordering::Relaxed);
-    if fd >= 0 {
-        let byte = number as u8;
-        // A full pipe already holds a wake-up; losing this byte loses nothing.
-        unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
-    }
-    Errno::set_raw(saved);
+/// The handled signals, readable as a descriptor.
+pub struct Signals {
+    source: imp::Source,
 }
 
-/// The read end of the self-pipe, with the handlers installed.
-pub struct SignalPipe {
-    read: OwnedFd,
-    write: OwnedFd,
-}
-
-impl SignalPipe {
-    /// Creates the pipe (close-on-exec, non-blocking) and installs the handlers. SIGPIPE is
-    /// ignored: a peer that went away is an EPIPE to handle, not a reason to die.
-    pub fn install() -> nix::Result<SignalPipe> {
+impl Signals {
+    /// Starts taking the handled signals through a descriptor (close-on-exec, non-blocking).
+    /// SIGPIPE is ignored: a peer that went away is an EPIPE to handle, not a reason to die.
+    pub fn install() -> nix::Result<Signals> {
         default_dispositions();
-        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
-        PIPE_WRITE_FD.store(write.as_raw_fd(), Ordering::Relaxed);
-        let action = SigAction::new(
-            SigHandler::Handler(on_signal),
-            SaFlags::SA_RESTART | SaFlags::SA_NOCLDSTOP,
-            SigSet::empty(),
-        );
-        for sig in HANDLED {
-            unsafe { signal::sigaction(sig, &action)? };
-        }
+        let source = imp::Source::install()?;
         ignore_sigpipe()?;
-        Ok(SignalPipe { read, write })
+        Ok(Signals { source })
     }
 
-    /// Every signal that arrived since the last call, in order, without blocking.
-    pub fn drain(&self) -> Vec<Signal> {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 64];
-        loop {
-            match nix::unistd::read(&self.read, &mut buf) {
-                Ok(0) | Err(Errno::EAGAIN) => break,
-                Ok(n) => got.extend(
-                    buf[..n]
-                        .iter()
-                        .filter_map(|b| Signal::try_from(i32::from(*b)).ok()),
-                ),
-                Err(Errno::EINTR) => continue,
-                Err(_) => break,
-            }
-        }
-        got
+    /// Every handled signal that arrived since the last call, without blocking.
+    pub fn drain(&self) -> SigSet {
+        self.source.drain()
     }
 
     /// A handle that wakes the poll loop from another thread.
     pub fn waker(&self) -> Waker {
-        Waker {
-            fd: self.write.as_raw_fd(),
-        }
+        Waker
     }
 
-    /// Both descriptors, for a child to close.
-    pub fn raw_fds(&self) -> [RawFd; 2] {
-        [self.read.as_raw_fd(), self.write.as_raw_fd()]
+    /// The descriptors behind it, for a child to close.
+    pub fn raw_fds(&self) -> Vec<RawFd> {
+        self.source.raw_fds()
     }
 }
 
-/// Wakes the supervisor's poll loop (a zero byte on the signal pipe, which is no signal).
+impl AsFd for Signals {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.source.as_fd()
+    }
+}
+
+/// Wakes the supervisor's poll loop from a worker thread that has finished: it raises SIGCHLD,
+/// which to the supervisor means "a worker ended, reap".
 #[derive(Clone, Copy, Debug)]
-pub struct Waker {
-    fd: RawFd,
-}
+pub struct Waker;
 
 impl Waker {
     pub fn wake(&self) {
-        let byte = 0u8;
-        // A full pipe already holds a wake-up.
-        unsafe { libc::write(self.fd, (&byte as *const u8).cast(), 1) };
-    }
-}
-
-impl AsFd for SignalPipe {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.read.as_fd()
+        let _ = signal::kill(nix::unistd::getpid(), Signal::SIGCHLD);
     }
 }
 
@@ -114,10 +72,16 @@ pub fn ignore_sigpipe() -> nix::Result<()> {
     unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }.map(drop)
 }
 
+fn handled_set() -> SigSet {
+    let mut set = SigSet::empty();
+    HANDLED.iter().for_each(|s| set.add(*s));
+    set
+}
+
 /// Once, at start: the default disposition for every signal, real-time ones included,
 /// whatever forkd inherited (a `nohup` ignores SIGHUP, say), so that children start from the
-/// defaults and only need to undo what [`SignalPipe::install`] sets. (The C library keeps two
-/// real-time signals for itself; what forkd inherited for those stays.)
+/// defaults. (The C library keeps two real-time signals for itself; what forkd inherited for
+/// those stays.)
 fn default_dispositions() {
     for number in 1..=libc::SIGRTMAX() {
         if number == libc::SIGKILL || number == libc::SIGSTOP {
@@ -127,18 +91,129 @@ fn default_dispositions() {
     }
 }
 
-/// In a new child: default dispositions for the signals the supervisor handles and an empty
-/// mask; every other signal is at its default already. SIGPIPE stays ignored: an in-process
-/// handler should see EPIPE, as Rust code expects, and the exec handler restores the default
-/// itself before exec.
+/// In a new child: the state a program expects, default dispositions for the handled signals
+/// and an empty mask. SIGPIPE stays ignored: an in-process handler should see EPIPE, as Rust
+/// code expects, and the exec handler restores the default itself before exec.
 pub fn reset_for_child() {
-    PIPE_WRITE_FD.store(-1, Ordering::Relaxed);
-    for sig in HANDLED {
-        let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
+    imp::reset_dispositions();
+    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod imp {
+    use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+    pub struct Source(SignalFd);
+
+    impl Source {
+        /// Blocks the handled signals (the supervisor is still single-threaded, so every
+        /// thread started later inherits the mask) and opens a signalfd for them.
+        pub fn install() -> nix::Result<Source> {
+            let set = super::handled_set();
+            sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+            let fd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+            Ok(Source(fd))
+        }
+
+        pub fn drain(&self) -> SigSet {
+            let mut got = SigSet::empty();
+            // Ends at EAGAIN (Ok(None)) or on an error; EINTR cannot happen without handlers.
+            while let Ok(Some(info)) = self.0.read_signal() {
+                if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+                    got.add(sig);
+                }
+            }
+            got
+        }
+
+        pub fn raw_fds(&self) -> Vec<RawFd> {
+            vec![self.0.as_raw_fd()]
+        }
+
+        pub fn as_fd(&self) -> BorrowedFd<'_> {
+            self.0.as_fd()
+        }
     }
-    let _ = signal::sigprocmask(
-        signal::SigmaskHow::SIG_SETMASK,
-        Some(&SigSet::empty()),
-        None,
-    );
+
+    /// The dispositions were never changed: nothing to undo.
+    pub fn reset_dispositions() {}
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+mod imp {
+    use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+    use std::sync::atomic::{AtomicI32, Ordering};
+
+    use nix::errno::Errno;
+    use nix::fcntl::OFlag;
+    use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
+
+    static PIPE_WRITE_FD: AtomicI32 = AtomicI32::new(-1);
+
+    extern "C" fn on_signal(number: libc::c_int) {
+        let saved = Errno::last_raw();
+        let fd = PIPE_WRITE_FD.load(Ordering::Relaxed);
+        if fd >= 0 {
+            let byte = number as u8;
+            // A full pipe already holds a wake-up; losing this byte loses nothing.
+            unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
+        }
+        Errno::set_raw(saved);
+    }
+
+    pub struct Source {
+        read: OwnedFd,
+        write: OwnedFd,
+    }
+
+    impl Source {
+        pub fn install() -> nix::Result<Source> {
+            let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+            PIPE_WRITE_FD.store(write.as_raw_fd(), Ordering::Relaxed);
+            let action = SigAction::new(
+                SigHandler::Handler(on_signal),
+                SaFlags::SA_RESTART | SaFlags::SA_NOCLDSTOP,
+                SigSet::empty(),
+            );
+            for sig in super::HANDLED {
+                unsafe { signal::sigaction(sig, &action)? };
+            }
+            Ok(Source { read, write })
+        }
+
+        pub fn drain(&self) -> SigSet {
+            let mut got = SigSet::empty();
+            let mut buf = [0u8; 64];
+            loop {
+                match nix::unistd::read(self.read.as_raw_fd(), &mut buf) {
+                    Ok(0) | Err(Errno::EAGAIN) => break,
+                    Ok(n) => buf[..n]
+                        .iter()
+                        .filter_map(|b| Signal::try_from(i32::from(*b)).ok())
+                        .for_each(|s| got.add(s)),
+                    Err(Errno::EINTR) => continue,
+                    Err(_) => break,
+                }
+            }
+            got
+        }
+
+        pub fn raw_fds(&self) -> Vec<RawFd> {
+            vec![self.read.as_raw_fd(), self.write.as_raw_fd()]
+        }
+
+        pub fn as_fd(&self) -> BorrowedFd<'_> {
+            self.read.as_fd()
+        }
+    }
+
+    pub fn reset_dispositions() {
+        PIPE_WRITE_FD.store(-1, Ordering::Relaxed);
+        for sig in super::HANDLED {
+            let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
+        }
+    }
 }

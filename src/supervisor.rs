@@ -1,4 +1,4 @@
-//! The supervisor: one thread, one poll loop over the listeners, the signal pipe and rejected
+//! The supervisor: one thread, one poll loop over the listeners, the signal descriptor and rejected
 //! connections draining.
 //!
 //! It accepts, decides admission before any fork, forks a child per admitted connection, reaps
@@ -35,10 +35,10 @@ use crate::notify::Notifier;
 use crate::pidfile::Pidfile;
 use crate::privilege;
 use crate::relay::Relays;
-use crate::signals::SignalPipe;
+use crate::signals::Signals;
 
 /// Connections accepted from one listener per wake-up, so one busy listener cannot starve
-/// the others or the signal pipe.
+/// the others or the signals.
 const ACCEPT_BATCH: usize = 32;
 
 /// How long the listeners rest after accept() ran out of descriptors or memory.
@@ -73,7 +73,7 @@ pub fn run(config: &Config) -> Result<(), String> {
         listeners.iter().for_each(Listener::remove_socket_file);
         e
     };
-    let signals = SignalPipe::install()
+    let signals = Signals::install()
         .map_err(|e| cleanup(&listeners, format!("cannot install signal handlers: {e}")))?;
     // The pidfile is written while still root, so it may live in /run.
     let pidfile = config
@@ -168,7 +168,7 @@ struct Supervisor {
     listeners: Vec<Listener>,
     /// The listeners' names for log lines, made once.
     listener_names: Vec<String>,
-    signals: SignalPipe,
+    signals: Signals,
     handler: Arc<dyn Handler>,
     max_children: usize,
     overload: Overload,
@@ -203,7 +203,7 @@ impl Supervisor {
     fn new(
         config: &Config,
         listeners: Vec<Listener>,
-        signals: SignalPipe,
+        signals: Signals,
         handler: Box<dyn Handler>,
         notifier: Option<Notifier>,
         lifecycle: log::Level,
@@ -327,15 +327,14 @@ impl Supervisor {
             }
             if ready.signals {
                 let signals = self.signals.drain();
-                let stop = signals
-                    .iter()
-                    .copied()
-                    .find(|s| matches!(s, Signal::SIGTERM | Signal::SIGINT));
-                if signals.contains(&Signal::SIGHUP) {
+                let stop = [Signal::SIGTERM, Signal::SIGINT]
+                    .into_iter()
+                    .find(|s| signals.contains(*s));
+                if signals.contains(Signal::SIGHUP) {
                     let log = crate::logging::reopen();
                     log::info!("status signal=SIGHUP log={log}");
                 }
-                if signals.contains(&Signal::SIGUSR1) {
+                if signals.contains(Signal::SIGUSR1) {
                     self.log_status();
                 }
                 self.reap();
@@ -368,7 +367,7 @@ impl Supervisor {
         .min()
     }
 
-    /// One poll over the signal pipe, the listeners (if `accepting`) and draining sockets.
+    /// One poll over the signal descriptor, the listeners (if `accepting`) and draining sockets.
     fn wait(&self, accepting: bool, until: Option<Instant>) -> Ready {
         let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
         let listeners = if accepting { self.listeners.len() } else { 0 };
@@ -747,11 +746,10 @@ impl Supervisor {
                 .flatten()
                 .min();
             if self.wait(false, until).signals {
-                let again = self
-                    .signals
-                    .drain()
+                let signals = self.signals.drain();
+                let again = [Signal::SIGTERM, Signal::SIGINT]
                     .into_iter()
-                    .find(|s| matches!(s, Signal::SIGTERM | Signal::SIGINT));
+                    .find(|s| signals.contains(*s));
                 self.reap();
                 if let Some(again) = again {
                     log::info!("stop signal={} grace=ended", again.as_str());

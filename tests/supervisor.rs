@@ -147,13 +147,17 @@ fn children_leave_the_supervisors_process_group() {
     let child = server.child_for(client.stream());
     let pgid = unsafe { libc::getpgid(child) };
     assert_eq!(pgid, child, "child runs in its own process group");
-    // It holds no listener and no signal pipe: the standard three and its connection only.
+    // It holds no listener and no signal descriptor: the standard three and its connection.
     let fds = open_fds(child);
     assert_eq!(fds.len(), 4, "{fds:?}");
     assert!(fds[3].1.starts_with("socket:"), "{fds:?}");
-    // While the supervisor has its listener and both ends of its signal pipe.
+    // While the supervisor has its listener and its signalfd.
     let supervisor = open_fds(server.pid);
-    assert_eq!(supervisor.len(), 6, "{supervisor:?}");
+    assert_eq!(supervisor.len(), 5, "{supervisor:?}");
+    assert!(
+        supervisor.iter().any(|(_, target)| target == "anon_inode:[signalfd]"),
+        "{supervisor:?}"
+    );
 }
 
 fn open_fds(pid: i32) -> Vec<(i32, String)> {
