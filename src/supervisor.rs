@@ -1,5 +1,5 @@
-//! The supervisor: one thread, one poll loop over the listeners, the signal descriptor and rejected
-//! connections draining.
+//! The supervisor: one thread, one poll loop over the listeners, the signal descriptor and
+//! rejected connections draining.
 //!
 //! It accepts, decides admission before any fork, forks a child per admitted connection, reaps
 //! children on SIGCHLD, ends children that outlive `--max-lifetime`, and shuts down on
@@ -10,12 +10,11 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
@@ -155,13 +154,76 @@ enum Ended {
     Signal(Signal, bool),
 }
 
-/// What one poll reported.
+/// What one poll reported. Ready listeners are read from the poll set itself, so the
+/// common wake-up (a signal, a connection) allocates nothing.
 #[derive(Default)]
 struct Ready {
     signals: bool,
-    listeners: Vec<usize>,
     drains: Vec<usize>,
     relays: Vec<usize>,
+}
+
+/// The descriptors of one poll, in a buffer kept from poll to poll: after a fork every heap
+/// page the supervisor writes is a copy-on-write fault, so the loop does not allocate per
+/// connection. Order: the signal descriptor, the listeners (while accepting), draining
+/// sockets, stderr relays.
+#[derive(Default)]
+struct PollSet {
+    fds: Vec<libc::pollfd>,
+    listeners: usize,
+}
+
+impl PollSet {
+    fn push(&mut self, fd: BorrowedFd<'_>) {
+        self.fds.push(libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
+
+    fn readable(&self, index: usize) -> bool {
+        self.fds[index].revents != 0
+    }
+
+    /// Whether listener `index` has a connection waiting.
+    fn listener_ready(&self, index: usize) -> bool {
+        index < self.listeners && self.readable(1 + index)
+    }
+
+    /// The readable entries of `range`, as indices from its start.
+    fn ready_in(&self, range: std::ops::Range<usize>) -> Vec<usize> {
+        let start = range.start;
+        range
+            .filter(|i| self.readable(*i))
+            .map(|i| i - start)
+            .collect()
+    }
+}
+
+/// Who serves a connection, for log lines: a child process or a thread.
+#[derive(Clone, Copy)]
+enum Worker {
+    Process(Pid),
+    Thread(u64),
+}
+
+impl std::fmt::Display for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Worker::Process(pid) => write!(f, "pid={pid}"),
+            Worker::Thread(id) => write!(f, "thread={id}"),
+        }
+    }
+}
+
+/// Connections being served out of the limit, `active=N/MAX` in log lines.
+struct Active(usize, usize);
+
+impl std::fmt::Display for Active {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.0, self.1)
+    }
 }
 
 struct Supervisor {
@@ -169,6 +231,7 @@ struct Supervisor {
     /// The listeners' names for log lines, made once.
     listener_names: Vec<String>,
     signals: Signals,
+    poll: PollSet,
     handler: Arc<dyn Handler>,
     max_children: usize,
     overload: Overload,
@@ -217,6 +280,7 @@ impl Supervisor {
             listener_names: listeners.iter().map(Listener::local_name).collect(),
             listeners,
             signals,
+            poll: PollSet::default(),
             handler: Arc::from(handler),
             max_children: config.max_children as usize,
             overload: config.overload,
@@ -287,8 +351,8 @@ impl Supervisor {
         self.children.len() + self.thread_workers.len()
     }
 
-    fn active(&self) -> String {
-        format!("{}/{}", self.workers(), self.max_children)
+    fn active(&self) -> Active {
+        Active(self.workers(), self.max_children)
     }
 
     /// The main loop; returns once shutdown is complete, or when there is nothing left to
@@ -343,8 +407,10 @@ impl Supervisor {
                     return;
                 }
             }
-            for index in ready.listeners {
-                self.accept_from(index);
+            for index in 0..self.listeners.len() {
+                if self.poll.listener_ready(index) {
+                    self.accept_from(index);
+                }
             }
         }
     }
@@ -367,54 +433,45 @@ impl Supervisor {
         .min()
     }
 
-    /// One poll over the signal descriptor, the listeners (if `accepting`) and draining sockets.
-    fn wait(&self, accepting: bool, until: Option<Instant>) -> Ready {
-        let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
-        let listeners = if accepting { self.listeners.len() } else { 0 };
+    /// One poll over the signals, the listeners (if `accepting`) and draining sockets.
+    fn wait(&mut self, accepting: bool, until: Option<Instant>) -> Ready {
+        let poll = &mut self.poll;
+        poll.fds.clear();
+        poll.push(self.signals.as_fd());
+        poll.listeners = if accepting { self.listeners.len() } else { 0 };
         if accepting {
-            fds.extend(
-                self.listeners
-                    .iter()
-                    .map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN)),
-            );
+            self.listeners.iter().for_each(|l| poll.push(l.as_fd()));
         }
-        fds.extend(
-            self.drains
-                .fds()
-                .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
-        );
-        let drains_end = fds.len();
-        fds.extend(
-            self.relays
-                .fds()
-                .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
-        );
+        self.drains.fds().for_each(|fd| poll.push(fd));
+        let drains_end = poll.fds.len();
+        self.relays.fds().for_each(|fd| poll.push(fd));
         let timeout = until.map(|t| t.saturating_duration_since(Instant::now()));
-        match nix::poll::poll(&mut fds, poll_timeout(timeout)) {
-            Ok(0) | Err(Errno::EINTR) => return Ready::default(),
-            Ok(_) => {}
-            Err(e) => {
-                // poll fails only on EINTR, EINVAL or ENOMEM; rest rather than spin.
-                log::error!("status reason=\"poll: {e}\"");
-                std::thread::sleep(ACCEPT_BACKOFF);
-                return Ready::default();
-            }
-        }
-        let readable = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-        // Indices relative to the start of each group.
-        let ready_in = |range: std::ops::Range<usize>| -> Vec<usize> {
-            fds[range]
-                .iter()
-                .enumerate()
-                .filter(|(_, fd)| readable(fd))
-                .map(|(i, _)| i)
-                .collect()
+        // SAFETY: every descriptor in the set is owned by `self` and open for the call.
+        let n = unsafe {
+            libc::poll(
+                poll.fds.as_mut_ptr(),
+                poll.fds.len() as libc::nfds_t,
+                poll_timeout(timeout),
+            )
         };
+        if n <= 0 {
+            poll.listeners = 0;
+            match Errno::last() {
+                _ if n == 0 => {}
+                Errno::EINTR => {}
+                e => {
+                    // poll fails only on EINTR, EINVAL or ENOMEM; rest rather than spin.
+                    log::error!("status reason=\"poll: {e}\"");
+                    std::thread::sleep(ACCEPT_BACKOFF);
+                }
+            }
+            return Ready::default();
+        }
+        let listeners_end = 1 + poll.listeners;
         Ready {
-            signals: readable(&fds[0]),
-            listeners: ready_in(1..1 + listeners),
-            drains: ready_in(1 + listeners..drains_end),
-            relays: ready_in(drains_end..fds.len()),
+            signals: poll.readable(0),
+            drains: poll.ready_in(listeners_end..drains_end),
+            relays: poll.ready_in(drains_end..poll.fds.len()),
         }
     }
 
@@ -549,7 +606,7 @@ impl Supervisor {
                     // Our copy of the write end closes here: EOF comes when the program ends.
                     self.relays.add(read, pid);
                 }
-                let record = self.started(peer, &format!("pid={pid}"), listen);
+                let record = self.started(peer, Worker::Process(pid), listen);
                 if self.max_lifetime.is_some() {
                     self.lifetimes.insert((record.started, pid));
                 }
@@ -562,7 +619,7 @@ impl Supervisor {
 
     /// A worker is serving `peer`: count it and log it; its record, for the caller to store
     /// (then tell systemd, which counts the stored records).
-    fn started(&mut self, peer: Peer, who: &str, listen: Origin) -> ChildRecord {
+    fn started(&mut self, peer: Peer, who: Worker, listen: Origin) -> ChildRecord {
         self.accepted_total += 1;
         self.admission.started(&peer);
         let record = ChildRecord {
@@ -597,7 +654,7 @@ impl Supervisor {
         let threads = self.threads.as_mut().expect("thread model");
         match threads.spawn(conn, &self.handler) {
             Ok(id) => {
-                let record = self.started(peer, &format!("thread={id}"), listen);
+                let record = self.started(peer, Worker::Thread(id), listen);
                 self.thread_workers.insert(id, record);
                 self.notify_status();
             }
@@ -665,7 +722,7 @@ impl Supervisor {
         for (id, code) in finished {
             if let Some(record) = self.thread_workers.remove(&id) {
                 self.admission.ended(&record.peer);
-                self.log_end(&record, &format!("thread={id}"), Ended::Exit(code));
+                self.log_end(&record, Worker::Thread(id), Ended::Exit(code));
                 self.notify_status();
             }
         }
@@ -691,12 +748,12 @@ impl Supervisor {
         };
         self.lifetimes.remove(&(record.started, pid));
         self.admission.ended(&record.peer);
-        self.log_end(&record, &format!("pid={pid}"), how);
+        self.log_end(&record, Worker::Process(pid), how);
         self.notify_status();
     }
 
     /// The `end` line for a child process (`who` is `pid=N`) or a thread (`thread=N`).
-    fn log_end(&self, record: &ChildRecord, who: &str, how: Ended) {
+    fn log_end(&self, record: &ChildRecord, who: Worker, how: Ended) {
         let duration = record.started.elapsed().as_secs_f64();
         let active = self.active();
         let peer = &record.peer;
@@ -787,14 +844,12 @@ impl Supervisor {
     }
 }
 
-fn poll_timeout(timeout: Option<Duration>) -> PollTimeout {
+/// poll()'s timeout in milliseconds, -1 for none.
+fn poll_timeout(timeout: Option<Duration>) -> libc::c_int {
     match timeout {
-        None => PollTimeout::NONE,
+        None => -1,
         // Round up: a sub-millisecond remainder must not become a busy zero timeout.
-        Some(d) => {
-            let ms = d.as_millis().saturating_add(1).min(i32::MAX as u128) as u32;
-            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
-        }
+        Some(d) => d.as_millis().saturating_add(1).min(i32::MAX as u128) as libc::c_int,
     }
 }
 

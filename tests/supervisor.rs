@@ -155,7 +155,9 @@ fn children_leave_the_supervisors_process_group() {
     let supervisor = open_fds(server.pid);
     assert_eq!(supervisor.len(), 5, "{supervisor:?}");
     assert!(
-        supervisor.iter().any(|(_, target)| target == "anon_inode:[signalfd]"),
+        supervisor
+            .iter()
+            .any(|(_, target)| target == "anon_inode:[signalfd]"),
         "{supervisor:?}"
     );
 }
