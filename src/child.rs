@@ -14,7 +14,7 @@ use nix::unistd::{ForkResult, Pid};
 
 use crate::conn::Connection;
 use crate::handler::{Handler, Outcome};
-use crate::listen::configure_accepted;
+use crate::listen::{ACCEPTED_SOCKETS_INHERIT, configure_accepted};
 use crate::signals;
 
 /// Exit status of a child whose peer finished cleanly.
@@ -121,6 +121,9 @@ fn run_child(
     // which then grants the grace period, instead of killing every conversation at once.
     let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
     let prepared = setup.limits.apply().and_then(|()| {
+        if ACCEPTED_SOCKETS_INHERIT {
+            return Ok(());
+        }
         configure_accepted(&conn.stream, setup.keepalive)
             .map_err(|e| format!("socket options: {e}"))
     });

@@ -14,7 +14,7 @@ use crate::child::{EXIT_CLEAN, EXIT_FAILED, EXIT_PANIC};
 use crate::cli::Config;
 use crate::conn::Connection;
 use crate::handler::{Handler, HandlerName, Outcome};
-use crate::listen::configure_accepted;
+use crate::listen::{ACCEPTED_SOCKETS_INHERIT, configure_accepted};
 use crate::signals::Waker;
 
 /// `--model`.
@@ -104,7 +104,9 @@ impl Threads {
             .name(format!("conn-{id}"))
             .spawn(move || {
                 let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-                    if configure_accepted(&conn.stream, keepalive).is_err() {
+                    if !ACCEPTED_SOCKETS_INHERIT
+                        && configure_accepted(&conn.stream, keepalive).is_err()
+                    {
                         return Outcome::Failed;
                     }
                     handler.serve(conn)

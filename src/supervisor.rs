@@ -72,6 +72,18 @@ pub fn run(config: &Config) -> Result<(), String> {
         listeners.iter().for_each(Listener::remove_socket_file);
         e
     };
+    for listener in &listeners {
+        listener.pass_on_options(config.keepalive).map_err(|e| {
+            cleanup(
+                &listeners,
+                format!("cannot set options on {}: {e}", listener.local_name()),
+            )
+        })?;
+    }
+    if let Some(conn) = &inetd_connection {
+        listen::configure_accepted(&conn.stream, config.keepalive)
+            .map_err(|e| format!("--inetd: socket options: {e}"))?;
+    }
     let signals = Signals::install()
         .map_err(|e| cleanup(&listeners, format!("cannot install signal handlers: {e}")))?;
     // The pidfile is written while still root, so it may live in /run.

@@ -180,3 +180,52 @@ fn keepalive_is_on_by_default_and_off_with_no_keepalive() {
     assert_eq!(timer_for(&[]), 2, "keepalive timer armed");
     assert_eq!(timer_for(&["--no-keepalive"]), 0, "no timer");
 }
+
+/// A copy of the child's connection socket (its one socket descriptor), taken with
+/// pidfd_getfd, so the test can read the options the child's socket really has.
+fn childs_socket(pid: i32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let fd: i32 = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::read_link(p).is_ok_and(|t| t.to_string_lossy().starts_with("socket:")))
+        .and_then(|p| p.file_name()?.to_str()?.parse().ok())
+        .expect("the child holds its connection");
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    assert!(
+        pidfd >= 0,
+        "pidfd_open: {}",
+        std::io::Error::last_os_error()
+    );
+    let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) } as i32;
+    let err = std::io::Error::last_os_error();
+    unsafe { libc::close(pidfd) };
+    assert!(copy >= 0, "pidfd_getfd (needs root): {err}");
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(copy) }
+}
+
+fn socket_options_for(args: &[&str]) -> (bool, bool) {
+    use nix::sys::socket::{getsockopt, sockopt};
+    let mut server = Forkd::start(args);
+    let mut client = Client::connect(&server.addr());
+    assert_eq!(client.echo(b"o").payload, b"o");
+    let socket = childs_socket(server.child_for(client.stream()));
+    (
+        getsockopt(&socket, sockopt::TcpNoDelay).unwrap(),
+        getsockopt(&socket, sockopt::KeepAlive).unwrap(),
+    )
+}
+
+#[test]
+fn a_childs_socket_has_nodelay_and_keepalive_as_configured() {
+    assert_eq!(
+        socket_options_for(&[]),
+        (true, true),
+        "(TCP_NODELAY, SO_KEEPALIVE)"
+    );
+    assert_eq!(
+        socket_options_for(&["--no-keepalive"]),
+        (true, false),
+        "(TCP_NODELAY, SO_KEEPALIVE)"
+    );
+}
