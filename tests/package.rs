@@ -103,6 +103,10 @@ fn install_serve_upgrade_and_purge() {
     assert!(user_exists("forkd") && group_exists("forkd"));
     let shell = run_ok("getent", &["passwd", "forkd"]);
     assert!(shell.trim_end().ends_with("/usr/sbin/nologin"), "{shell}");
+    // Linked statically (packaging/build-deb says why): no program interpreter to load.
+    for binary in ["/usr/sbin/forkd", "/usr/bin/forkc"] {
+        assert!(!has_interpreter(binary), "{binary} is dynamically linked");
+    }
     assert!(run_ok("man", &["-w", "forkd"]).contains("man8/forkd.8"));
     assert!(run_ok("man", &["-w", "forkc"]).contains("man1/forkc.1"));
     for unit in ["forkd.service", "forkd@.service"] {
@@ -200,4 +204,19 @@ fn install_serve_upgrade_and_purge() {
     assert!(!Path::new("/etc/forkd").exists());
     assert!(!user_exists("forkd") && !group_exists("forkd"));
     assert!(!installed());
+}
+
+/// Whether an ELF64 executable names a program interpreter (a PT_INTERP program header): what
+/// every dynamically linked executable has and a static one lacks.
+fn has_interpreter(path: &str) -> bool {
+    const PT_INTERP: u32 = 3;
+    let elf = std::fs::read(path).unwrap();
+    assert_eq!(&elf[..5], b"\x7fELF\x02", "{path}: not an ELF64 file");
+    let u16_at = |at: usize| u16::from_le_bytes(elf[at..at + 2].try_into().unwrap()) as usize;
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let (entry_size, count) = (u16_at(0x36), u16_at(0x38));
+    (0..count).any(|i| {
+        let at = phoff + i * entry_size;
+        u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()) == PT_INTERP
+    })
 }
