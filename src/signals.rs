@@ -8,7 +8,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, RawFd};
 
-use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{self, SigHandler, SigSet, Signal};
 
 /// The signals the supervisor handles: SIGCHLD (reap), SIGTERM and SIGINT (shut down), SIGHUP
 /// (reconnect to syslog), SIGUSR1 (log a status line).
@@ -96,7 +96,10 @@ fn default_dispositions() {
 /// code expects, and the exec handler restores the default itself before exec.
 pub fn reset_for_child() {
     imp::reset_dispositions();
-    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    // An all-zero sigset_t is the empty set; built in place rather than by sigemptyset(),
+    // whose code a new child would otherwise fault in for this one call.
+    let empty: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) };
 }
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
