@@ -1,19 +1,27 @@
-//! What happens in a child between fork() and the end of its connection.
+//! The process that serves a connection: a forked child running the handler, or a program.
 //!
-//! The child closes what belongs to the supervisor (listeners, the signal descriptor, rejected
-//! connections still draining), restores default signal dispositions and an empty mask, leaves
-//! the supervisor's process group, applies its resource limits, runs the handler and leaves
-//! with `_exit`: it never unwinds or returns into the supervisor's code, and a panic in the
-//! handler ends this child only.
+//! A forked child closes what belongs to the supervisor (listeners, the signal descriptor,
+//! rejected connections still draining), restores default signal dispositions and an empty
+//! mask, leaves the supervisor's process group, applies its resource limits, runs the handler
+//! and leaves with `_exit`: it never unwinds or returns into the supervisor's code, and a panic
+//! in the handler ends this child only.
+//!
+//! A program (the exec handler) is started without forking the supervisor where possible
+//! (posix_spawn: the new process shares the supervisor's memory only until it execs), and
+//! gets the same: its own process group, an empty mask, default signals, the limits, no
+//! descriptor but its connection and stderr (every supervisor descriptor is close-on-exec).
 
-use std::os::fd::RawFd;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::panic::{self, AssertUnwindSafe};
+use std::process::Command;
 
 use nix::errno::Errno;
 use nix::unistd::{ForkResult, Pid};
 
 use crate::conn::Connection;
-use crate::handler::{Handler, Outcome};
+use crate::handler::{Handler, Launch, Outcome};
 use crate::listen::{ACCEPTED_SOCKETS_INHERIT, configure_accepted};
 use crate::signals;
 
@@ -37,7 +45,7 @@ impl ChildLimits {
     /// Applies the limits to this process. Soft and hard limits are set alike, so a handler
     /// cannot raise them again; the CPU hard limit is one second above the soft one, so the
     /// kernel sends SIGXCPU first and SIGKILL only to a process that ignores it.
-    fn apply(&self) -> Result<(), String> {
+    pub fn apply(&self) -> Result<(), String> {
         use nix::sys::resource::{Resource, setrlimit};
         let set = |flag: &str, resource, soft: u64, hard: u64| {
             setrlimit(resource, soft, hard).map_err(|e| format!("{flag} {soft}: {e}"))
@@ -81,13 +89,11 @@ pub struct ChildSetup {
 /// can still tell the peer. In the child: never returns.
 ///
 /// `extra_fds` are further supervisor descriptors the child must close (draining sockets,
-/// other programs' stderr pipes); `stderr` is the write end of the pipe that becomes the
-/// child's descriptor 2, for handlers that exec a program.
+/// programs' stderr pipes).
 pub fn spawn(
     conn: Connection,
     setup: &ChildSetup,
     extra_fds: &[RawFd],
-    stderr: Option<RawFd>,
     handler: &dyn Handler,
 ) -> Result<Pid, (Errno, Connection)> {
     debug_assert_single_threaded();
@@ -95,16 +101,63 @@ pub fn spawn(
     // child is a full copy with no lock held by a vanished thread.
     match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Parent { child }) => Ok(child),
-        Ok(ForkResult::Child) => run_child(conn, setup, extra_fds, stderr, handler),
+        Ok(ForkResult::Child) => run_child(conn, setup, extra_fds, handler),
         Err(e) => Err((e, conn)),
     }
+}
+
+/// Starts `program` to serve `conn` (on its stdin and stdout), with `stderr` as its
+/// descriptor 2. The program's pid, or why it could not be started (it was not found, say).
+///
+/// Without resource limits this is a posix_spawn ([`crate::spawn`]): nothing of the supervisor
+/// is copied. Limits must be set between fork and exec, so with any of them the supervisor
+/// forks as for any child.
+pub fn spawn_program(
+    program: Launch,
+    conn: Connection,
+    setup: &ChildSetup,
+    stderr: OwnedFd,
+) -> io::Result<Pid> {
+    if !ACCEPTED_SOCKETS_INHERIT {
+        configure_accepted(&conn.stream, setup.keepalive)?;
+    }
+    let limits = setup.limits;
+    if limits == ChildLimits::default() {
+        return crate::spawn::spawn(
+            &program.argv,
+            &program.env,
+            conn.stream.as_raw_fd(),
+            stderr.as_raw_fd(),
+        );
+    }
+    let socket = OwnedFd::from(conn.stream);
+    let mut command = Command::new(&program.argv[0]);
+    command
+        .args(&program.argv[1..])
+        .env_clear()
+        .envs(program.env)
+        .stdout(socket.try_clone()?)
+        .stdin(socket)
+        .stderr(stderr)
+        .process_group(0);
+    // SAFETY: runs in the forked child before exec; only system calls (and a message
+    // formatted on failure, in a copy of a single-threaded supervisor).
+    unsafe {
+        command.pre_exec(move || {
+            signals::reset_for_child();
+            signals::default_sigpipe();
+            limits.apply().map_err(io::Error::other)
+        });
+    }
+    let child = command.spawn()?;
+    // Not waited for through `child`: the supervisor reaps every child with waitpid.
+    Ok(Pid::from_raw(child.id() as i32))
 }
 
 fn run_child(
     conn: Connection,
     setup: &ChildSetup,
     extra_fds: &[RawFd],
-    stderr: Option<RawFd>,
     handler: &dyn Handler,
 ) -> ! {
     signals::reset_for_child();
@@ -112,10 +165,6 @@ fn run_child(
         // The supervisor's objects are never dropped here (the child ends in _exit), so
         // closing the raw descriptors cannot double-close.
         unsafe { libc::close(*fd) };
-    }
-    if let Some(pipe) = stderr {
-        // The pipe stays open as descriptor 2 only (the original is close-on-exec).
-        unsafe { libc::dup2(pipe, 2) };
     }
     // Out of the supervisor's process group: a Ctrl-C at the terminal reaches the supervisor,
     // which then grants the grace period, instead of killing every conversation at once.

@@ -27,5 +27,6 @@ pub mod pidfile;
 pub mod privilege;
 pub mod relay;
 pub mod signals;
+pub mod spawn;
 pub mod supervisor;
 pub mod ucspi;

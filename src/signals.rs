@@ -72,6 +72,11 @@ pub fn ignore_sigpipe() -> nix::Result<()> {
     unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }.map(drop)
 }
 
+/// Before exec: SIG_IGN survives exec, so a program would inherit the ignored SIGPIPE.
+pub fn default_sigpipe() {
+    let _ = unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 fn handled_set() -> SigSet {
     let mut set = SigSet::empty();
     HANDLED.iter().for_each(|s| set.add(*s));

@@ -592,41 +592,49 @@ impl Supervisor {
             self.spawn_thread(conn, listen);
             return;
         }
+        if let Some(program) = self.handler.program_for(&conn) {
+            self.spawn_program(program, conn, listen);
+            return;
+        }
         let mut not_for_child = self.drains.raw_fds();
         not_for_child.extend(self.relays.raw_fds());
-        let stderr_pipe = if self.handler.execs() {
-            match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-                Ok(pipe) => Some(pipe),
-                Err(e) => {
-                    self.cannot_start(conn, "pipe", e.to_string());
-                    return;
-                }
-            }
-        } else {
-            None
-        };
-        let stderr_write = stderr_pipe.as_ref().map(|(_, w)| w.as_raw_fd());
-        match child::spawn(
-            conn,
-            &self.setup,
-            &not_for_child,
-            stderr_write,
-            &*self.handler,
-        ) {
-            Ok(pid) => {
-                if let Some((read, _write)) = stderr_pipe {
-                    // Our copy of the write end closes here: EOF comes when the program ends.
-                    self.relays.add(read, pid);
-                }
-                let record = self.started(peer, Worker::Process(pid), listen);
-                if self.max_lifetime.is_some() {
-                    self.lifetimes.insert((record.started, pid));
-                }
-                self.children.insert(pid, record);
-                self.notify_status();
-            }
+        match child::spawn(conn, &self.setup, &not_for_child, &*self.handler) {
+            Ok(pid) => self.child_started(pid, peer, listen),
             Err((e, conn)) => self.cannot_start(conn, "fork", e.to_string()),
         }
+    }
+
+    /// The exec handler's program for `conn`, its stderr a pipe relayed into the log.
+    fn spawn_program(&mut self, program: handler::Launch, conn: Connection, listen: Origin) {
+        let (read, write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok(pipe) => pipe,
+            Err(e) => return self.cannot_start(conn, "pipe", e.to_string()),
+        };
+        let peer = conn.peer.clone();
+        let name = program.argv[0].to_string_lossy().into_owned();
+        // The write end is the program's now; when the program ends, the relay sees EOF.
+        match child::spawn_program(program, conn, &self.setup, write) {
+            Ok(pid) => {
+                self.relays.add(read, pid);
+                self.child_started(pid, peer, listen);
+            }
+            // The connection is closed: no ERROR frame, the program owns the protocol.
+            Err(e) => log::error!(
+                "error peer={peer} reason={} active={}",
+                quote(&format!("cannot run {name}: {e}")),
+                self.active()
+            ),
+        }
+    }
+
+    /// Records and logs a child process serving `peer`.
+    fn child_started(&mut self, pid: Pid, peer: Peer, listen: Origin) {
+        let record = self.started(peer, Worker::Process(pid), listen);
+        if self.max_lifetime.is_some() {
+            self.lifetimes.insert((record.started, pid));
+        }
+        self.children.insert(pid, record);
+        self.notify_status();
     }
 
     /// A worker is serving `peer`: count it and log it; its record, for the caller to store

@@ -211,13 +211,66 @@ fn limits_apply_to_programs_too() {
 }
 
 #[test]
-fn a_program_that_cannot_run_is_logged() {
-    let mut server = Forkd::start(&["--", "/nonexistent/program"]);
-    let client = Client::connect(&server.addr());
-    let line = server.wait_log("cannot run /nonexistent/program");
-    assert!(line.contains("error:"), "{line}");
-    server.wait_log("status=exit:1");
-    drop(client);
+fn a_program_that_cannot_run_is_logged_and_the_connection_closed() {
+    for args in [&[][..], &["--rlimit-nofile", "64"][..]] {
+        for program in ["/nonexistent/program", "no-such-program-in-path"] {
+            let mut server = Forkd::start(&[args, &["--", program]].concat());
+            let client = Client::connect(&server.addr());
+            let line = server.wait_log(&format!("cannot run {program}"));
+            assert!(
+                line.contains("error:") && line.contains("active=0/"),
+                "{line}"
+            );
+            assert!(client.read_to_end().is_empty(), "closed without a word");
+        }
+    }
+}
+
+/// The status lines of a program run for a connection: `cat /proc/self/status`, so the
+/// program itself is measured, not a shell that may reset what it inherited.
+fn program_status(args: &[&str]) -> BTreeMap<String, String> {
+    let server = Forkd::start(&[args, &["--", "cat", "/proc/self/status"]].concat());
+    output_of(&server.addrs[0])
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn a_program_starts_with_no_signal_blocked_or_ignored_in_its_own_group() {
+    // Without limits the program is started by posix_spawn; with one, by fork and exec.
+    for args in [&[][..], &["--rlimit-nofile", "64"][..]] {
+        let status = program_status(args);
+        let mask = |field: &str| u64::from_str_radix(&status[field], 16).unwrap();
+        assert_eq!(mask("SigBlk"), 0, "{args:?}: blocked: {status:?}");
+        assert_eq!(
+            mask("SigIgn") & 0x7fff_ffff,
+            0,
+            "{args:?}: ignored: {status:?}"
+        );
+        let pid: i32 = status["Pid"].parse().unwrap();
+        assert_eq!(
+            status["NSpgid"],
+            pid.to_string(),
+            "{args:?}: own process group"
+        );
+    }
+}
+
+#[test]
+fn resource_limits_apply_to_programs() {
+    let server = Forkd::start(&["--rlimit-nofile", "64", "--", "cat", "/proc/self/limits"]);
+    let limits = output_of(&server.addrs[0]);
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("{limits}"));
+    assert_eq!(
+        open_files.split_whitespace().collect::<Vec<_>>()[3..5],
+        ["64", "64"],
+        "{open_files}"
+    );
 }
 
 fn frame_exec(extra: &[&str], script: &str) -> Forkd {

@@ -1,12 +1,13 @@
-//! The exec handler: the child becomes PROGRAM, with the connection on stdin and stdout and
-//! the UCSPI environment, exactly as under tcpserver. No framing: the program owns the
-//! protocol. Its stderr is the pipe the supervisor relays into the log.
+//! The exec handler: PROGRAM serves the connection, on its stdin and stdout, with the UCSPI
+//! environment, exactly as under tcpserver. No framing: the program owns the protocol. Its
+//! stderr is the pipe the supervisor relays into the log.
 
+use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use super::{Handler, Outcome};
+use super::{Handler, Launch, Outcome};
 use crate::cli::Program;
 use crate::conn::Connection;
 
@@ -14,25 +15,39 @@ pub struct Exec {
     pub program: Program,
 }
 
-/// The command for `program` with a connection's UCSPI variables (`ucspi`): with --env-clear
-/// an empty environment but PATH, then the UCSPI variables, then --env (which may override
-/// them). Shared by exec and frame-exec.
+/// The whole environment of `program` for a connection with the UCSPI variables `ucspi`:
+/// forkd's own (with --env-clear only its PATH), then the UCSPI variables, then --env, each
+/// replacing a variable of the same name.
+pub fn environment(program: &Program, ucspi: &[(String, String)]) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = if program.env_clear {
+        std::env::var_os("PATH")
+            .map(|path| ("PATH".into(), path))
+            .into_iter()
+            .collect()
+    } else {
+        std::env::vars_os().collect()
+    };
+    let set = ucspi.iter().chain(&program.env);
+    for (key, value) in set.map(|(k, v)| (OsString::from(k), OsString::from(v))) {
+        env.retain(|(k, _)| *k != key);
+        env.push((key, value));
+    }
+    env
+}
+
+/// The command for `program` with a connection's UCSPI variables, as [`environment`] says.
+/// Shared by exec (run in this process) and frame-exec.
 pub fn command(program: &Program, ucspi: &[(String, String)]) -> Command {
     let mut cmd = Command::new(&program.argv[0]);
-    cmd.args(&program.argv[1..]);
-    if program.env_clear {
-        let path = std::env::var_os("PATH");
-        cmd.env_clear();
-        if let Some(path) = path {
-            cmd.env("PATH", path);
-        }
-    }
-    cmd.envs(ucspi.iter().map(|(k, v)| (k, v)));
-    cmd.envs(program.env.iter().map(|(k, v)| (k, v)));
+    cmd.args(&program.argv[1..])
+        .env_clear()
+        .envs(environment(program, ucspi));
     cmd
 }
 
 impl Handler for Exec {
+    /// Becomes the program in this process: for an embedder that forks its own children. forkd
+    /// itself starts the program from [`Handler::program_for`].
     fn serve(&self, conn: Connection) -> Outcome {
         let mut cmd = command(&self.program, &crate::ucspi::environment(&conn));
         let socket = conn.stream.as_raw_fd();
@@ -48,13 +63,7 @@ impl Handler for Exec {
                 return Outcome::Failed;
             }
         }
-        // SIG_IGN survives exec: give the program the default SIGPIPE a fresh process has.
-        let _ = unsafe {
-            nix::sys::signal::signal(
-                nix::sys::signal::Signal::SIGPIPE,
-                nix::sys::signal::SigHandler::SigDfl,
-            )
-        };
+        crate::signals::default_sigpipe();
         let err = cmd.exec();
         log::error!(
             "error peer={} pid={} reason={}",
@@ -70,5 +79,12 @@ impl Handler for Exec {
 
     fn execs(&self) -> bool {
         true
+    }
+
+    fn program_for(&self, conn: &Connection) -> Option<Launch> {
+        Some(Launch {
+            argv: self.program.argv.clone(),
+            env: environment(&self.program, &crate::ucspi::environment(conn)),
+        })
     }
 }

@@ -24,11 +24,26 @@ pub enum Outcome {
 pub trait Handler: Send + Sync {
     fn serve(&self, conn: Connection) -> Outcome;
 
-    /// Whether the child becomes another program: then its exit status is the program's, and
-    /// its stderr is relayed into the log.
+    /// Whether the connection is served by another program: then the exit status is the
+    /// program's, and its stderr is relayed into the log.
     fn execs(&self) -> bool {
         false
     }
+
+    /// For a handler that [`execs`](Handler::execs): the program to run for `conn`; the
+    /// caller gives it the connection as stdin and stdout. The supervisor starts it directly
+    /// (posix_spawn where it can: nothing of the supervisor's memory is copied) instead of
+    /// forking a child that would exec.
+    fn program_for(&self, _conn: &Connection) -> Option<Launch> {
+        None
+    }
+}
+
+/// A program to run for a connection: its arguments (the first names it, as for execvp) and
+/// its whole environment.
+pub struct Launch {
+    pub argv: Vec<std::ffi::OsString>,
+    pub env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
 }
 
 /// The handlers `--handler` can name.
