@@ -77,12 +77,6 @@ pub fn default_sigpipe() {
     let _ = unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
-fn handled_set() -> SigSet {
-    let mut set = SigSet::empty();
-    HANDLED.iter().for_each(|s| set.add(*s));
-    set
-}
-
 /// Once, at start: the default disposition for every signal, real-time ones included,
 /// whatever forkd inherited (a `nohup` ignores SIGHUP, say), so that children start from the
 /// defaults. (The C library keeps two real-time signals for itself; what forkd inherited for
@@ -120,7 +114,8 @@ mod imp {
         /// Blocks the handled signals (the supervisor is still single-threaded, so every
         /// thread started later inherits the mask) and opens a signalfd for them.
         pub fn install() -> nix::Result<Source> {
-            let set = super::handled_set();
+            let mut set = SigSet::empty();
+            super::HANDLED.iter().for_each(|s| set.add(*s));
             sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
             let fd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
             Ok(Source(fd))
