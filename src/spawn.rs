@@ -81,7 +81,8 @@ fn locate(program: &OsStr, env: &[(OsString, OsString)]) -> io::Result<PathBuf> 
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
         .find(|candidate| is_executable(candidate))
-        .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+        // What execvp would have said.
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
 }
 
 fn is_executable(path: &Path) -> bool {
