@@ -152,5 +152,6 @@ pub fn take_inetd_connection() -> Result<Connection, String> {
         stream,
         peer,
         from_source: 1,
+        timeout: None,
     })
 }

@@ -202,4 +202,6 @@ pub struct Connection {
     pub peer: Peer,
     /// Connections from the same source with a child now, this one included (TCPCONNNUM).
     pub from_source: u32,
+    /// The read and write timeout the socket already has (from its listener), if any.
+    pub timeout: Option<Duration>,
 }

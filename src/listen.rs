@@ -11,6 +11,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::socket::{
@@ -29,6 +30,9 @@ pub struct Listener {
     owned_path: Option<PathBuf>,
     /// The name systemd gave the socket (LISTEN_FDNAMES), for the log.
     name: Option<String>,
+    /// The read and write timeout its accepted sockets come with (see
+    /// [`Listener::pass_on_options`]).
+    passed_timeout: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -123,6 +127,7 @@ fn bind_tcp(addr: SocketAddr, backlog: i32) -> Result<Listener, Errno> {
         socket: Socket::Tcp(TcpListener::from(fd)),
         owned_path: None,
         name: None,
+        passed_timeout: None,
     })
 }
 
@@ -141,6 +146,7 @@ fn bind_unix(path: &Path, backlog: i32) -> Result<Listener, String> {
         socket: Socket::Unix(UnixListener::from(fd)),
         owned_path: Some(path.to_path_buf()),
         name: None,
+        passed_timeout: None,
     };
     if let Err(e) = listen(&listener, backlog) {
         listener.remove_socket_file();
@@ -203,6 +209,7 @@ impl Listener {
             socket,
             owned_path: None,
             name,
+            passed_timeout: None,
         };
         match &listener.socket {
             Socket::Tcp(l) => l.set_nonblocking(true),
@@ -247,6 +254,7 @@ impl Listener {
                     stream: Stream::Tcp(stream),
                     peer: Peer::Tcp(addr),
                     from_source: 1,
+                    timeout: self.passed_timeout,
                 })
             }
             Socket::Unix(l) => {
@@ -256,6 +264,7 @@ impl Listener {
                     stream: Stream::Unix(stream),
                     peer,
                     from_source: 1,
+                    timeout: None,
                 })
             }
         }
@@ -299,12 +308,28 @@ pub const ACCEPTED_SOCKETS_INHERIT: bool = cfg!(target_os = "linux");
 
 impl Listener {
     /// Sets on the listener the options its accepted sockets should have, once, where the
-    /// kernel copies them on accept (see [`ACCEPTED_SOCKETS_INHERIT`]): two system calls fewer
-    /// per connection. Harmless elsewhere.
-    pub fn pass_on_options(&self, keepalive: bool) -> io::Result<()> {
+    /// kernel copies them on accept (see [`ACCEPTED_SOCKETS_INHERIT`]): system calls saved in
+    /// every child. `timeout`, for protocol-v1 handlers, is `--idle-timeout` as the read and
+    /// write timeout (a program run by the exec handler must not get one); accepted
+    /// connections then say they have it ([`Connection::timeout`]). Linux copies socket
+    /// options to TCP connections only, not to Unix ones.
+    pub fn pass_on_options(
+        &mut self,
+        keepalive: bool,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
         if let Socket::Tcp(l) = &self.socket {
             socket::setsockopt(l, sockopt::TcpNoDelay, &true)?;
             socket::setsockopt(l, sockopt::KeepAlive, &keepalive)?;
+            if let Some(t) = timeout.filter(|_| ACCEPTED_SOCKETS_INHERIT) {
+                let tv = nix::sys::time::TimeVal::new(
+                    t.as_secs() as libc::time_t,
+                    t.subsec_micros() as libc::suseconds_t,
+                );
+                socket::setsockopt(l, sockopt::ReceiveTimeout, &tv)?;
+                socket::setsockopt(l, sockopt::SendTimeout, &tv)?;
+                self.passed_timeout = Some(t);
+            }
         }
         Ok(())
     }

@@ -72,13 +72,18 @@ pub fn run(config: &Config) -> Result<(), String> {
         listeners.iter().for_each(Listener::remove_socket_file);
         e
     };
-    for listener in &listeners {
-        listener.pass_on_options(config.keepalive).map_err(|e| {
-            cleanup(
-                &listeners,
-                format!("cannot set options on {}: {e}", listener.local_name()),
-            )
-        })?;
+    let mut listeners = listeners;
+    // A program run by the exec handler owns its socket: no timeouts for it.
+    let timeout = config
+        .idle_timeout
+        .filter(|_| config.handler != HandlerName::Exec);
+    let refused = listeners.iter_mut().find_map(|listener| {
+        let set = listener.pass_on_options(config.keepalive, timeout);
+        set.err()
+            .map(|e| format!("cannot set options on {}: {e}", listener.local_name()))
+    });
+    if let Some(e) = refused {
+        return Err(cleanup(&listeners, e));
     }
     if let Some(conn) = &inetd_connection {
         listen::configure_accepted(&conn.stream, config.keepalive)

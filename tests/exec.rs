@@ -349,3 +349,24 @@ fn a_program_needs_an_exec_handler() {
     assert_eq!(code, 2);
     assert!(err.contains("not --handler echo"), "{err}");
 }
+
+#[test]
+fn a_programs_socket_has_no_idle_timeout() {
+    // --idle-timeout is the protocol session's; a program reads its socket as long as it likes.
+    let server = Forkd::start(&[
+        "--idle-timeout",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        "read line; echo \"got $line\"",
+    ]);
+    let mut client = Client::connect(&server.addr());
+    std::thread::sleep(Duration::from_millis(2500));
+    std::io::Write::write_all(client.stream(), b"late\n").unwrap();
+    client.half_close();
+    assert_eq!(
+        String::from_utf8(client.read_to_end()).unwrap(),
+        "got late\n"
+    );
+}

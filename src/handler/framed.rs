@@ -32,8 +32,17 @@ pub fn serve(
     settings: ProtocolSettings,
     responder: &mut dyn Responder,
 ) -> Outcome {
-    let Connection { stream, peer, .. } = conn;
-    if let Some(idle) = settings.idle_timeout {
+    let Connection {
+        stream,
+        peer,
+        timeout,
+        ..
+    } = conn;
+    // What the socket came with from its listener, if it is the idle limit.
+    let preset = timeout.filter(|t| Some(*t) == settings.idle_timeout);
+    if let Some(idle) = settings.idle_timeout
+        && preset.is_none()
+    {
         // A peer that takes no reply for this long is as idle as one that sends nothing.
         let _ = stream.set_write_timeout(Some(idle));
     }
@@ -41,7 +50,7 @@ pub fn serve(
         stream,
         deadline: None,
         idle: settings.idle_timeout,
-        timeout_set: None,
+        timeout_set: preset,
     };
     let mut reader = FrameReader::new(timed, settings.max_frame);
     let failure = loop {
