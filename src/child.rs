@@ -15,7 +15,6 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::panic::{self, AssertUnwindSafe};
-use std::process::Command;
 
 use nix::errno::Errno;
 use nix::unistd::{ForkResult, Pid};
@@ -131,11 +130,8 @@ pub fn spawn_program(
         );
     }
     let socket = OwnedFd::from(conn.stream);
-    let mut command = Command::new(&program.argv[0]);
+    let mut command = program.command();
     command
-        .args(&program.argv[1..])
-        .env_clear()
-        .envs(program.env)
         .stdout(socket.try_clone()?)
         .stdin(socket)
         .stderr(stderr)

@@ -5,7 +5,6 @@
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::process::Command;
 
 use super::{Handler, Launch, Outcome};
 use crate::cli::Program;
@@ -35,21 +34,20 @@ pub fn environment(program: &Program, ucspi: &[(String, String)]) -> Vec<(OsStri
     env
 }
 
-/// The command for `program` with a connection's UCSPI variables, as [`environment`] says.
-/// Shared by exec (run in this process) and frame-exec.
-pub fn command(program: &Program, ucspi: &[(String, String)]) -> Command {
-    let mut cmd = Command::new(&program.argv[0]);
-    cmd.args(&program.argv[1..])
-        .env_clear()
-        .envs(environment(program, ucspi));
-    cmd
+/// `program` for a connection with the UCSPI variables `ucspi`, its environment as
+/// [`environment`] says. Shared by exec and frame-exec.
+pub fn launch(program: &Program, ucspi: &[(String, String)]) -> Launch {
+    Launch {
+        argv: program.argv.clone(),
+        env: environment(program, ucspi),
+    }
 }
 
 impl Handler for Exec {
     /// Becomes the program in this process: for an embedder that forks its own children. forkd
     /// itself starts the program from [`Handler::program_for`].
     fn serve(&self, conn: Connection) -> Outcome {
-        let mut cmd = command(&self.program, &crate::ucspi::environment(&conn));
+        let mut cmd = launch(&self.program, &crate::ucspi::environment(&conn)).command();
         let socket = conn.stream.as_raw_fd();
         // The socket becomes stdin and stdout (dup2 clears close-on-exec on the copies).
         for target in [0, 1] {
@@ -82,9 +80,6 @@ impl Handler for Exec {
     }
 
     fn program_for(&self, conn: &Connection) -> Option<Launch> {
-        Some(Launch {
-            argv: self.program.argv.clone(),
-            env: environment(&self.program, &crate::ucspi::environment(conn)),
-        })
+        Some(launch(&self.program, &crate::ucspi::environment(conn)))
     }
 }

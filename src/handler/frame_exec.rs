@@ -50,7 +50,7 @@ struct Runner<'a> {
 impl Responder for Runner<'_> {
     fn on_data(&mut self, payload: Vec<u8>) -> Reply {
         let program = &self.handler.program;
-        let mut cmd = super::exec::command(program, &self.conn_env);
+        let mut cmd = super::exec::launch(program, &self.conn_env).command();
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -46,6 +46,15 @@ pub struct Launch {
     pub env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
 }
 
+impl Launch {
+    /// The program as a `Command`, with exactly this environment.
+    pub fn command(self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.argv[0]);
+        cmd.args(&self.argv[1..]).env_clear().envs(self.env);
+        cmd
+    }
+}
+
 /// The handlers `--handler` can name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum HandlerName {
