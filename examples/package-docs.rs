@@ -8,6 +8,17 @@ use std::path::{Path, PathBuf};
 
 use clap_complete::Shell;
 
+// The command-line modules of both programs, for their clap definitions only.
+#[path = "../src/bin/shared/args.rs"]
+#[allow(dead_code)]
+mod args;
+#[path = "../src/bin/forkc/cli.rs"]
+#[allow(dead_code)]
+mod forkc_cli;
+#[path = "../src/bin/forkd/cli.rs"]
+#[allow(dead_code)]
+mod forkd_cli;
+
 fn main() -> std::io::Result<()> {
     let out = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| {
         eprintln!("usage: package-docs OUTDIR");
@@ -15,13 +26,10 @@ fn main() -> std::io::Result<()> {
     }));
     std::fs::create_dir_all(out.join("man"))?;
     std::fs::create_dir_all(out.join("completions"))?;
-    for (command, section) in [
-        (forkd::cli::command(), "8"),
-        (forkd::forkc_cli::command(), "1"),
-    ] {
+    for (command, section) in [(forkd_cli::command(), "8"), (forkc_cli::command(), "1")] {
         write_man(&out, command, section)?;
     }
-    for mut command in [forkd::cli::command(), forkd::forkc_cli::command()] {
+    for mut command in [forkd_cli::command(), forkc_cli::command()] {
         let name = command.get_name().to_string();
         for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
             let path =

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use forkd::conn::Stream;
+use forkd::Stream;
 use forkd::frame::{Frame, FrameReader, Kind};
 
 /// The traffic mix, one kind per worker.

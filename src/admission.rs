@@ -1,185 +1,30 @@
-//! Admission: whether the supervisor forks a child for a new connection at all.
+//! Admission: whether the supervisor starts a worker for a new connection at all.
 //!
 //! Decided before any fork, in this order: access rules (`--allow` / `--deny`, first match
 //! wins, default allow), concurrent children per source (`--per-source`), and connections per
 //! source over time (`--rate`, a token bucket). A source is the client address cut to
 //! `--per-source-prefix` bits (default 32 for IPv4, 128 for IPv6), as sshd's
 //! PerSourceNetBlockSize groups neighbours. Unix-socket peers have no address: rules and
-//! per-source limits do not apply to them.
+//! per-source limits do not apply to them. The settings are [`crate::config::Policy`]; this
+//! module keeps the state they need.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use crate::cidr::{Cidr, canonical};
+use crate::config::{Policy, Rate, SourcePrefix};
 use crate::conn::Peer;
 use crate::frame::ErrorCode;
 
-/// An IP network: an address and a prefix length.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, canonical(ip)) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                mask_v4(ip, self.prefix) == mask_v4(net, self.prefix)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                mask_v6(ip, self.prefix) == mask_v6(net, self.prefix)
-            }
-            _ => false,
-        }
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-
-    /// `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a /32 or /128).
-    fn from_str(s: &str) -> Result<Cidr, String> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("'{s}' is not an address or network (10.0.0.0/8, ::1/128)"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("'{s}': prefix must be 0 to {max}"))?,
-        };
-        Ok(Cidr {
-            addr: canonical(addr),
-            prefix,
-        })
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-/// An IPv4 address that arrives mapped into IPv6 (`::ffff:a.b.c.d`, from a dual-stack socket)
-/// is matched as the IPv4 address it is.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
-    }
-}
-
-fn mask_v4(ip: Ipv4Addr, prefix: u8) -> u32 {
-    let bits = u32::from(ip);
-    if prefix == 0 {
-        0
-    } else {
-        bits & (u32::MAX << (32 - u32::from(prefix)))
-    }
-}
-
-fn mask_v6(ip: Ipv6Addr, prefix: u8) -> u128 {
-    let bits = u128::from(ip);
-    if prefix == 0 {
-        0
-    } else {
-        bits & (u128::MAX << (128 - u32::from(prefix)))
-    }
-}
-
-/// One `--allow` or `--deny`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Rule {
-    pub allow: bool,
-    pub net: Cidr,
-}
-
-/// `--rate N/SECS`: at most N new connections per SECS seconds from one source.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Rate {
-    pub count: u32,
-    pub per: Duration,
-}
-
-impl FromStr for Rate {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Rate, String> {
-        let bad = || format!("'{s}' is not a rate: expected N/SECS, as in 20/1");
-        let (n, secs) = s.split_once('/').ok_or_else(bad)?;
-        let count: u32 = n.trim().parse().ok().filter(|n| *n > 0).ok_or_else(bad)?;
-        let per = crate::cli::parse_secs(secs)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(bad)?;
-        Ok(Rate { count, per })
-    }
-}
-
-/// `--per-source-prefix V4:V6`: how many leading bits of an address make one source.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SourcePrefix {
-    pub v4: u8,
-    pub v6: u8,
-}
-
-impl Default for SourcePrefix {
-    fn default() -> Self {
-        SourcePrefix { v4: 32, v6: 128 }
-    }
-}
-
-impl FromStr for SourcePrefix {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<SourcePrefix, String> {
-        let bad = || format!("'{s}' is not V4:V6 prefix lengths, as in 32:128 or 24:64");
-        let (v4, v6) = s.split_once(':').ok_or_else(bad)?;
-        let v4: u8 = v4.parse().ok().filter(|p| *p <= 32).ok_or_else(bad)?;
-        let v6: u8 = v6.parse().ok().filter(|p| *p <= 128).ok_or_else(bad)?;
-        Ok(SourcePrefix { v4, v6 })
-    }
-}
-
-impl SourcePrefix {
-    /// The source a peer belongs to; `None` for Unix-socket peers.
-    pub fn source_of(&self, peer: &Peer) -> Option<Cidr> {
-        let Peer::Tcp(sa) = peer else { return None };
-        let ip = canonical(sa.ip());
-        let (addr, prefix) = match ip {
-            IpAddr::V4(v4) => (IpAddr::V4(Ipv4Addr::from(mask_v4(v4, self.v4))), self.v4),
-            IpAddr::V6(v6) => (IpAddr::V6(Ipv6Addr::from(mask_v6(v6, self.v6))), self.v6),
-        };
-        Some(Cidr { addr, prefix })
-    }
-}
-
-/// The admission settings from the command line.
-#[derive(Clone, Debug, Default)]
-pub struct Policy {
-    pub rules: Vec<Rule>,
-    pub per_source: Option<u32>,
-    pub source_prefix: SourcePrefix,
-    pub rate: Option<Rate>,
+/// The source a peer belongs to; `None` for Unix-socket peers.
+pub(crate) fn source_of(prefix: &SourcePrefix, peer: &Peer) -> Option<Cidr> {
+    let Peer::Tcp(sa) = peer else { return None };
+    Some(Cidr::source(sa.ip(), prefix.v4, prefix.v6))
 }
 
 /// Why a connection gets no child.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     pub code: ErrorCode,
     /// For the log, one word: `denied`, `per-source`, `rate`, `overload`, `fork`.
     pub reason: &'static str,
@@ -199,7 +44,7 @@ struct Bucket {
 }
 
 /// The admission state: children per source and rate buckets.
-pub struct Admission {
+pub(crate) struct Admission {
     policy: Policy,
     children_per_source: HashMap<Cidr, u32>,
     buckets: HashMap<Cidr, Bucket>,
@@ -234,7 +79,7 @@ impl Admission {
                 message: format!("address {} denied by rule {}", canonical(ip), rule.net),
             });
         }
-        let source = self.policy.source_prefix.source_of(peer).expect("TCP peer");
+        let source = source_of(&self.policy.source_prefix, peer).expect("TCP peer");
         if let Some(limit) = self.policy.per_source {
             let now_from_source = self.connections_from(&source);
             if now_from_source >= limit {
@@ -267,7 +112,7 @@ impl Admission {
     }
 
     pub fn source_of(&self, peer: &Peer) -> Option<Cidr> {
-        self.policy.source_prefix.source_of(peer)
+        source_of(&self.policy.source_prefix, peer)
     }
 
     pub fn started(&mut self, peer: &Peer) {
@@ -331,6 +176,7 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Rule;
     use std::net::SocketAddr;
 
     fn peer(s: &str) -> Peer {
@@ -341,27 +187,6 @@ mod tests {
         Rule {
             allow,
             net: net.parse().unwrap(),
-        }
-    }
-
-    #[test]
-    fn cidr_matching_v4_v6_and_mapped() {
-        let net: Cidr = "10.1.0.0/16".parse().unwrap();
-        assert!(net.contains("10.1.200.3".parse().unwrap()));
-        assert!(!net.contains("10.2.0.1".parse().unwrap()));
-        assert!(net.contains("::ffff:10.1.0.9".parse().unwrap()));
-        let v6: Cidr = "2001:db8::/32".parse().unwrap();
-        assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
-        assert!(!v6.contains("2001:db9::1".parse().unwrap()));
-        assert!(!v6.contains("10.1.0.1".parse().unwrap()));
-        let all: Cidr = "0.0.0.0/0".parse().unwrap();
-        assert!(all.contains("192.0.2.1".parse().unwrap()));
-        assert_eq!(
-            "127.0.0.1".parse::<Cidr>().unwrap().to_string(),
-            "127.0.0.1/32"
-        );
-        for bad in ["10.0.0.0/33", "::/129", "host/8", "10.0.0.0/x", ""] {
-            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
     }
 

@@ -19,88 +19,69 @@ use std::panic::{self, AssertUnwindSafe};
 use nix::errno::Errno;
 use nix::unistd::{ForkResult, Pid};
 
+use crate::config::Limits;
 use crate::conn::Connection;
-use crate::handler::{Handler, Launch, Outcome};
+use crate::handler::Outcome;
+use crate::handler::program::Launch;
+use crate::isolation::{EXIT_CLEAN, EXIT_FAILED, EXIT_PANIC, Job};
 use crate::listen::{ACCEPTED_SOCKETS_INHERIT, configure_accepted};
 use crate::signals;
 
-/// Exit status of a child whose peer finished cleanly.
-pub const EXIT_CLEAN: i32 = 0;
-/// Exit status of a child whose conversation ended on a protocol or I/O error (logged by it).
-pub const EXIT_FAILED: i32 = 1;
-/// Exit status of a child whose handler panicked (logged by it).
-pub const EXIT_PANIC: i32 = 101;
-
-/// Per-child resource limits (`--rlimit-*`, `--nice`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ChildLimits {
-    pub address_space: Option<u64>,
-    pub cpu_seconds: Option<u64>,
-    pub open_files: Option<u64>,
-    pub nice: Option<i32>,
-}
-
-impl ChildLimits {
-    /// Applies the limits to this process. Soft and hard limits are set alike, so a handler
-    /// cannot raise them again; the CPU hard limit is one second above the soft one, so the
-    /// kernel sends SIGXCPU first and SIGKILL only to a process that ignores it.
-    pub fn apply(&self) -> Result<(), String> {
-        use nix::sys::resource::{Resource, setrlimit};
-        let set = |flag: &str, resource, soft: u64, hard: u64| {
-            setrlimit(resource, soft, hard).map_err(|e| format!("{flag} {soft}: {e}"))
-        };
-        if let Some(bytes) = self.address_space {
-            set("--rlimit-as", Resource::RLIMIT_AS, bytes, bytes)?;
-        }
-        if let Some(secs) = self.cpu_seconds {
-            set(
-                "--rlimit-cpu",
-                Resource::RLIMIT_CPU,
-                secs,
-                secs.saturating_add(1),
-            )?;
-        }
-        if let Some(n) = self.open_files {
-            set("--rlimit-nofile", Resource::RLIMIT_NOFILE, n, n)?;
-        }
-        if let Some(nice) = self.nice {
-            // setpriority is absolute, unlike nice(2); -1 is a valid result, so check errno.
-            let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
-            if rc == -1 {
-                return Err(format!("--nice {nice}: {}", Errno::last()));
-            }
-        }
-        Ok(())
+/// Applies `limits` to this process. Soft and hard limits are set alike, so a handler cannot
+/// raise them again; the CPU hard limit is one second above the soft one, so the kernel sends
+/// SIGXCPU first and SIGKILL only to a process that ignores it.
+fn apply_limits(limits: &Limits) -> Result<(), String> {
+    use nix::sys::resource::{Resource, setrlimit};
+    let set = |flag: &str, resource, soft: u64, hard: u64| {
+        setrlimit(resource, soft, hard).map_err(|e| format!("{flag} {soft}: {e}"))
+    };
+    if let Some(bytes) = limits.address_space {
+        set("--rlimit-as", Resource::RLIMIT_AS, bytes, bytes)?;
     }
+    if let Some(secs) = limits.cpu_seconds {
+        set(
+            "--rlimit-cpu",
+            Resource::RLIMIT_CPU,
+            secs,
+            secs.saturating_add(1),
+        )?;
+    }
+    if let Some(n) = limits.open_files {
+        set("--rlimit-nofile", Resource::RLIMIT_NOFILE, n, n)?;
+    }
+    if let Some(nice) = limits.nice {
+        // setpriority is absolute, unlike nice(2); -1 is a valid result, so check errno.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+        if rc == -1 {
+            return Err(format!("--nice {nice}: {}", Errno::last()));
+        }
+    }
+    Ok(())
 }
 
 /// Everything the supervisor hands every child besides its connection.
 #[derive(Clone, Debug, Default)]
-pub struct ChildSetup {
+pub(crate) struct ChildSetup {
     /// Descriptors the child must not keep: listeners and the signal descriptor.
     pub supervisor_fds: Vec<RawFd>,
-    pub limits: ChildLimits,
+    pub limits: Limits,
     pub keepalive: bool,
 }
 
-/// Forks a child to serve `conn`. In the supervisor: the child's pid (the supervisor's copy of
-/// the connection is closed), or the fork error with the connection handed back so the caller
-/// can still tell the peer. In the child: never returns.
-///
-/// `extra_fds` are further supervisor descriptors the child must close (draining sockets,
-/// programs' stderr pipes).
-pub fn spawn(
+/// Forks a child to serve `conn` with `job`'s work. In the supervisor: the child's pid (the
+/// supervisor's copy of the connection is closed), or the fork error with the connection
+/// handed back so the caller can still tell the peer. In the child: never returns.
+pub(crate) fn fork_worker(
     conn: Connection,
     setup: &ChildSetup,
-    extra_fds: &[RawFd],
-    handler: &dyn Handler,
+    job: &Job<'_>,
 ) -> Result<Pid, (Errno, Connection)> {
     debug_assert_single_threaded();
     // SAFETY: the supervisor is single-threaded (asserted above in debug builds), so the
     // child is a full copy with no lock held by a vanished thread.
     match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Parent { child }) => Ok(child),
-        Ok(ForkResult::Child) => run_child(conn, setup, extra_fds, handler),
+        Ok(ForkResult::Child) => run_child(conn, setup, job),
         Err(e) => Err((e, conn)),
     }
 }
@@ -111,7 +92,7 @@ pub fn spawn(
 /// Without resource limits this is a posix_spawn ([`crate::spawn`]): nothing of the supervisor
 /// is copied. Limits must be set between fork and exec, so with any of them the supervisor
 /// forks as for any child.
-pub fn spawn_program(
+pub(crate) fn spawn_program(
     program: Launch,
     conn: Connection,
     setup: &ChildSetup,
@@ -121,12 +102,12 @@ pub fn spawn_program(
         configure_accepted(&conn.stream, setup.keepalive)?;
     }
     let limits = setup.limits;
-    if limits == ChildLimits::default() {
+    if limits == Limits::default() {
+        let socket = conn.stream.as_raw_fd();
         return crate::spawn::spawn(
             &program.argv,
             &program.env,
-            conn.stream.as_raw_fd(),
-            stderr.as_raw_fd(),
+            [socket, socket, stderr.as_raw_fd()],
         );
     }
     let socket = OwnedFd::from(conn.stream);
@@ -142,7 +123,7 @@ pub fn spawn_program(
         command.pre_exec(move || {
             signals::reset_for_child();
             signals::default_sigpipe();
-            limits.apply().map_err(io::Error::other)
+            apply_limits(&limits).map_err(io::Error::other)
         });
     }
     let child = command.spawn()?;
@@ -150,14 +131,9 @@ pub fn spawn_program(
     Ok(Pid::from_raw(child.id() as i32))
 }
 
-fn run_child(
-    conn: Connection,
-    setup: &ChildSetup,
-    extra_fds: &[RawFd],
-    handler: &dyn Handler,
-) -> ! {
+fn run_child(conn: Connection, setup: &ChildSetup, job: &Job<'_>) -> ! {
     signals::reset_for_child();
-    for fd in setup.supervisor_fds.iter().chain(extra_fds) {
+    for fd in setup.supervisor_fds.iter().chain(job.close) {
         // The supervisor's objects are never dropped here (the child ends in _exit), so
         // closing the raw descriptors cannot double-close.
         unsafe { libc::close(*fd) };
@@ -165,7 +141,7 @@ fn run_child(
     // Out of the supervisor's process group: a Ctrl-C at the terminal reaches the supervisor,
     // which then grants the grace period, instead of killing every conversation at once.
     let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
-    let prepared = setup.limits.apply().and_then(|()| {
+    let prepared = apply_limits(&setup.limits).and_then(|()| {
         if ACCEPTED_SOCKETS_INHERIT {
             return Ok(());
         }
@@ -181,7 +157,7 @@ fn run_child(
         );
         exit(EXIT_FAILED);
     }
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| handler.serve(conn)));
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| job.work.serve(conn, job.settings)));
     exit(match outcome {
         Ok(Outcome::Clean) => EXIT_CLEAN,
         Ok(Outcome::Failed) => EXIT_FAILED,
@@ -198,7 +174,7 @@ fn exit(code: i32) -> ! {
 /// larger allocation consolidates every small chunk the supervisor ever freed, touching each
 /// heap page that holds one, and after fork each touch is a copy-on-write fault. Measured with
 /// `perf record -e page-faults`: that walk was a third of the faults per connection.
-pub fn prepare_allocator() {
+pub(crate) fn prepare_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     unsafe {
         libc::mallopt(libc::M_MXFAST, 0);

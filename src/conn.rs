@@ -1,6 +1,6 @@
 //! One accepted connection: its stream (TCP or Unix) and who is on the other end.
 //!
-//! Handlers see only this type, whatever listener the connection came from.
+//! Handlers see only these types, whatever listener the connection came from.
 
 use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
@@ -12,11 +12,14 @@ use std::time::{Duration, Instant};
 /// A connected stream socket.
 #[derive(Debug)]
 pub enum Stream {
+    /// A TCP connection, over IPv4 or IPv6.
     Tcp(TcpStream),
+    /// A Unix stream socket.
     Unix(UnixStream),
 }
 
 impl Stream {
+    /// Shuts down the read side, the write side or both (`shutdown(2)`).
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.shutdown(how),
@@ -24,6 +27,7 @@ impl Stream {
         }
     }
 
+    /// A second handle on the same socket.
     pub fn try_clone(&self) -> io::Result<Stream> {
         Ok(match self {
             Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
@@ -31,6 +35,7 @@ impl Stream {
         })
     }
 
+    /// How long a read may block; `None`: forever.
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.set_read_timeout(timeout),
@@ -38,6 +43,7 @@ impl Stream {
         }
     }
 
+    /// How long a write may block; `None`: forever.
     pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.set_write_timeout(timeout),
@@ -45,6 +51,7 @@ impl Stream {
         }
     }
 
+    /// Non-blocking mode on or off.
     pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.set_nonblocking(on),
@@ -58,7 +65,7 @@ impl Stream {
     /// reset, and a reset can destroy the ERROR frame before the peer reads it. So: shut down
     /// the write side (the peer sees the ERROR, then EOF), then read and discard what the peer
     /// still sends, for at most `DRAIN_TIME` and `DRAIN_BYTES`, then close.
-    pub fn close_after_error(self) {
+    pub(crate) fn close_after_error(self) {
         const DRAIN_TIME: Duration = Duration::from_secs(1);
         const DRAIN_BYTES: usize = 64 * 1024;
         let _ = self.set_nonblocking(false);
@@ -140,18 +147,22 @@ impl AsRawFd for Stream {
 /// Who is on the other end of a connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Peer {
+    /// A TCP client's address and port.
     Tcp(SocketAddr),
     /// A Unix-socket peer, with its credentials where the kernel gives them.
     Unix {
+        /// The client's process id.
         pid: Option<i32>,
+        /// The client's user id.
         uid: Option<u32>,
+        /// The client's group id.
         gid: Option<u32>,
     },
 }
 
 impl Peer {
     /// The credentials of the process on the other end of a Unix socket.
-    pub fn of_unix(stream: &UnixStream) -> Peer {
+    pub(crate) fn of_unix(stream: &UnixStream) -> Peer {
         #[cfg(any(target_os = "linux", target_os = "android"))]
         {
             use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -195,13 +206,72 @@ impl fmt::Display for Peer {
     }
 }
 
-/// An accepted connection, as a handler receives it.
+/// An accepted connection, as a handler receives it: the stream, and who is on the other end.
+///
+/// It reads and writes as the socket does ([`Read`] and [`Write`] are implemented on it), so a
+/// [`StreamHandler`](crate::StreamHandler) can use it as any byte stream.
 #[derive(Debug)]
 pub struct Connection {
-    pub stream: Stream,
-    pub peer: Peer,
-    /// Connections from the same source with a child now, this one included (TCPCONNNUM).
-    pub from_source: u32,
+    pub(crate) stream: Stream,
+    pub(crate) peer: Peer,
+    /// Connections from the same source being served now, this one included (TCPCONNNUM).
+    pub(crate) from_source: u32,
     /// The read and write timeout the socket already has (from its listener), if any.
-    pub timeout: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
+}
+
+impl Connection {
+    /// Who is on the other end.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// The local address of a TCP connection (the address the client connected to).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        use nix::sys::socket::{SockaddrStorage, getsockname};
+        let storage: SockaddrStorage = getsockname(self.stream.as_raw_fd()).ok()?;
+        if let Some(v4) = storage.as_sockaddr_in() {
+            return Some(SocketAddr::from(std::net::SocketAddrV4::from(*v4)));
+        }
+        storage
+            .as_sockaddr_in6()
+            .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+    }
+
+    /// The path of the Unix socket a local client connected to.
+    pub fn local_path(&self) -> Option<std::path::PathBuf> {
+        use nix::sys::socket::{SockaddrStorage, getsockname};
+        let storage: SockaddrStorage = getsockname(self.stream.as_raw_fd()).ok()?;
+        storage.as_unix_addr()?.path().map(|p| p.to_path_buf())
+    }
+
+    /// The socket itself, for what [`Read`] and [`Write`] do not cover (timeouts, shutdown).
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
+    /// The socket itself, mutably.
+    pub fn stream_mut(&mut self) -> &mut Stream {
+        &mut self.stream
+    }
+}
+
+impl Read for Connection {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Connection {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.stream.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }

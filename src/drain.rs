@@ -20,7 +20,7 @@ const DRAIN_TIME: Duration = Duration::from_secs(1);
 /// How much of a rejected peer's input is read and thrown away at most.
 const DRAIN_BYTES: usize = 64 * 1024;
 /// Sockets draining at once; past this the oldest is closed outright.
-pub const MAX_DRAINING: usize = 128;
+pub(crate) const MAX_DRAINING: usize = 128;
 
 struct Draining {
     stream: Stream,

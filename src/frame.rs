@@ -27,13 +27,18 @@ const READ_CHUNK_MAX: usize = 4 * 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Kind {
+    /// A request (client to server) or its reply (server to client).
     Data = 0x01,
+    /// An error: a 2-byte code, then a UTF-8 message.
     Error = 0x02,
+    /// A liveness check; answered with PONG carrying the same payload.
     Ping = 0x03,
+    /// The answer to PING.
     Pong = 0x04,
 }
 
 impl Kind {
+    /// The kind a header byte names; `None` for a byte protocol v1 does not define.
     pub fn from_byte(byte: u8) -> Option<Kind> {
         match byte {
             0x01 => Some(Kind::Data),
@@ -44,6 +49,7 @@ impl Kind {
         }
     }
 
+    /// Its name in upper case, as docs/protocol.md writes it.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Data => "DATA",
@@ -58,18 +64,28 @@ impl Kind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u16)]
 pub enum ErrorCode {
+    /// A header announced more than the server's `max_frame`.
     FrameTooLarge = 1,
+    /// A kind byte that is not defined, or a kind a client may not send.
     UnknownKind = 2,
+    /// The stream ended inside a frame.
     TruncatedFrame = 3,
+    /// The server is at a limit (connections, per source) or cannot start a worker.
     Busy = 4,
+    /// An admission rule refused the client.
     Denied = 5,
+    /// The client opened connections faster than `--rate` allows.
     RateLimited = 6,
+    /// No complete request in the idle limit, or a program ran out of time.
     Timeout = 7,
+    /// The handler could not answer this request.
     HandlerFailed = 8,
+    /// The server is stopping.
     ShuttingDown = 9,
 }
 
 impl ErrorCode {
+    /// Every code, in order.
     pub const ALL: [ErrorCode; 9] = [
         ErrorCode::FrameTooLarge,
         ErrorCode::UnknownKind,
@@ -82,6 +98,7 @@ impl ErrorCode {
         ErrorCode::ShuttingDown,
     ];
 
+    /// The code for a number on the wire; `None` for an undefined one.
     pub fn from_u16(code: u16) -> Option<ErrorCode> {
         ErrorCode::ALL.into_iter().find(|c| *c as u16 == code)
     }
@@ -105,11 +122,14 @@ impl ErrorCode {
 /// One decoded frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
+    /// What the frame is.
     pub kind: Kind,
+    /// Its payload.
     pub payload: Vec<u8>,
 }
 
 impl Frame {
+    /// A frame of `kind` holding `payload`.
     pub fn new(kind: Kind, payload: impl Into<Vec<u8>>) -> Frame {
         Frame {
             kind,
@@ -190,11 +210,21 @@ pub fn write_frame<W: Write + ?Sized>(w: &mut W, kind: Kind, payload: &[u8]) -> 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
     /// A header announced a payload longer than the limit.
-    TooLarge { len: u32, max: u32 },
+    TooLarge {
+        /// The length announced.
+        len: u32,
+        /// The limit.
+        max: u32,
+    },
     /// A header carried a kind byte that protocol v1 does not define.
     UnknownKind(u8),
     /// The stream ended inside a frame: `have` of `want` bytes had arrived.
-    Truncated { have: usize, want: usize },
+    Truncated {
+        /// Bytes of the frame that arrived.
+        have: usize,
+        /// Bytes the frame needed.
+        want: usize,
+    },
 }
 
 impl DecodeError {
@@ -238,6 +268,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// A decoder that refuses payloads longer than `max_frame`.
     pub fn new(max_frame: u32) -> Decoder {
         Decoder {
             buf: Vec::new(),
@@ -261,6 +292,14 @@ impl Decoder {
     /// The next whole frame, `Ok(None)` if more bytes are needed, or the reason the stream is
     /// invalid. A header is judged as soon as it is complete, before its payload arrives.
     pub fn decode(&mut self) -> Result<Option<Frame>, DecodeError> {
+        Ok(self
+            .decode_borrowed()?
+            .map(|(kind, payload)| Frame::new(kind, payload)))
+    }
+
+    /// As [`Decoder::decode`], with the payload borrowed from the decoder's buffer instead of
+    /// copied out of it.
+    pub fn decode_borrowed(&mut self) -> Result<Option<(Kind, &[u8])>, DecodeError> {
         let avail = &self.buf[self.start..];
         if avail.len() < HEADER_LEN {
             return Ok(None);
@@ -277,13 +316,9 @@ impl Decoder {
         if avail.len() < total {
             return Ok(None);
         }
-        let payload = avail[HEADER_LEN..total].to_vec();
+        let first = self.start + HEADER_LEN;
         self.start += total;
-        if self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        }
-        Ok(Some(Frame { kind, payload }))
+        Ok(Some((kind, &self.buf[first..self.start])))
     }
 
     /// What an end of stream means now: `Ok(())` at a frame boundary, else the truncation.
@@ -348,7 +383,9 @@ impl Decoder {
 /// Why reading the next frame failed.
 #[derive(Debug)]
 pub enum ReadError {
+    /// The bytes are not valid protocol v1.
     Protocol(DecodeError),
+    /// Reading failed.
     Io(io::Error),
 }
 
@@ -370,6 +407,7 @@ pub struct FrameReader<R> {
 }
 
 impl<R: Read> FrameReader<R> {
+    /// Frames from `inner`, payloads bounded by `max_frame`.
     pub fn new(inner: R, max_frame: u32) -> FrameReader<R> {
         FrameReader {
             inner,
@@ -398,14 +436,17 @@ impl<R: Read> FrameReader<R> {
         }
     }
 
+    /// The byte stream.
     pub fn get_ref(&self) -> &R {
         &self.inner
     }
 
+    /// The byte stream, mutably (to write replies on it).
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner
     }
 
+    /// The byte stream; bytes buffered and not yet decoded are lost.
     pub fn into_inner(self) -> R {
         self.inner
     }

@@ -1,32 +1,66 @@
-//! forkd: a process-per-connection server.
+//! forkd: a process-per-connection server, as a library.
 //!
-//! A single-threaded supervisor ([`supervisor`]) binds the listeners ([`listen`]), forks one
-//! child per accepted connection ([`child`]), and the child runs a [`handler`] that speaks
-//! protocol v1 ([`frame`]). The supervisor never reads or writes client data itself.
-//! Three questions stay apart: where connections come from (`listen`), what is done with one
-//! (`handler`), and how it is isolated (`child`: a forked process).
+//! A single-threaded supervisor binds the listeners, accepts, decides admission, and starts
+//! one worker per connection: a forked process by default, so that a crash, a leak or a hang
+//! in one conversation ends with its process while every other connection carries on. The
+//! supervisor collects workers as they end, enforces limits, logs one line per event, and on
+//! SIGTERM gives running conversations a grace period.
+//!
+//! Three questions stay apart, as in Python's socketserver: where connections come from
+//! ([`Config::listen`], inetd, systemd socket activation), what is done with one (a
+//! [`FramedHandler`] or a [`StreamHandler`]), and how it is isolated ([`Model`]).
+//!
+//! A server in ten lines (see `examples/uppercase.rs` and docs/library.md):
+//!
+//! ```no_run
+//! use forkd::{FramedHandler, Reply, Server};
+//!
+//! struct Upper;
+//!
+//! impl FramedHandler for Upper {
+//!     fn request(&mut self, payload: &[u8], reply: Reply<'_>) {
+//!         reply.data(&payload.to_ascii_uppercase());
+//!     }
+//! }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     Server::new().listen("127.0.0.1:7000".parse()?).framed(|_: &forkd::Connection| Upper).serve()?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! The wire format is protocol v1 ([`frame`]); [`client`] speaks it from the other end.
 
-pub mod activation;
+#![warn(missing_docs)]
+
 pub mod addr;
-pub mod admission;
-pub mod bench;
-pub mod child;
-pub mod cli;
 pub mod client;
-pub mod conn;
-pub mod drain;
-pub mod fds;
-pub mod forkc_cli;
+pub mod config;
 pub mod frame;
-pub mod handler;
-pub mod listen;
-pub mod logging;
-pub mod model;
-pub mod notify;
-pub mod pidfile;
-pub mod privilege;
-pub mod relay;
-pub mod signals;
-pub mod spawn;
-pub mod supervisor;
-pub mod ucspi;
+
+mod activation;
+mod admission;
+mod child;
+mod cidr;
+mod conn;
+mod drain;
+mod fds;
+mod handler;
+mod isolation;
+mod listen;
+mod logging;
+mod notify;
+mod pidfile;
+mod privilege;
+mod relay;
+mod server;
+mod signals;
+mod spawn;
+mod supervisor;
+mod ucspi;
+
+pub use addr::Addr;
+pub use config::{Config, Model, Service};
+pub use conn::{Connection, Peer, Stream};
+pub use handler::{FramedHandler, NewFramed, Payload, Reply, StreamHandler};
+pub use server::{Error, Server};

@@ -9,30 +9,15 @@
 //! process that wrote it.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::Mutex;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
-use syslog::{Facility, Formatter3164, LoggerBackend};
+use syslog::{Formatter3164, LoggerBackend};
+
+use crate::config::LogOptions;
+pub(crate) use crate::config::LogTarget as Target;
 
 const PROGRAM: &str = "forkd";
-
-/// Where log lines go.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Target {
-    Syslog,
-    Stderr,
-}
-
-/// How to set the log up.
-#[derive(Clone, Debug)]
-pub struct LogOptions {
-    pub target: Target,
-    pub facility: Facility,
-    /// The syslog socket; `None` means the system's (/dev/log).
-    pub syslog_socket: Option<PathBuf>,
-    pub level: LevelFilter,
-}
 
 type SyslogWriter = syslog::Logger<LoggerBackend, Formatter3164>;
 
@@ -52,7 +37,7 @@ struct Logger {
 /// Installs the process-wide logger and returns where lines go. With syslog asked for and no
 /// syslog socket reachable (a container without /dev/log), says so once on stderr and logs to
 /// stderr instead.
-pub fn init(options: LogOptions) -> Target {
+pub(crate) fn init(options: LogOptions) -> Target {
     let backend = match options.target {
         Target::Stderr => Backend::Stderr,
         Target::Syslog => match connect_syslog(&options) {
@@ -89,7 +74,7 @@ static INSTALLED: std::sync::OnceLock<&'static Logger> = std::sync::OnceLock::ne
 
 /// Connects to the syslog socket afresh (SIGHUP), for a syslog daemon that was restarted or
 /// a socket that moved. Returns what happened, for the log line that follows.
-pub fn reopen() -> &'static str {
+pub(crate) fn reopen() -> &'static str {
     let Some(logger) = INSTALLED.get() else {
         return "none";
     };
@@ -192,7 +177,7 @@ impl Log for Logger {
 
 /// Makes a panic a log line (then the panic goes on as usual). In a child this is how a
 /// handler's panic reaches syslog before the child exits.
-pub fn log_panics() {
+pub(crate) fn log_panics() {
     std::panic::set_hook(Box::new(|info| {
         let location = info
             .location()
@@ -213,7 +198,7 @@ pub fn log_panics() {
 }
 
 /// Quotes a value for a `key=value` field when it holds spaces or quotes.
-pub fn quote(value: &str) -> String {
+pub(crate) fn quote(value: &str) -> String {
     if !value.is_empty() && !value.contains([' ', '"', '=', '\\']) {
         value.to_string()
     } else {

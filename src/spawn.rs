@@ -1,11 +1,12 @@
-//! Starting a program for a connection with posix_spawn: the new process shares the
-//! supervisor's memory until it execs (a vfork-style clone), so nothing of the supervisor is
-//! copied, and the supervisor waits only until the exec.
+//! Starting a program with posix_spawn: the new process shares its parent's memory until it
+//! execs (a vfork-style clone), so nothing of the supervisor is copied, and the caller waits
+//! only until the exec. Every program forkd starts, from either isolation model, starts here
+//! or with the same state (see `child::spawn_program` for the forking path with limits).
 //!
 //! The program gets what a fresh process expects: its own process group, an empty signal
 //! mask (the supervisor blocks the signals it reads from its signalfd), default dispositions
-//! (SIGPIPE above all, which the supervisor ignores), the connection as stdin and stdout, the
-//! given descriptor as stderr and nothing else (every supervisor descriptor is close-on-exec).
+//! (SIGPIPE above all, which the supervisor ignores), the descriptors it is given as 0, 1 and 2
+//! and nothing else (every descriptor forkd opens is close-on-exec).
 //! Rust's `Command` would leave the supervisor's signal mask in place, hence this module.
 
 use std::ffi::{CString, OsStr, OsString};
@@ -20,14 +21,13 @@ use nix::unistd::Pid;
 use crate::signals::HANDLED;
 
 /// Starts `argv` (its first element found through the PATH of `env`, as execvp would, when
-/// it names no directory) with exactly the environment `env`, `connection` as descriptors 0
-/// and 1 and `stderr` as 2. The error is posix_spawn's: for a program that is not there or
-/// cannot be run, the exec's.
-pub fn spawn(
+/// it names no directory) with exactly the environment `env` and `stdio` as its descriptors
+/// 0, 1 and 2. The error is posix_spawn's: for a program that is not there or cannot be run,
+/// the exec's.
+pub(crate) fn spawn(
     argv: &[OsString],
     env: &[(OsString, OsString)],
-    connection: RawFd,
-    stderr: RawFd,
+    stdio: [RawFd; 3],
 ) -> io::Result<Pid> {
     let path = locate(&argv[0], env)?;
     let path = c_string(path.as_os_str())?;
@@ -48,7 +48,8 @@ pub fn spawn(
     let envp_ptrs = null_terminated(&envp);
 
     let actions = FileActions::new()?;
-    for (fd, target) in [(connection, 0), (connection, 1), (stderr, 2)] {
+    for (target, fd) in stdio.into_iter().enumerate() {
+        let target = target as libc::c_int;
         check(unsafe { libc::posix_spawn_file_actions_adddup2(actions.ptr(), fd, target) })?;
     }
     let attributes = Attributes::new()?;

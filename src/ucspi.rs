@@ -2,11 +2,6 @@
 //! on which local address. forkd never looks names up (as `tcpserver -H -R`), so the
 //! host-name variables are never set.
 
-use std::net::SocketAddr;
-use std::os::fd::AsFd;
-
-use nix::sys::socket::{SockaddrStorage, getsockname};
-
 use crate::conn::{Connection, Peer};
 
 /// The variables for `conn`, in a fixed order.
@@ -14,7 +9,7 @@ pub fn environment(conn: &Connection) -> Vec<(String, String)> {
     match &conn.peer {
         Peer::Tcp(remote) => {
             let mut env = vec![("PROTO".to_string(), "TCP".to_string())];
-            if let Some(local) = local_ip_addr(conn) {
+            if let Some(local) = conn.local_addr() {
                 env.push(("TCPLOCALIP".into(), local.ip().to_string()));
                 env.push(("TCPLOCALPORT".into(), local.port().to_string()));
             }
@@ -25,7 +20,7 @@ pub fn environment(conn: &Connection) -> Vec<(String, String)> {
         }
         Peer::Unix { uid, gid, .. } => {
             let mut env = vec![("PROTO".to_string(), "IPC".to_string())];
-            if let Some(path) = local_unix_path(conn) {
+            if let Some(path) = conn.local_path().map(|p| p.display().to_string()) {
                 env.push(("IPCLOCALPATH".into(), path));
             }
             if let Some(uid) = uid {
@@ -37,24 +32,4 @@ pub fn environment(conn: &Connection) -> Vec<(String, String)> {
             env
         }
     }
-}
-
-fn local_ip_addr(conn: &Connection) -> Option<SocketAddr> {
-    use std::os::fd::AsRawFd;
-    let storage: SockaddrStorage = getsockname(conn.stream.as_fd().as_raw_fd()).ok()?;
-    if let Some(v4) = storage.as_sockaddr_in() {
-        return Some(SocketAddr::from(std::net::SocketAddrV4::from(*v4)));
-    }
-    storage
-        .as_sockaddr_in6()
-        .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
-}
-
-fn local_unix_path(conn: &Connection) -> Option<String> {
-    use std::os::fd::AsRawFd;
-    let storage: SockaddrStorage = getsockname(conn.stream.as_fd().as_raw_fd()).ok()?;
-    storage
-        .as_unix_addr()?
-        .path()
-        .map(|p| p.display().to_string())
 }

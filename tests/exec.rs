@@ -87,8 +87,8 @@ fn the_ucspi_environment_matches_tcpserver() {
     let server = Forkd::start(&["--", "sh", "-c", SHOW_ENV]);
     let mut client = Client::connect(&server.addr());
     let client_port = match client.stream_ref() {
-        forkd::conn::Stream::Tcp(s) => s.local_addr().unwrap().port(),
-        forkd::conn::Stream::Unix(_) => unreachable!(),
+        forkd::Stream::Tcp(s) => s.local_addr().unwrap().port(),
+        forkd::Stream::Unix(_) => unreachable!(),
     };
     client.half_close();
     let ours = env_map(&String::from_utf8(client.read_to_end()).unwrap());

@@ -1,5 +1,6 @@
 //! A fault in one child ends that child only: panics, aborts and stack overflows in the
-//! (hidden, test-only) fault handler, while another conversation carries on.
+//! fault-injection server (examples/faults.rs, built on the library), while another
+//! conversation carries on.
 
 mod common;
 
@@ -8,7 +9,7 @@ use common::{Client, Forkd};
 /// Commits `fault` in one conversation and checks the supervisor's `end` line for it, and
 /// that a conversation already open and a new one are both served.
 fn fault_ends_only_its_child(fault: &str, expected_status: &[&str]) -> String {
-    let mut server = Forkd::start(&["--handler", "fault"]);
+    let mut server = Forkd::start_faults(&[]);
     let mut bystander = Client::connect(&server.addr());
     assert_eq!(bystander.echo(b"before").payload, b"before");
     let mut victim = Client::connect(&server.addr());
@@ -31,8 +32,8 @@ fn fault_ends_only_its_child(fault: &str, expected_status: &[&str]) -> String {
 
 fn local(client: &Client) -> String {
     match client.stream_ref() {
-        forkd::conn::Stream::Tcp(s) => s.local_addr().unwrap().to_string(),
-        forkd::conn::Stream::Unix(_) => unreachable!(),
+        forkd::Stream::Tcp(s) => s.local_addr().unwrap().to_string(),
+        forkd::Stream::Unix(_) => unreachable!(),
     }
 }
 
@@ -44,7 +45,7 @@ fn a_panic_ends_its_child_with_101_and_is_logged() {
 
 #[test]
 fn a_panic_message_reaches_the_log_from_the_child() {
-    let mut server = Forkd::start(&["--handler", "fault"]);
+    let mut server = Forkd::start_faults(&[]);
     let mut victim = Client::connect(&server.addr());
     let pid = server.child_for(victim.stream());
     victim.send(forkd::frame::Kind::Data, b"panic");
@@ -66,12 +67,22 @@ fn a_stack_overflow_ends_its_child_only() {
 }
 
 #[test]
-fn the_fault_handler_is_not_in_help() {
+fn forkd_itself_has_no_fault_handler() {
     let out = std::process::Command::new(common::FORKD)
+        .args(["--listen", "127.0.0.1:0", "--handler", "fault"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("invalid value 'fault' for '--handler"),
+        "{err}"
+    );
+    let help = std::process::Command::new(common::FORKD)
         .arg("--help")
         .output()
         .unwrap();
-    let help = String::from_utf8(out.stdout).unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
     assert!(help.contains("- echo:"), "{help}");
     assert!(!help.contains("- fault"), "{help}");
 }

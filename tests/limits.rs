@@ -58,7 +58,7 @@ fn each_reply_restarts_the_idle_clock() {
 
 #[test]
 fn max_lifetime_ends_a_child_spinning_in_its_handler() {
-    let mut server = Forkd::start(&["--handler", "fault", "--max-lifetime", "1"]);
+    let mut server = Forkd::start_faults(&["--max-lifetime", "1"]);
     let mut spinner = Client::connect(&server.addr());
     let pid = server.child_for(spinner.stream());
     spinner.send(Kind::Data, b"spin");
@@ -79,7 +79,7 @@ fn max_lifetime_ends_a_child_spinning_in_its_handler() {
 
 #[test]
 fn max_lifetime_follows_with_sigkill_when_sigterm_is_ignored() {
-    let mut server = Forkd::start(&["--handler", "fault", "--max-lifetime", "0.5"]);
+    let mut server = Forkd::start_faults(&["--max-lifetime", "0.5"]);
     let mut deaf = Client::connect(&server.addr());
     let pid = server.child_for(deaf.stream());
     deaf.send(Kind::Data, b"spin-deaf");
@@ -94,7 +94,7 @@ fn max_lifetime_follows_with_sigkill_when_sigterm_is_ignored() {
 
 #[test]
 fn rlimit_cpu_stops_a_spinning_child() {
-    let mut server = Forkd::start(&["--handler", "fault", "--rlimit-cpu", "1"]);
+    let mut server = Forkd::start_faults(&["--rlimit-cpu", "1"]);
     let mut spinner = Client::connect(&server.addr());
     let pid = server.child_for(spinner.stream());
     spinner.send(Kind::Data, b"spin");
@@ -103,7 +103,7 @@ fn rlimit_cpu_stops_a_spinning_child() {
 
 #[test]
 fn rlimit_as_stops_a_leaking_child_and_allows_what_fits() {
-    let mut server = Forkd::start(&["--handler", "fault", "--rlimit-as", "256M"]);
+    let mut server = Forkd::start_faults(&["--rlimit-as", "256M"]);
     let mut modest = Client::connect(&server.addr());
     assert_eq!(modest.echo(b"leak 16").payload, b"leaked 16");
     let mut greedy = Client::connect(&server.addr());
@@ -168,7 +168,7 @@ fn timer_for(args: &[&str]) -> u32 {
     let server = Forkd::start(args);
     let mut client = Client::connect(&server.addr());
     assert_eq!(client.echo(b"k").payload, b"k");
-    let forkd::conn::Stream::Tcp(s) = client.stream_ref() else {
+    let forkd::Stream::Tcp(s) = client.stream_ref() else {
         unreachable!()
     };
     let server_port = s.peer_addr().unwrap().port();

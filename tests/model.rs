@@ -27,14 +27,7 @@ fn the_thread_model_serves_with_the_same_protocol_and_log_lines() {
 
 #[test]
 fn the_thread_model_honours_max_children_and_a_panic_ends_one_thread() {
-    let mut server = Forkd::start(&[
-        "--model",
-        "thread",
-        "--handler",
-        "fault",
-        "--max-children",
-        "2",
-    ]);
+    let mut server = Forkd::start_faults(&["--model", "thread", "--max-children", "2"]);
     let mut bystander = Client::connect(&server.addr());
     assert_eq!(bystander.echo(b"x").payload, b"x");
     let mut victim = Client::connect(&server.addr());
@@ -49,7 +42,7 @@ fn the_thread_model_honours_max_children_and_a_panic_ends_one_thread() {
 #[test]
 fn a_stack_overflow_in_one_thread_takes_every_connection_down() {
     // What forking prevents: the fault of one conversation kills the process serving all.
-    let mut server = Forkd::start(&["--model", "thread", "--handler", "fault"]);
+    let mut server = Forkd::start_faults(&["--model", "thread"]);
     let mut bystander = Client::connect(&server.addr());
     assert_eq!(bystander.echo(b"before").payload, b"before");
     let mut victim = Client::connect(&server.addr());

@@ -321,7 +321,7 @@ fn log_lines_carry_peer_pid_status_and_duration() {
 fn quiet_drops_connection_lines_but_keeps_warnings() {
     let dir = tempfile::tempdir().unwrap();
     let (_, addr) = unix_addr(dir.path(), "quiet.sock");
-    let mut server = Forkd::start_silent(&["-q", "--handler", "fault"], &addr);
+    let mut server = Forkd::start_silent_binary(&common::example("faults"), &["-q"], &addr);
     // No accept line says which child is whose: the victim ends its own child.
     let mut victim = Client::connect(&server.addr());
     assert_eq!(victim.echo(b"q").payload, b"q");

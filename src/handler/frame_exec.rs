@@ -5,19 +5,20 @@
 //! output larger than `--max-frame` is ERROR 8, never a truncated DATA frame. The program's
 //! stderr lines are logged, tagged with its pid.
 
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Stdio};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use super::framed::{self, Reply, Responder};
-use super::{Handler, Outcome, ProtocolSettings};
-use crate::cli::Program;
+use super::{FramedHandler, NewFramed, Reply};
+use crate::config::Program;
 use crate::conn::Connection;
 use crate::frame::ErrorCode;
 use crate::relay::LineSplitter;
@@ -25,48 +26,47 @@ use crate::relay::LineSplitter;
 /// How much of a failing program's stderr goes into the ERROR 8 message.
 const STDERR_IN_ERROR: usize = 512;
 
-pub struct FrameExec {
-    pub settings: ProtocolSettings,
-    pub program: Program,
+/// Makes the runner of each connection.
+pub(crate) struct NewRunner {
+    program: Program,
+    /// Output beyond this is ERROR 8, never a truncated DATA frame.
+    max_output: usize,
 }
 
-impl Handler for FrameExec {
-    fn serve(&self, conn: Connection) -> Outcome {
-        let mut runner = Runner {
-            handler: self,
-            conn_env: crate::ucspi::environment(&conn),
-            peer: conn.peer.to_string(),
-        };
-        framed::serve(conn, self.settings, &mut runner)
+impl NewRunner {
+    pub(crate) fn new(program: Program, max_output: u32) -> NewRunner {
+        NewRunner {
+            program,
+            max_output: max_output as usize,
+        }
     }
 }
 
-struct Runner<'a> {
-    handler: &'a FrameExec,
+impl NewFramed for NewRunner {
+    fn new_handler(&self, conn: &Connection) -> Box<dyn FramedHandler> {
+        Box::new(Runner {
+            program: self.program.clone(),
+            max_output: self.max_output,
+            conn_env: crate::ucspi::environment(conn),
+            peer: conn.peer.to_string(),
+        })
+    }
+}
+
+struct Runner {
+    program: Program,
+    max_output: usize,
     conn_env: Vec<(String, String)>,
     peer: String,
 }
 
-impl Responder for Runner<'_> {
-    fn on_data(&mut self, payload: Vec<u8>) -> Reply {
-        let program = &self.handler.program;
-        let mut cmd = super::exec::launch(program, &self.conn_env).command();
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group, so a timeout kills whatever it started too.
-            .process_group(0);
-        let child = match cmd.spawn() {
-            Ok(child) => child,
-            Err(e) => {
-                return Reply::Error(
-                    ErrorCode::HandlerFailed,
-                    format!("cannot run {}: {e}", program.argv[0].to_string_lossy()),
-                );
-            }
-        };
-        let max = self.handler.settings.max_frame as usize;
-        let result = Run::new(child, payload, max, program.request_timeout).finish();
+impl FramedHandler for Runner {
+    fn request(&mut self, payload: &[u8], mut reply: Reply<'_>) {
+        // The answers to earlier requests do not wait for this program.
+        if reply.flush_earlier().is_err() {
+            return reply.error(ErrorCode::HandlerFailed, "peer gone");
+        }
+        let result = self.run(payload);
         if let Err(failure) = &result {
             log::info!(
                 "error peer={} pid={} reason={}",
@@ -76,21 +76,57 @@ impl Responder for Runner<'_> {
             );
         }
         match result {
-            Ok(stdout) => Reply::Data(stdout),
-            Err((code, message)) => Reply::Error(code, message),
+            Ok(stdout) => reply.data(&stdout),
+            Err((code, message)) => reply.error(code, &message),
         }
+    }
+}
+
+impl Runner {
+    fn run(&self, payload: &[u8]) -> Result<Vec<u8>, Failure> {
+        let launch = super::program::launch(&self.program, &self.conn_env);
+        let cannot = |e: io::Error| {
+            (
+                ErrorCode::HandlerFailed,
+                format!("cannot run {}: {e}", self.program.argv[0].to_string_lossy()),
+            )
+        };
+        let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from);
+        let (stdin_read, stdin_write) = pipe().map_err(cannot)?;
+        let (stdout_read, stdout_write) = pipe().map_err(cannot)?;
+        let (stderr_read, stderr_write) = pipe().map_err(cannot)?;
+        // Its own process group (so a timeout kills whatever it started too), an empty signal
+        // mask and default dispositions, whichever thread starts it.
+        let pid = crate::spawn::spawn(
+            &launch.argv,
+            &launch.env,
+            [
+                stdin_read.as_raw_fd(),
+                stdout_write.as_raw_fd(),
+                stderr_write.as_raw_fd(),
+            ],
+        )
+        .map_err(cannot)?;
+        drop((stdin_read, stdout_write, stderr_write));
+        let run = Run::new(
+            pid,
+            [stdin_write, stdout_read, stderr_read],
+            payload.to_vec(),
+            self.max_output,
+            self.program.request_timeout,
+        );
+        run.finish()
     }
 }
 
 /// One running program and what it has said so far.
 struct Run {
-    child: Child,
     pid: Pid,
-    stdin: Option<ChildStdin>,
+    stdin: Option<File>,
     input: Vec<u8>,
     written: usize,
-    stdout: Option<ChildStdout>,
-    stderr: Option<ChildStderr>,
+    stdout: Option<File>,
+    stderr: Option<File>,
     output: Vec<u8>,
     error_start: Vec<u8>,
     error_lines: LineSplitter,
@@ -101,35 +137,49 @@ struct Run {
 
 type Failure = (ErrorCode, String);
 
+/// How the program ended.
+enum Status {
+    Exit(i32),
+    Signal(Signal),
+}
+
 impl Run {
-    fn new(mut child: Child, input: Vec<u8>, max: usize, timeout: Option<Duration>) -> Run {
-        let pid = Pid::from_raw(child.id() as i32);
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        if let Some(s) = &stdin {
-            crate::fds::set_nonblocking(s);
-        }
-        if let Some(s) = &stdout {
-            crate::fds::set_nonblocking(s);
-        }
-        if let Some(s) = &stderr {
-            crate::fds::set_nonblocking(s);
+    fn new(
+        pid: Pid,
+        [stdin, stdout, stderr]: [OwnedFd; 3],
+        input: Vec<u8>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Run {
+        for end in [&stdin, &stdout, &stderr] {
+            crate::fds::set_nonblocking(end);
         }
         Run {
-            child,
             pid,
-            stdin,
+            stdin: Some(File::from(stdin)),
             input,
             written: 0,
-            stdout,
-            stderr,
+            stdout: Some(File::from(stdout)),
+            stderr: Some(File::from(stderr)),
             output: Vec::new(),
             error_start: Vec::new(),
             error_lines: LineSplitter::new(pid),
             max,
             timeout,
             deadline: timeout.map(|t| Instant::now() + t),
+        }
+    }
+
+    /// The program's status once it has ended, without blocking.
+    fn try_wait(&mut self) -> Result<Option<Status>, Failure> {
+        loop {
+            return match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => Ok(Some(Status::Exit(code))),
+                Ok(WaitStatus::Signaled(_, sig, _)) => Ok(Some(Status::Signal(sig))),
+                Ok(WaitStatus::StillAlive) => Ok(None),
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(e) => Err(self.fail_io(io::Error::from(e))),
+            };
         }
     }
 
@@ -153,7 +203,7 @@ impl Run {
         }
         self.error_lines.finish();
         let status = loop {
-            if let Some(status) = self.child.try_wait().map_err(|e| self.fail_io(e))? {
+            if let Some(status) = self.try_wait()? {
                 break status;
             }
             self.time_left()?;
@@ -169,20 +219,16 @@ impl Run {
                 format!("{head}: {stderr}")
             }
         };
-        match (status.code(), status.signal()) {
-            (Some(0), _) => Ok(self.output),
-            (Some(code), _) => Err((
+        match status {
+            Status::Exit(0) => Ok(self.output),
+            Status::Exit(code) => Err((
                 ErrorCode::HandlerFailed,
                 with_stderr(format!("exit status {code}")),
             )),
-            (None, Some(sig)) => {
-                let name = Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("?");
-                Err((
-                    ErrorCode::HandlerFailed,
-                    with_stderr(format!("killed by signal {name}")),
-                ))
-            }
-            (None, None) => Err((ErrorCode::HandlerFailed, "ended oddly".to_string())),
+            Status::Signal(sig) => Err((
+                ErrorCode::HandlerFailed,
+                with_stderr(format!("killed by signal {}", sig.as_str())),
+            )),
         }
     }
 
@@ -301,7 +347,7 @@ impl Run {
     /// Kills the program's process group and reaps the program.
     fn kill(&mut self) {
         let _ = killpg(self.pid, Signal::SIGKILL);
-        let _ = self.child.wait();
+        while let Err(Errno::EINTR) = waitpid(self.pid, None) {}
         self.stdin = None;
         self.stdout = None;
         self.stderr = None;

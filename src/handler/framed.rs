@@ -1,172 +1,186 @@
-//! A protocol-v1 conversation: read requests, answer each in order, end cleanly.
+//! The framed handler API: a handler answers one request payload at a time, the library owns
+//! the protocol around it.
 //!
-//! The session owns everything the protocol says regardless of handler: PING is answered with
-//! PONG carrying the same payload; a frame a client may not send, an oversize header, an
-//! unknown kind, a stream cut inside a frame or a peer idle past `--idle-timeout` is answered
-//! with an ERROR frame, logged, and the connection closed so that the ERROR still reaches the
-//! peer. A [`Responder`] only decides what a DATA request gets.
+//! A [`Reply`] is taken by value and spent by answering, so every request gets exactly one
+//! answer, in order; one dropped unanswered answers ERROR 8 for the handler. Replies are
+//! appended to an output buffer that the library writes when no further complete request is
+//! waiting, so the answers to pipelined requests leave in one write.
 
-use std::io::{self, Read, Write};
-use std::time::{Duration, Instant};
+use std::io::{self, Write};
 
-use super::{Outcome, ProtocolSettings};
-use crate::conn::{Connection, Stream};
-use crate::frame::{ErrorCode, Frame, FrameReader, Kind, ReadError, write_frame};
-use crate::logging::quote;
+use crate::conn::Connection;
+use crate::frame::{ErrorCode, HEADER_LEN, Kind, header};
 
-/// The answer to one DATA request.
-pub enum Reply {
-    Data(Vec<u8>),
-    /// An ERROR for this request only; the conversation goes on.
-    Error(ErrorCode, String),
+/// Answers protocol-v1 requests; one value per connection, so it may keep state across the
+/// requests of a conversation.
+///
+/// ```
+/// use forkd::{FramedHandler, Reply};
+///
+/// /// Answers each request with the number of requests seen so far.
+/// struct Counter(u64);
+///
+/// impl FramedHandler for Counter {
+///     fn request(&mut self, _payload: &[u8], reply: Reply<'_>) {
+///         self.0 += 1;
+///         reply.data(self.0.to_string().as_bytes());
+///     }
+/// }
+/// ```
+pub trait FramedHandler {
+    /// Answers the DATA request `payload` through `reply`: with [`Reply::data`],
+    /// [`Reply::data_with`] or [`Reply::error`]. A panic here ends the conversation (and,
+    /// under the fork model, only this connection's process).
+    fn request(&mut self, payload: &[u8], reply: Reply<'_>);
 }
 
-/// What a handler does with the payload of each DATA frame.
-pub trait Responder {
-    fn on_data(&mut self, payload: Vec<u8>) -> Reply;
+/// Makes the [`FramedHandler`] for each connection, in the process or thread that serves it.
+///
+/// Implemented for every `Fn(&Connection) -> H` closure, so a server is given
+/// `|_conn| MyHandler::default()`, or a closure that looks at the peer.
+pub trait NewFramed: Send + Sync + 'static {
+    /// The handler for `conn`.
+    fn new_handler(&self, conn: &Connection) -> Box<dyn FramedHandler>;
 }
 
-/// Runs the conversation to its end.
-pub fn serve(
-    conn: Connection,
-    settings: ProtocolSettings,
-    responder: &mut dyn Responder,
-) -> Outcome {
-    let Connection {
-        stream,
-        peer,
-        timeout,
-        ..
-    } = conn;
-    // What the socket came with from its listener, if it is the idle limit.
-    let preset = timeout.filter(|t| Some(*t) == settings.idle_timeout);
-    if let Some(idle) = settings.idle_timeout
-        && preset.is_none()
-    {
-        // A peer that takes no reply for this long is as idle as one that sends nothing.
-        let _ = stream.set_write_timeout(Some(idle));
-    }
-    let timed = IdleClock {
-        stream,
-        deadline: None,
-        idle: settings.idle_timeout,
-        timeout_set: preset,
-    };
-    let mut reader = FrameReader::new(timed, settings.max_frame);
-    let failure = loop {
-        // The clock starts after the last reply; bytes of a partial frame do not reset it.
-        reader.get_mut().deadline = settings.idle_timeout.map(|idle| Instant::now() + idle);
-        let frame = match reader.next_frame() {
-            Ok(Some(frame)) => frame,
-            // A half-close at a frame boundary: every reply was written before this read.
-            Ok(None) => return Outcome::Clean,
-            Err(ReadError::Protocol(e)) => break Failure::Protocol(e.code(), e.to_string()),
-            Err(ReadError::Io(e)) if timed_out(&e) => {
-                let idle = settings.idle_timeout.unwrap_or_default();
-                break Failure::Protocol(
-                    ErrorCode::Timeout,
-                    format!("idle timeout: no complete frame in {}s", idle.as_secs_f64()),
-                );
-            }
-            Err(ReadError::Io(e)) => break Failure::Io("read", e),
-        };
-        let written = match frame.kind {
-            Kind::Data => match responder.on_data(frame.payload) {
-                Reply::Data(payload) => write_frame(reader.get_mut(), Kind::Data, &payload),
-                Reply::Error(code, message) => {
-                    Frame::error(code, &message).write_to(reader.get_mut())
-                }
-            },
-            Kind::Ping => write_frame(reader.get_mut(), Kind::Pong, &frame.payload),
-            Kind::Error | Kind::Pong => {
-                break Failure::Protocol(
-                    ErrorCode::UnknownKind,
-                    format!(
-                        "kind 0x{:02x} ({}) is not a request",
-                        frame.kind as u8,
-                        frame.kind.name()
-                    ),
-                );
-            }
-        };
-        if let Err(e) = written {
-            break Failure::Io("write", e);
-        }
-    };
-    let reason = match failure {
-        Failure::Protocol(code, reason) => {
-            let mut stream: Stream = reader.into_inner().stream;
-            let sent = Frame::error(code, &reason).write_to(&mut stream);
-            stream.close_after_error();
-            format!(
-                "code={} reason={}{}",
-                code as u16,
-                quote(&reason),
-                if sent.is_ok() {
-                    ""
-                } else {
-                    " error_frame=undelivered"
-                }
-            )
-        }
-        Failure::Io(op, e) => format!("reason={}", quote(&format!("{op}: {e}"))),
-    };
-    log::info!("error peer={peer} pid={} {reason}", std::process::id());
-    Outcome::Failed
-}
-
-enum Failure {
-    Protocol(ErrorCode, String),
-    Io(&'static str, io::Error),
-}
-
-/// A read timeout shows as EAGAIN (or ETIMEDOUT) on a blocking socket.
-fn timed_out(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
-}
-
-/// The connection with the idle clock: no read waits (much) past `deadline`.
-struct IdleClock {
-    stream: Stream,
-    deadline: Option<Instant>,
-    idle: Option<Duration>,
-    /// The read timeout last given to the kernel.
-    timeout_set: Option<Duration>,
-}
-
-impl Read for IdleClock {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let (Some(deadline), Some(idle)) = (self.deadline, self.idle) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left < Duration::from_millis(1) {
-                return Err(io::ErrorKind::TimedOut.into());
-            }
-            // The kernel's timeout is refreshed only when it runs more than a tenth of the idle
-            // limit past what is left: a frame that arrives in one read (the usual case) costs
-            // no extra system call, and a dribbling peer is cut off within 10% of the limit.
-            let stale = self.timeout_set.is_none_or(|set| set > left + idle / 10);
-            if stale {
-                self.stream.set_read_timeout(Some(left))?;
-                self.timeout_set = Some(left);
-            }
-        }
-        self.stream.read(buf)
+impl<F, H> NewFramed for F
+where
+    F: Fn(&Connection) -> H + Send + Sync + 'static,
+    H: FramedHandler + 'static,
+{
+    fn new_handler(&self, conn: &Connection) -> Box<dyn FramedHandler> {
+        Box::new(self(conn))
     }
 }
 
-impl Write for IdleClock {
+/// The answer to one request, to be given exactly once.
+pub struct Reply<'a> {
+    out: &'a mut Vec<u8>,
+    sink: &'a mut dyn Write,
+    answered: bool,
+}
+
+impl<'a> Reply<'a> {
+    pub(crate) fn new(out: &'a mut Vec<u8>, sink: &'a mut dyn Write) -> Reply<'a> {
+        Reply {
+            out,
+            sink,
+            answered: false,
+        }
+    }
+
+    /// Answers with a DATA frame holding `payload`.
+    pub fn data(self, payload: &[u8]) {
+        self.data_with(|p| p.extend_from_slice(payload));
+    }
+
+    /// Answers with a DATA frame whose payload `fill` writes: straight into the output
+    /// buffer, with no copy of its own.
+    pub fn data_with(mut self, fill: impl FnOnce(&mut Payload<'_>)) {
+        let start = self.out.len();
+        self.out.extend_from_slice(&[0; HEADER_LEN]);
+        fill(&mut Payload {
+            out: self.out,
+            start: start + HEADER_LEN,
+        });
+        let len = self.out.len() - start - HEADER_LEN;
+        if u32::try_from(len).is_err() {
+            self.out.truncate(start);
+            self.answered = true;
+            return append_error(
+                self.out,
+                ErrorCode::HandlerFailed,
+                "reply longer than 4 GiB cannot be framed",
+            );
+        }
+        self.out[start..start + HEADER_LEN].copy_from_slice(&header(Kind::Data, len));
+        self.answered = true;
+    }
+
+    /// Answers with an ERROR frame; the conversation goes on.
+    pub fn error(mut self, code: ErrorCode, message: &str) {
+        append_error(self.out, code, message);
+        self.answered = true;
+    }
+
+    /// Sends the replies to earlier requests now, before this one is answered: for a handler
+    /// about to take long over this request. Replies are otherwise sent together once no
+    /// complete request is waiting.
+    pub fn flush_earlier(&mut self) -> io::Result<()> {
+        write_out(self.sink, self.out)
+    }
+}
+
+impl Drop for Reply<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            append_error(
+                self.out,
+                ErrorCode::HandlerFailed,
+                "the handler gave no reply",
+            );
+        }
+    }
+}
+
+/// The payload of a DATA reply being written in place.
+pub struct Payload<'a> {
+    out: &'a mut Vec<u8>,
+    start: usize,
+}
+
+impl Payload<'_> {
+    /// Appends bytes.
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// Appends one byte.
+    pub fn push(&mut self, byte: u8) {
+        self.out.push(byte);
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> usize {
+        self.out.len() - self.start
+    }
+
+    /// Whether nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Extend<u8> for Payload<'_> {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
+        self.out.extend(bytes);
+    }
+}
+
+impl Write for Payload<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stream.write(buf)
-    }
-
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.stream.write_vectored(bufs)
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Appends an ERROR frame: the code, then the message.
+pub(crate) fn append_error(out: &mut Vec<u8>, code: ErrorCode, message: &str) {
+    out.extend_from_slice(&header(Kind::Error, 2 + message.len()));
+    out.extend_from_slice(&(code as u16).to_be_bytes());
+    out.extend_from_slice(message.as_bytes());
+}
+
+/// Writes everything in `out`, retrying short writes and EINTR, and empties it.
+pub(crate) fn write_out(sink: &mut dyn Write, out: &mut Vec<u8>) -> io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let written = sink.write_all(out);
+    out.clear();
+    written
 }

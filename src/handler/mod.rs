@@ -1,111 +1,119 @@
-//! Handlers: what a child does with one connection. A handler knows nothing of fork, the
-//! supervisor or the listeners; it gets a [`Connection`] and reports how the conversation
-//! ended.
+//! Handlers: what is done with one connection. A handler knows nothing of fork, threads, the
+//! supervisor or the listeners.
+//!
+//! Two levels, as Python's socketserver has request handlers:
+//!
+//! - a [`FramedHandler`] answers protocol-v1 requests one payload at a time; the library reads
+//!   and writes the frames, answers PING, enforces `max_frame` and the idle limit, and sends
+//!   the replies to pipelined requests together;
+//! - a [`StreamHandler`] gets the [`Connection`] itself and does what it likes with it.
+//!
+//! forkd's own handlers are built on the same seams: echo and frame-exec are framed handlers;
+//! exec (a program per connection) is started by the isolation model itself, since the
+//! program replaces whatever would serve the connection.
 
-pub mod echo;
-pub mod exec;
-pub mod fault;
-pub mod frame_exec;
-pub mod framed;
+mod echo;
+mod frame_exec;
+mod framed;
+pub(crate) mod program;
+mod session;
+mod stream;
 
-use crate::cli::Program;
+use std::sync::Arc;
+
+pub use framed::{FramedHandler, NewFramed, Payload, Reply};
+pub(crate) use session::ProtocolSettings;
+pub use stream::StreamHandler;
+
+use crate::config::{Program, Service};
 use crate::conn::Connection;
 
-/// How a conversation ended; the child's exit status says it to the supervisor.
+/// How a conversation ended; a worker process's exit status says it to the supervisor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The peer finished at a frame boundary and got every reply.
+pub(crate) enum Outcome {
+    /// The peer finished cleanly (for protocol v1: at a frame boundary, every reply sent).
     Clean,
-    /// A protocol or I/O error ended it; the child has logged why.
+    /// A protocol or I/O error ended it; the worker has logged why.
     Failed,
 }
 
-/// Serves one connection. Shared by every thread under `--model thread`.
-pub trait Handler: Send + Sync {
-    fn serve(&self, conn: Connection) -> Outcome;
-
-    /// Whether the connection is served by another program: then the exit status is the
-    /// program's, and its stderr is relayed into the log.
-    fn execs(&self) -> bool {
-        false
-    }
-
-    /// For a handler that [`execs`](Handler::execs): the program to run for `conn`; the
-    /// caller gives it the connection as stdin and stdout. The supervisor starts it directly
-    /// (posix_spawn where it can: nothing of the supervisor's memory is copied) instead of
-    /// forking a child that would exec.
-    fn program_for(&self, _conn: &Connection) -> Option<Launch> {
-        None
-    }
+/// What a worker does with a connection: the service the server was given, resolved.
+#[derive(Clone)]
+pub(crate) enum Work {
+    /// Protocol v1, with a handler made per connection; `name` for the start line.
+    Framed {
+        name: &'static str,
+        new: Arc<dyn NewFramed>,
+        /// Whether the handler passes the UCSPI environment on (TCPCONNNUM needs counting).
+        environment: bool,
+    },
+    /// The connection itself, to an embedder's handler.
+    Stream(Arc<dyn StreamHandler>),
+    /// A program serves the connection: started by the isolation model, not run in a worker.
+    Program(Program),
 }
 
-/// A program to run for a connection: its arguments (the first names it, as for execvp) and
-/// its whole environment.
-pub struct Launch {
-    pub argv: Vec<std::ffi::OsString>,
-    pub env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
-}
-
-impl Launch {
-    /// The program as a `Command`, with exactly this environment.
-    pub fn command(self) -> std::process::Command {
-        let mut cmd = std::process::Command::new(&self.argv[0]);
-        cmd.args(&self.argv[1..]).env_clear().envs(self.env);
-        cmd
-    }
-}
-
-/// The handlers `--handler` can name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum HandlerName {
-    /// Answers DATA with the same DATA, PING with PONG.
-    Echo,
-    /// Runs PROGRAM with the connection on stdin and stdout and the UCSPI environment, as
-    /// tcpserver does: the program owns the protocol.
-    Exec,
-    /// Speaks protocol v1 and runs PROGRAM once per DATA frame: the payload on its stdin, its
-    /// stdout the DATA reply.
-    FrameExec,
-    /// Echo that commits a fault on request (panic, abort, stack overflow, spin, leak): for
-    /// tests and benchmarks only, so it stays out of --help.
-    #[value(hide = true)]
-    Fault,
-}
-
-impl HandlerName {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HandlerName::Echo => "echo",
-            HandlerName::Exec => "exec",
-            HandlerName::FrameExec => "frame-exec",
-            HandlerName::Fault => "fault",
+impl Work {
+    /// forkd's own handlers; frame-exec's output is bounded by `max_frame`.
+    pub(crate) fn of(service: &Service, max_frame: u32) -> Work {
+        match service {
+            Service::Echo => Work::Framed {
+                name: "echo",
+                new: Arc::new(|_: &Connection| echo::Echo),
+                environment: false,
+            },
+            Service::Exec(program) => Work::Program(program.clone()),
+            Service::FrameExec(program) => Work::Framed {
+                name: "frame-exec",
+                new: Arc::new(frame_exec::NewRunner::new(program.clone(), max_frame)),
+                environment: true,
+            },
         }
     }
-}
 
-/// Settings every protocol-v1 handler shares.
-#[derive(Clone, Copy, Debug)]
-pub struct ProtocolSettings {
-    pub max_frame: u32,
-    /// How long a complete request may take to arrive after the last reply; `None`: forever.
-    pub idle_timeout: Option<std::time::Duration>,
-}
+    /// Its name in the start line.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Work::Framed { name, .. } => name,
+            Work::Stream(_) => "stream",
+            Work::Program(_) => "exec",
+        }
+    }
 
-/// The handler a name stands for. The command line guarantees a program for exec and
-/// frame-exec.
-pub fn build(
-    name: HandlerName,
-    settings: ProtocolSettings,
-    program: Option<&Program>,
-) -> Box<dyn Handler> {
-    let program = || program.expect("a PROGRAM for this handler").clone();
-    match name {
-        HandlerName::Echo => Box::new(echo::Echo { settings }),
-        HandlerName::Fault => Box::new(fault::Fault { settings }),
-        HandlerName::Exec => Box::new(exec::Exec { program: program() }),
-        HandlerName::FrameExec => Box::new(frame_exec::FrameExec {
-            settings,
-            program: program(),
-        }),
+    /// Serves `conn` to its end in this process or thread. A program is not served here.
+    pub(crate) fn serve(&self, conn: Connection, settings: ProtocolSettings) -> Outcome {
+        match self {
+            Work::Framed { new, .. } => {
+                let mut handler = new.new_handler(&conn);
+                session::serve(conn, settings, &mut *handler)
+            }
+            Work::Stream(handler) => stream::serve(&**handler, conn),
+            Work::Program(_) => unreachable!("a program is started, not served in a worker"),
+        }
+    }
+
+    /// The program to start for `conn`, for the exec handler.
+    pub(crate) fn program_for(&self, conn: &Connection) -> Option<program::Launch> {
+        match self {
+            Work::Program(p) => Some(program::launch(p, &crate::ucspi::environment(conn))),
+            _ => None,
+        }
+    }
+
+    /// Whether a program serves the connection: then the exit status is the program's.
+    pub(crate) fn is_program(&self) -> bool {
+        matches!(self, Work::Program(_))
+    }
+
+    /// Whether connections per source must be counted for the environment (TCPCONNNUM).
+    pub(crate) fn counts_sources(&self) -> bool {
+        matches!(
+            self,
+            Work::Program(_)
+                | Work::Framed {
+                    environment: true,
+                    ..
+                }
+        )
     }
 }

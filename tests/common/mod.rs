@@ -12,12 +12,26 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use forkd::Stream;
 use forkd::addr::Addr;
-use forkd::conn::Stream;
 use forkd::frame::{Frame, FrameReader, Kind, write_frame};
 
 pub const FORKD: &str = env!("CARGO_BIN_EXE_forkd");
 pub const FORKC: &str = env!("CARGO_BIN_EXE_forkc");
+
+/// The path of an example program, built beside the tests by `cargo test` and nextest.
+pub fn example(name: &str) -> String {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/PROFILE/deps/TEST-HASH -> target/PROFILE/examples/NAME
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .join("examples")
+        .join(name);
+    assert!(path.exists(), "{} is not built", path.display());
+    path.to_string_lossy().into_owned()
+}
 
 /// Long enough for a loaded 2-core machine, short enough that a hang fails the test.
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -36,13 +50,23 @@ impl Forkd {
     /// Starts forkd logging to stderr. Without a `--listen` in `args` it listens on
     /// 127.0.0.1 at a port the kernel picks.
     pub fn start(args: &[&str]) -> Forkd {
+        Forkd::start_binary(FORKD, args)
+    }
+
+    /// Starts the fault-injection server (examples/faults.rs), which takes forkd's flags.
+    pub fn start_faults(args: &[&str]) -> Forkd {
+        Forkd::start_binary(&example("faults"), args)
+    }
+
+    /// Starts `binary` (forkd, or an example that takes forkd's flags) as [`Forkd::start`].
+    pub fn start_binary(binary: &str, args: &[&str]) -> Forkd {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut all: Vec<String> = vec!["--log".into(), "stderr".into()];
         if !args.contains(&"--listen") {
             all.extend(["--listen".into(), "127.0.0.1:0".into()]);
         }
         all.extend(args.iter().map(|s| s.to_string()));
-        Forkd::start_with(Command::new(FORKD).args(&all), dir)
+        Forkd::start_with(Command::new(binary).args(&all), dir)
     }
 
     /// Starts a prepared command (stderr is taken over) and waits for its `start` line.
@@ -59,7 +83,12 @@ impl Forkd {
 
     /// Starts forkd with a log level that hides the start line: it is up once `addr` answers.
     pub fn start_silent(args: &[&str], addr: &str) -> Forkd {
-        let mut cmd = Command::new(FORKD);
+        Forkd::start_silent_binary(FORKD, args, addr)
+    }
+
+    /// [`Forkd::start_silent`] for another binary that takes forkd's flags.
+    pub fn start_silent_binary(binary: &str, args: &[&str], addr: &str) -> Forkd {
+        let mut cmd = Command::new(binary);
         cmd.args(["--log", "stderr", "--listen", addr]).args(args);
         Forkd::spawn_until_answering(&mut cmd, addr)
     }

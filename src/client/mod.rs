@@ -1,5 +1,8 @@
-//! The client side of protocol v1, for forkc and the tests: connect to any `--listen` form and
-//! exchange frames.
+//! The client side of protocol v1, for forkc, tests and embedders testing their own servers:
+//! connect to any `--listen` form and exchange frames; [`bench`](mod@bench) is the load generator behind
+//! `forkc bench`.
+
+pub mod bench;
 
 use std::fmt;
 use std::io;
@@ -8,8 +11,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use crate::Stream;
 use crate::addr::Addr;
-use crate::conn::Stream;
 use crate::frame::{ErrorCode, Frame};
 
 /// Connects to `addr` (`:PORT` means this machine), with `timeout` on the connect and on every
@@ -79,11 +82,14 @@ pub fn ipv4_target(addr: &Addr) -> Option<SocketAddrV4> {
 
 /// An ERROR frame from the server, for humans.
 pub struct ServerError {
+    /// The ERROR code (see [`crate::frame::ErrorCode`]).
     pub code: u16,
+    /// The server's message.
     pub message: String,
 }
 
 impl ServerError {
+    /// The error an ERROR frame carries; `None` for other frames.
     pub fn from_frame(frame: &Frame) -> Option<ServerError> {
         let (code, message) = frame.error_parts()?;
         Some(ServerError { code, message })

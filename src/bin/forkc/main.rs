@@ -1,5 +1,13 @@
 //! forkc, the protocol-v1 client: send payloads and print the replies, or ping.
 
+// The doc comments of the clap definitions are --help text, where `[::1]:7000` is an
+// address, not a link.
+#![allow(rustdoc::broken_intra_doc_links)]
+
+#[path = "../shared/args.rs"]
+mod args;
+mod cli;
+
 use std::io::{self, BufRead, Write};
 use std::net::Shutdown;
 use std::process::ExitCode;
@@ -7,16 +15,16 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use forkd::addr::Addr;
 use forkd::client::{ServerError, connect};
-use forkd::conn::Stream;
-use forkd::forkc_cli::{Cli, Command};
 use forkd::frame::{Frame, FrameReader, Kind, write_frame};
+use forkd::{Addr, Stream};
+
+use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return forkd::cli::clap_error(e).finish("forkc"),
+        Err(e) => return args::clap_error(e).finish("forkc"),
     };
     let Some(addr) = cli.connect.clone() else {
         eprintln!("forkc: --connect ADDR is required");
@@ -33,7 +41,7 @@ fn main() -> ExitCode {
     } = &cli.command
     {
         use std::io::IsTerminal;
-        let report = forkd::bench::run(forkd::bench::BenchConfig {
+        let report = forkd::client::bench::run(forkd::client::bench::BenchConfig {
             addr,
             workload: *workload,
             connections: *connections as usize,

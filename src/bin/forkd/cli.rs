@@ -1,18 +1,41 @@
-//! forkd's command line: the clap definitions, turned into one plain [`Config`]. Nothing else
-//! in forkd reads argv.
+//! forkd's command line: the clap definitions, turned into the library's [`Config`] and
+//! [`Service`]. Nothing else in forkd reads argv; the library never sees it.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
+use forkd::Addr;
+use forkd::config::{
+    Cidr, Config, Facility, Limits, LogOptions, LogTarget, Model, Overload, Policy, Program, Rate,
+    Rule, Service, SourcePrefix, parse_bytes, parse_bytes_u64, parse_secs,
+};
 use log::LevelFilter;
-use syslog::Facility;
 
-use crate::addr::Addr;
-use crate::admission::{Cidr, Policy, Rate, Rule, SourcePrefix};
-use crate::child::ChildLimits;
-use crate::handler::HandlerName;
-use crate::logging::{LogOptions, Target};
+use super::args::{Stop, clap_error};
+
+/// The handlers `--handler` can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum HandlerName {
+    /// Answers DATA with the same DATA, PING with PONG.
+    Echo,
+    /// Runs PROGRAM with the connection on stdin and stdout and the UCSPI environment, as
+    /// tcpserver does: the program owns the protocol.
+    Exec,
+    /// Speaks protocol v1 and runs PROGRAM once per DATA frame: the payload on its stdin, its
+    /// stdout the DATA reply.
+    FrameExec,
+}
+
+impl HandlerName {
+    fn as_str(self) -> &'static str {
+        match self {
+            HandlerName::Echo => "echo",
+            HandlerName::Exec => "exec",
+            HandlerName::FrameExec => "frame-exec",
+        }
+    }
+}
 
 const EXAMPLES: &str = "\
 Examples:
@@ -48,7 +71,7 @@ struct Cli {
     /// process (for comparison; a thread cannot be killed, so --max-lifetime, --rlimit-*,
     /// --nice and --handler exec are refused with it).
     #[arg(long, value_enum, value_name = "fork|thread", default_value = "fork")]
-    model: crate::model::Model,
+    model: Model,
 
     /// Serve the one connection on descriptor 0, as inetd, xinetd ("nowait") or systemd
     /// (Accept=yes) hand it over, then exit.
@@ -184,7 +207,7 @@ struct Cli {
         value_name = "syslog|stderr",
         default_value = "syslog"
     )]
-    log: Target,
+    log: LogTarget,
 
     /// Syslog facility: daemon, user, local0 ... local7, and the others of syslog(3).
     #[arg(long, value_name = "NAME", default_value = "daemon", value_parser = parse_facility)]
@@ -207,81 +230,14 @@ struct Cli {
     quiet: u8,
 }
 
-/// A program to run per connection or per request, and what its environment gets.
-#[derive(Clone, Debug)]
-pub struct Program {
-    pub argv: Vec<std::ffi::OsString>,
-    pub env_clear: bool,
-    pub env: Vec<(String, String)>,
-    /// frame-exec's per-request limit; `None`: off.
-    pub request_timeout: Option<Duration>,
-}
-
-/// What happens to a connection arriving at --max-children.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Overload {
-    Defer,
-    Reject,
-}
-
-/// Everything forkd was asked to do, checked.
-#[derive(Clone, Debug)]
-pub struct Config {
-    pub listen: Vec<Addr>,
-    pub handler: HandlerName,
-    pub inetd: bool,
-    pub model: crate::model::Model,
-    /// For the exec and frame-exec handlers.
-    pub program: Option<Program>,
-    pub max_children: u32,
-    pub backlog: i32,
-    pub max_frame: u32,
-    pub grace: Duration,
-    /// `None`: off.
-    pub idle_timeout: Option<Duration>,
-    pub max_lifetime: Option<Duration>,
-    pub admission: Policy,
-    pub overload: Overload,
-    pub child_limits: ChildLimits,
-    pub user: Option<String>,
-    pub group: Option<String>,
-    pub keepalive: bool,
-    pub log: LogOptions,
-    pub pidfile: Option<PathBuf>,
-}
-
-/// The clap command, for man pages and completions.
+/// The clap command, for man pages and completions (examples/package-docs.rs).
+#[allow(dead_code)]
 pub fn command() -> clap::Command {
     Cli::command()
 }
 
-/// A command line that does not run the program.
-#[derive(Debug)]
-pub enum Stop {
-    /// `--help` or `--version`: print this and exit 0.
-    Print(String),
-    /// A bad command line: this one line, then exit 2.
-    Invalid(String),
-}
-
-impl Stop {
-    /// Prints what is due and gives the exit status.
-    pub fn finish(self, program: &str) -> std::process::ExitCode {
-        match self {
-            Stop::Print(text) => {
-                print!("{text}");
-                std::process::ExitCode::SUCCESS
-            }
-            Stop::Invalid(line) => {
-                eprintln!("{program}: {line}");
-                std::process::ExitCode::from(2)
-            }
-        }
-    }
-}
-
-/// Parses argv (the program name first).
-pub fn parse<I, T>(args: I) -> Result<Config, Stop>
+/// Parses argv (the program name first) into what to serve and with which handler.
+pub fn parse<I, T>(args: I) -> Result<(Config, Service), Stop>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
@@ -300,7 +256,7 @@ where
                 h.as_str()
             )));
         }
-        (Some(h @ (HandlerName::Echo | HandlerName::Fault)), false) => {
+        (Some(h @ HandlerName::Echo), false) => {
             return Err(Stop::Invalid(format!(
                 "a PROGRAM after -- runs with --handler exec or frame-exec, not --handler {}",
                 h.as_str()
@@ -308,12 +264,17 @@ where
         }
         (Some(h), _) => h,
     };
-    let program = (!cli.program.is_empty()).then(|| Program {
-        argv: cli.program,
+    let program = || Program {
+        argv: cli.program.clone(),
         env_clear: cli.env_clear,
-        env: cli.env,
+        env: cli.env.clone(),
         request_timeout: Some(cli.request_timeout).filter(|d| !d.is_zero()),
-    });
+    };
+    let service = match handler {
+        HandlerName::Echo => Service::Echo,
+        HandlerName::Exec => Service::Exec(program()),
+        HandlerName::FrameExec => Service::FrameExec(program()),
+    };
     let level = match (cli.verbose, cli.quiet) {
         (0, 0) => LevelFilter::Info,
         (1, _) => LevelFilter::Debug,
@@ -323,10 +284,8 @@ where
     };
     let config = Config {
         listen: cli.listen,
-        handler,
         inetd: cli.inetd,
         model: cli.model,
-        program,
         max_children: cli.max_children,
         backlog: cli.backlog,
         max_frame: cli.max_frame,
@@ -340,7 +299,7 @@ where
             rate: cli.rate,
         },
         overload: cli.overload,
-        child_limits: ChildLimits {
+        limits: Limits {
             address_space: cli.rlimit_as,
             cpu_seconds: cli.rlimit_cpu,
             open_files: cli.rlimit_nofile,
@@ -357,8 +316,8 @@ where
         },
         pidfile: cli.pidfile,
     };
-    crate::model::check(&config).map_err(Stop::Invalid)?;
-    Ok(config)
+    config.check(&service).map_err(Stop::Invalid)?;
+    Ok((config, service))
 }
 
 /// --allow and --deny as one list in command-line order, since the first match wins.
@@ -376,63 +335,6 @@ fn rules_in_order(matches: &ArgMatches) -> Vec<Rule> {
     }
     indexed.sort_by_key(|(i, _)| *i);
     indexed.into_iter().map(|(_, rule)| rule).collect()
-}
-
-/// Help and version are printed whole; any other clap error becomes one line, its first
-/// paragraph, which names the flag and the problem (usage and tips are dropped).
-pub fn clap_error(e: clap::Error) -> Stop {
-    use clap::error::ErrorKind;
-    let text = e.render().to_string();
-    match e.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Stop::Print(text),
-        _ => {
-            let paragraph: Vec<&str> = text
-                .lines()
-                .take_while(|l| !l.trim().is_empty())
-                .map(str::trim)
-                .collect();
-            Stop::Invalid(
-                paragraph
-                    .join(" ")
-                    .trim_start_matches("error: ")
-                    .to_string(),
-            )
-        }
-    }
-}
-
-/// A byte count that fits a frame's 32-bit length field (see [`parse_bytes_u64`]).
-pub fn parse_bytes(s: &str) -> Result<u32, String> {
-    let n = parse_bytes_u64(s)?;
-    u32::try_from(n).map_err(|_| format!("'{s}' is more than {} bytes", u32::MAX))
-}
-
-/// `1048576`, `64K`, `1M`, `1G` (powers of 1024; `KiB`, `MiB`, `GiB` too).
-pub fn parse_bytes_u64(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        _ => return Err(format!("'{s}': unit must be K, M or G")),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{s}' is not a byte count"))?;
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("'{s}' is too many bytes"))
-}
-
-/// Seconds, whole or fractional: `10`, `0.5`.
-pub fn parse_secs(s: &str) -> Result<Duration, String> {
-    s.trim()
-        .parse::<f64>()
-        .ok()
-        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-        .ok_or_else(|| format!("'{s}' is not a number of seconds"))
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -454,7 +356,7 @@ mod tests {
     fn run(args: &[&str]) -> Config {
         let mut argv = vec!["forkd"];
         argv.extend_from_slice(args);
-        parse(argv).unwrap()
+        parse(argv).unwrap().0
     }
 
     fn invalid(args: &[&str]) -> String {
@@ -473,8 +375,7 @@ mod tests {
         assert_eq!(c.backlog, 1024);
         assert_eq!(c.max_frame, 1 << 20);
         assert_eq!(c.grace, Duration::from_secs(10));
-        assert_eq!(c.handler, HandlerName::Echo);
-        assert_eq!(c.log.target, Target::Syslog);
+        assert_eq!(c.log.target, LogTarget::Syslog);
         assert_eq!(c.log.facility as u32, Facility::LOG_DAEMON as u32);
         assert_eq!(c.log.level, LevelFilter::Info);
         assert_eq!(c.idle_timeout, Some(Duration::from_secs(60)));
@@ -572,16 +473,5 @@ mod tests {
             assert!(msg.contains(flag), "{msg}");
             assert!(!msg.contains('\n'), "{msg}");
         }
-    }
-
-    #[test]
-    fn byte_counts() {
-        assert_eq!(parse_bytes("0"), Ok(0));
-        assert_eq!(parse_bytes("64K"), Ok(65536));
-        assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
-        assert_eq!(parse_bytes("3g"), Ok(3 << 30));
-        assert!(parse_bytes("4G").is_err());
-        assert!(parse_bytes("-1").is_err());
-        assert!(parse_bytes("").is_err());
     }
 }

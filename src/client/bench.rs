@@ -16,21 +16,26 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use crate::Stream;
 use crate::addr::Addr;
 use crate::client::connect;
-use crate::conn::Stream;
 use crate::frame::{Frame, FrameReader, Kind, write_frame};
 
 /// What the load looks like.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Workload {
+    /// Connect, one request, close: the cost of a connection.
     Churn,
+    /// One connection each, request and reply in turn.
     Persistent,
+    /// One connection each, `depth` requests per write before reading the replies.
     Pipelined,
+    /// Open connections and keep them, idle: the cost of a held connection.
     Hold,
 }
 
 impl Workload {
+    /// Its name on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
             Workload::Churn => "churn",
@@ -41,28 +46,44 @@ impl Workload {
     }
 }
 
+/// A load to generate.
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
+    /// The server.
     pub addr: Addr,
+    /// The kind of load.
     pub workload: Workload,
+    /// Client threads, each with its own connection at a time.
     pub connections: usize,
     /// Total requests (all connections together); with `duration`, whichever ends first.
     pub requests: Option<u64>,
+    /// How long to run; with `requests`, whichever ends first.
     pub duration: Option<Duration>,
+    /// Bytes of each request payload.
     pub size: usize,
+    /// Requests per write for the pipelined load.
     pub depth: usize,
+    /// Limit on every connect, read and write.
     pub timeout: Duration,
+    /// Show progress on stderr.
     pub progress: bool,
 }
 
 /// What a run measured.
 pub struct Report {
+    /// The load it ran.
     pub config: BenchConfig,
+    /// Wall time of the run.
     pub elapsed: Duration,
+    /// Requests answered and verified.
     pub requests: u64,
+    /// Connections opened.
     pub connections: u64,
+    /// Payload bytes sent and received back.
     pub bytes: u64,
+    /// Failures by kind, with their counts.
     pub errors: BTreeMap<String, u64>,
+    /// Request latencies, in microseconds.
     pub latency: Histogram<u64>,
 }
 
@@ -318,10 +339,12 @@ impl Report {
         self.latency.value_at_quantile(quantile) as f64 / 1000.0
     }
 
+    /// Failed requests of every kind.
     pub fn error_count(&self) -> u64 {
         self.errors.values().sum()
     }
 
+    /// The report for a terminal.
     pub fn text(&self) -> String {
         let errors = if self.errors.is_empty() {
             "none".to_string()
@@ -354,6 +377,7 @@ impl Report {
         )
     }
 
+    /// The report as one JSON object.
     pub fn json(&self) -> String {
         let errors: Vec<String> = self
             .errors

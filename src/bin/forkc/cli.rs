@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::addr::Addr;
-use crate::cli::{parse_bytes, parse_secs};
-use crate::frame::DEFAULT_MAX_FRAME;
+use forkd::Addr;
+use forkd::config::{parse_bytes, parse_secs};
+use forkd::frame::DEFAULT_MAX_FRAME;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -53,7 +53,7 @@ pub enum Command {
         /// connection; pipelined: --depth requests in flight per connection; hold: idle
         /// connections for --duration.
         #[arg(long, value_enum, default_value = "persistent")]
-        workload: crate::bench::Workload,
+        workload: forkd::client::bench::Workload,
         /// Concurrent connections (one client thread each).
         #[arg(long, value_name = "C", default_value_t = 4,
               value_parser = clap::value_parser!(u64).range(1..=100_000))]
@@ -84,7 +84,8 @@ pub enum Command {
     },
 }
 
-/// The clap command, for man pages and completions.
+/// The clap command, for man pages and completions (examples/package-docs.rs).
+#[allow(dead_code)]
 pub fn command() -> clap::Command {
     Cli::command()
 }

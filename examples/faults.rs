@@ -1,0 +1,106 @@
+//! The fault-injection server, for tests and the fork-versus-thread comparison: a framed
+//! handler that echoes, except that a DATA payload naming a fault commits it.
+//!
+//! | payload          | what the handler does                              |
+//! |------------------|----------------------------------------------------|
+//! | `panic`          | panics                                             |
+//! | `abort`          | aborts the process (SIGABRT)                       |
+//! | `stack-overflow` | recurses until the stack overflows (SIGSEGV)       |
+//! | `spin`           | loops forever without reading or writing           |
+//! | `spin-deaf`      | ignores SIGTERM, then loops forever                |
+//! | `leak MIB`       | allocates and touches MIB mebibytes, never frees, answers `leaked MIB` |
+//!
+//! It takes forkd's own flags (`--listen`, `--model`, `--max-lifetime`, `--rlimit-*`, `--log`,
+//! ...), parsed by forkd's command-line code, and serves with the library:
+//!
+//! ```sh
+//! cargo run --release --example faults -- --listen 127.0.0.1:7000 --log stderr
+//! ```
+
+#[path = "../src/bin/shared/args.rs"]
+mod args;
+#[path = "../src/bin/forkd/cli.rs"]
+#[allow(dead_code)]
+mod cli;
+
+use std::hint::black_box;
+use std::process::ExitCode;
+
+use forkd::{Connection, FramedHandler, Reply, Server, Service};
+
+#[derive(Default)]
+struct Faults {
+    leaked: Vec<Vec<u8>>,
+}
+
+impl FramedHandler for Faults {
+    fn request(&mut self, payload: &[u8], reply: Reply<'_>) {
+        match payload {
+            b"panic" => panic!("fault handler asked to panic"),
+            b"abort" => std::process::abort(),
+            b"stack-overflow" => reply.data(recurse(black_box(1)).to_string().as_bytes()),
+            b"spin" => spin(),
+            b"spin-deaf" => {
+                // SAFETY: no handler is installed, only the disposition changed.
+                let _ = unsafe {
+                    nix::sys::signal::signal(
+                        nix::sys::signal::Signal::SIGTERM,
+                        nix::sys::signal::SigHandler::SigIgn,
+                    )
+                };
+                spin()
+            }
+            other => match other.strip_prefix(b"leak ") {
+                Some(mib) => self.leak(mib, reply),
+                None => reply.data(payload),
+            },
+        }
+    }
+}
+
+impl Faults {
+    fn leak(&mut self, mib: &[u8], reply: Reply<'_>) {
+        let Some(mib) = std::str::from_utf8(mib)
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+        else {
+            return reply.data(b"leak needs a number of MiB");
+        };
+        // Touch every page so the memory is really resident, not just reserved.
+        self.leaked.push(vec![0xa5; mib << 20]);
+        reply.data(format!("leaked {mib}").as_bytes());
+    }
+}
+
+fn spin() -> ! {
+    loop {
+        std::hint::spin_loop();
+    }
+}
+
+fn recurse(depth: u64) -> u64 {
+    let frame = black_box([depth; 512]);
+    if frame[0] == 0 {
+        return 0;
+    }
+    recurse(black_box(depth + 1)) + frame[511]
+}
+
+fn main() -> ExitCode {
+    let (config, service) = match cli::parse(std::env::args_os()) {
+        Ok(parsed) => parsed,
+        Err(stop) => return stop.finish("faults"),
+    };
+    if service != Service::Echo {
+        eprintln!("faults: serves its own handler; --handler and PROGRAM do not apply");
+        return ExitCode::from(2);
+    }
+    let server = Server::from_config(config, service).framed(|_: &Connection| Faults::default());
+    match server.serve() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("faults: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! forkd, the daemon: parse the command line into the library's configuration, serve it, and
+//! turn any start-up failure into one line and an exit status.
+
+// The doc comments of the clap definitions are --help text, where `[::1]:7000` is an
+// address, not a link.
+#![allow(rustdoc::broken_intra_doc_links)]
+
+#[path = "../shared/args.rs"]
+mod args;
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let (config, service) = match cli::parse(std::env::args_os()) {
+        Ok(parsed) => parsed,
+        Err(stop) => return stop.finish("forkd"),
+    };
+    match forkd::Server::from_config(config, service).serve() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(line) => {
+            // Always on stderr, where whoever started forkd looks (the library has logged it
+            // to syslog too if that is where the rest of the log goes).
+            eprintln!("forkd: {line}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! What a server is asked to do, as plain data: where it listens, its limits, its admission
+//! rules, how each connection is isolated, and where it logs.
+//!
+//! These are the domain types. The `forkd` command line turns arguments into a [`Config`];
+//! an embedder builds one through [`crate::Server`]'s methods or by hand. Nothing here knows
+//! about argv: a configuration read from elsewhere is the same value. [`Config::check`] says
+//! whether a value is coherent before anything is bound.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use log::LevelFilter;
+pub use syslog::Facility;
+
+use crate::addr::Addr;
+pub use crate::cidr::Cidr;
+use crate::frame::DEFAULT_MAX_FRAME;
+
+/// Everything a server is asked to do, apart from the handler itself.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Addresses to bind. Empty is allowed only with [`Config::inetd`] or when sockets are
+    /// handed over by systemd (`LISTEN_FDS`).
+    pub listen: Vec<Addr>,
+    /// Serve the one connection on descriptor 0 (as inetd, xinetd "nowait" or systemd
+    /// `Accept=yes` hand it over), then return.
+    pub inetd: bool,
+    /// How each connection is isolated.
+    pub model: Model,
+    /// Connections served at once.
+    pub max_children: u32,
+    /// Length of the kernel's queue of connections not yet accepted.
+    pub backlog: i32,
+    /// Largest frame payload accepted from a peer (protocol-v1 handlers).
+    pub max_frame: u32,
+    /// On SIGTERM or SIGINT, how long running conversations may go on.
+    pub grace: Duration,
+    /// How long a protocol-v1 conversation may wait for a complete request; `None`: forever.
+    pub idle_timeout: Option<Duration>,
+    /// A worker older than this is ended whatever it is doing; `None`: never.
+    pub max_lifetime: Option<Duration>,
+    /// Who is admitted.
+    pub admission: Policy,
+    /// What a connection arriving at [`Config::max_children`] gets.
+    pub overload: Overload,
+    /// Resource limits of each worker process.
+    pub limits: Limits,
+    /// The user to serve as, once the listeners are bound.
+    pub user: Option<String>,
+    /// The group to serve as, once the listeners are bound.
+    pub group: Option<String>,
+    /// SO_KEEPALIVE on accepted TCP connections.
+    pub keepalive: bool,
+    /// Where the log goes.
+    pub log: LogOptions,
+    /// Where to write the supervisor's pid; removed on exit.
+    pub pidfile: Option<PathBuf>,
+}
+
+impl Default for Config {
+    /// No address, 64 connections, 1 MiB frames, 10 s grace, 60 s idle limit, fork model,
+    /// log to stderr at info.
+    fn default() -> Config {
+        Config {
+            listen: Vec::new(),
+            inetd: false,
+            model: Model::Fork,
+            max_children: 64,
+            backlog: 1024,
+            max_frame: DEFAULT_MAX_FRAME,
+            grace: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(60)),
+            max_lifetime: None,
+            admission: Policy::default(),
+            overload: Overload::Defer,
+            limits: Limits::default(),
+            user: None,
+            group: None,
+            keepalive: true,
+            log: LogOptions::default(),
+            pidfile: None,
+        }
+    }
+}
+
+/// Said when a server has nowhere to take connections from.
+pub const NO_ADDRESS: &str = "no address to listen on: give --listen ADDR, or --inetd, or start under systemd socket activation";
+
+impl Config {
+    /// Whether this configuration can be served with `service`: `Err` is one line naming the
+    /// setting at fault. Checks what needs no system call; binding, users and files are
+    /// checked when serving starts.
+    pub fn check(&self, service: &Service) -> Result<(), String> {
+        if self.max_children == 0 {
+            return Err("--max-children must be at least 1".to_string());
+        }
+        if self.listen.is_empty() && !self.inetd && !crate::activation::offered() {
+            return Err(NO_ADDRESS.to_string());
+        }
+        if self.inetd && !self.listen.is_empty() {
+            return Err("--inetd serves descriptor 0 and cannot also --listen".to_string());
+        }
+        if self.model == Model::Fork {
+            return Ok(());
+        }
+        let limits = self.limits;
+        let refused = [
+            (
+                self.max_lifetime.is_some(),
+                "--max-lifetime",
+                "a thread cannot be killed safely",
+            ),
+            (
+                limits.address_space.is_some(),
+                "--rlimit-as",
+                "resource limits are per process",
+            ),
+            (
+                limits.cpu_seconds.is_some(),
+                "--rlimit-cpu",
+                "resource limits are per process",
+            ),
+            (
+                limits.open_files.is_some(),
+                "--rlimit-nofile",
+                "resource limits are per process",
+            ),
+            (
+                limits.nice.is_some(),
+                "--nice",
+                "priority is per process here",
+            ),
+            (
+                matches!(service, Service::Exec(_)),
+                "--handler exec",
+                "it replaces the process serving the connection",
+            ),
+        ];
+        match refused.iter().find(|(given, _, _)| *given) {
+            Some((_, flag, why)) => Err(format!("{flag} cannot apply to --model thread: {why}")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The handlers forkd itself offers; an embedder's own handler is given to
+/// [`crate::Server::framed`] or [`crate::Server::stream`] instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Service {
+    /// Protocol v1: DATA comes back as the same DATA, PING as PONG.
+    Echo,
+    /// The program serves the raw connection on its stdin and stdout, with the UCSPI
+    /// environment, as under tcpserver.
+    Exec(Program),
+    /// Protocol v1, with the program run once per DATA frame: the payload on its stdin, its
+    /// stdout the DATA reply.
+    FrameExec(Program),
+}
+
+impl Service {
+    /// The name `--handler` gives it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Service::Echo => "echo",
+            Service::Exec(_) => "exec",
+            Service::FrameExec(_) => "frame-exec",
+        }
+    }
+}
+
+/// A program to run per connection or per request, and what its environment gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Program {
+    /// The program (found on PATH when it names no directory) and its arguments.
+    pub argv: Vec<OsString>,
+    /// Start from an empty environment (PATH kept) instead of the server's.
+    pub env_clear: bool,
+    /// Variables added after the UCSPI ones, replacing any of the same name.
+    pub env: Vec<(String, String)>,
+    /// frame-exec: a program still running after this long is killed and the request answered
+    /// with ERROR 7; `None`: no limit.
+    pub request_timeout: Option<Duration>,
+}
+
+impl Program {
+    /// `argv` with the server's environment and a 30 s request limit.
+    pub fn new<I, S>(argv: I) -> Program
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        Program {
+            argv: argv.into_iter().map(Into::into).collect(),
+            env_clear: false,
+            env: Vec::new(),
+            request_timeout: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// How each connection is isolated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Model {
+    /// One forked process per connection: a crash, a leak or a hang ends with its process,
+    /// and the supervisor can kill it whatever it is doing.
+    Fork,
+    /// One thread per connection, in the supervisor's process: cheaper, but a fault in one
+    /// conversation can end them all, and a thread cannot be killed.
+    Thread,
+}
+
+/// What happens to a connection arriving at [`Config::max_children`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Overload {
+    /// It waits in the kernel's backlog until a worker ends.
+    Defer,
+    /// It is answered ERROR 4 at once.
+    Reject,
+}
+
+/// Resource limits of each worker process (`--rlimit-*`, `--nice`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// RLIMIT_AS, bytes.
+    pub address_space: Option<u64>,
+    /// RLIMIT_CPU, seconds.
+    pub cpu_seconds: Option<u64>,
+    /// RLIMIT_NOFILE.
+    pub open_files: Option<u64>,
+    /// Scheduling priority, -20 to 19.
+    pub nice: Option<i32>,
+}
+
+/// Admission settings: decided per connection before any worker starts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Policy {
+    /// `--allow` and `--deny` in order; the first match wins, no match admits.
+    pub rules: Vec<Rule>,
+    /// Connections at once from one source.
+    pub per_source: Option<u32>,
+    /// What makes one source.
+    pub source_prefix: SourcePrefix,
+    /// New connections per period from one source.
+    pub rate: Option<Rate>,
+}
+
+/// One `--allow` or `--deny`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// Admit (`true`) or refuse with ERROR 5.
+    pub allow: bool,
+    /// The addresses it matches.
+    pub net: Cidr,
+}
+
+/// `--rate N/SECS`: at most N new connections per SECS seconds from one source.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rate {
+    /// Connections per period.
+    pub count: u32,
+    /// The period.
+    pub per: Duration,
+}
+
+impl FromStr for Rate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Rate, String> {
+        let bad = || format!("'{s}' is not a rate: expected N/SECS, as in 20/1");
+        let (n, secs) = s.split_once('/').ok_or_else(bad)?;
+        let count: u32 = n.trim().parse().ok().filter(|n| *n > 0).ok_or_else(bad)?;
+        let per = parse_secs(secs)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(bad)?;
+        Ok(Rate { count, per })
+    }
+}
+
+/// `--per-source-prefix V4:V6`: how many leading bits of an address make one source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourcePrefix {
+    /// Bits of an IPv4 address.
+    pub v4: u8,
+    /// Bits of an IPv6 address.
+    pub v6: u8,
+}
+
+impl Default for SourcePrefix {
+    fn default() -> Self {
+        SourcePrefix { v4: 32, v6: 128 }
+    }
+}
+
+impl FromStr for SourcePrefix {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<SourcePrefix, String> {
+        let bad = || format!("'{s}' is not V4:V6 prefix lengths, as in 32:128 or 24:64");
+        let (v4, v6) = s.split_once(':').ok_or_else(bad)?;
+        let v4: u8 = v4.parse().ok().filter(|p| *p <= 32).ok_or_else(bad)?;
+        let v6: u8 = v6.parse().ok().filter(|p| *p <= 128).ok_or_else(bad)?;
+        Ok(SourcePrefix { v4, v6 })
+    }
+}
+
+/// Where log lines go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogTarget {
+    /// The system log (or [`LogOptions::syslog_socket`]).
+    Syslog,
+    /// Standard error, one line per event.
+    Stderr,
+}
+
+impl fmt::Display for LogTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogTarget::Syslog => "syslog",
+            LogTarget::Stderr => "stderr",
+        })
+    }
+}
+
+/// How the log is set up.
+#[derive(Clone, Debug)]
+pub struct LogOptions {
+    /// Where lines go.
+    pub target: LogTarget,
+    /// The syslog facility.
+    pub facility: Facility,
+    /// The syslog socket; `None` means the system's (/dev/log).
+    pub syslog_socket: Option<PathBuf>,
+    /// The least severe level logged.
+    pub level: LevelFilter,
+}
+
+impl Default for LogOptions {
+    /// Standard error, facility daemon, info and above.
+    fn default() -> LogOptions {
+        LogOptions {
+            target: LogTarget::Stderr,
+            facility: Facility::LOG_DAEMON,
+            syslog_socket: None,
+            level: LevelFilter::Info,
+        }
+    }
+}
+
+/// A byte count that fits a frame's 32-bit length field (see [`parse_bytes_u64`]).
+pub fn parse_bytes(s: &str) -> Result<u32, String> {
+    let n = parse_bytes_u64(s)?;
+    u32::try_from(n).map_err(|_| format!("'{s}' is more than {} bytes", u32::MAX))
+}
+
+/// `1048576`, `64K`, `1M`, `1G` (powers of 1024; `KiB`, `MiB`, `GiB` too).
+pub fn parse_bytes_u64(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        _ => return Err(format!("'{s}': unit must be K, M or G")),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a byte count"))?;
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("'{s}' is too many bytes"))
+}
+
+/// Seconds, whole or fractional: `10`, `0.5`.
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| format!("'{s}' is not a number of seconds"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(parse_bytes("0"), Ok(0));
+        assert_eq!(parse_bytes("64K"), Ok(65536));
+        assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_bytes("3g"), Ok(3 << 30));
+        assert!(parse_bytes("4G").is_err());
+        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("").is_err());
+    }
+
+    #[test]
+    fn the_thread_model_refuses_what_it_cannot_honour() {
+        let base = Config {
+            listen: vec![":1".parse().unwrap()],
+            model: Model::Thread,
+            ..Config::default()
+        };
+        assert!(base.check(&Service::Echo).is_ok());
+        let lifetime = Config {
+            max_lifetime: Some(Duration::from_secs(1)),
+            ..base.clone()
+        };
+        let e = lifetime.check(&Service::Echo).unwrap_err();
+        assert!(e.starts_with("--max-lifetime"), "{e}");
+        let e = base
+            .check(&Service::Exec(Program::new(["cat"])))
+            .unwrap_err();
+        assert!(e.starts_with("--handler exec"), "{e}");
+    }
+}

@@ -1,0 +1,169 @@
+//! The fork model: a process per connection. A forked child runs the handler
+//! ([`crate::child`]); a program (the exec handler) is started directly, with posix_spawn
+//! where no limit needs a fork. Either is the leader of its own process group.
+//!
+//! Reaping is by known pid: a wait that only peeks (`WNOWAIT`) names the next ended child,
+//! which is reaped if it is one of ours. A process this model did not start (an embedder's
+//! own child) is never reaped here; while one is waiting, ours are reaped one by one.
+
+use std::collections::HashSet;
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
+use nix::unistd::Pid;
+
+use super::{Ended, Isolation, Job, NotStarted, Started, Termination, WorkerId};
+use crate::child::{self, ChildSetup};
+use crate::conn::Connection;
+
+/// Processes serving connections.
+pub(crate) struct Fork {
+    setup: ChildSetup,
+    live: HashSet<Pid>,
+}
+
+impl Fork {
+    /// `setup`: what every child gets; its descriptors are the supervisor's from the start.
+    pub(crate) fn new(setup: ChildSetup) -> Fork {
+        Fork {
+            setup,
+            live: HashSet::new(),
+        }
+    }
+
+    /// The exec handler's program for `conn`, its stderr a pipe for the supervisor to relay.
+    fn start_program(
+        &mut self,
+        program: crate::handler::program::Launch,
+        conn: Connection,
+    ) -> Result<Started, NotStarted> {
+        let (read, write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok(pipe) => pipe,
+            Err(e) => {
+                return Err(NotStarted::Refused {
+                    what: "pipe",
+                    error: e.to_string(),
+                    conn,
+                });
+            }
+        };
+        let name = program.argv[0].to_string_lossy().into_owned();
+        // The write end is the program's now; when the program ends, the relay sees EOF.
+        match child::spawn_program(program, conn, &self.setup, write) {
+            Ok(pid) => {
+                self.live.insert(pid);
+                Ok(Started {
+                    id: WorkerId::Process(pid),
+                    stderr: Some(read),
+                })
+            }
+            // The connection is closed: no ERROR frame, the program owns the protocol.
+            Err(e) => Err(NotStarted::Lost {
+                reason: format!("cannot run {name}: {e}"),
+            }),
+        }
+    }
+
+    /// Reaps `pid` if it has ended.
+    fn reap(&mut self, pid: Pid, flags: Option<WaitPidFlag>) -> Option<Ended> {
+        loop {
+            let ended = match waitpid(pid, flags) {
+                Ok(WaitStatus::Exited(_, code)) => Ended::Exit(code),
+                Ok(WaitStatus::Signaled(_, sig, core)) => Ended::Signal(sig, core),
+                Ok(WaitStatus::StillAlive) => return None,
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    // ECHILD: someone else reaped it; it is gone all the same.
+                    log::error!("status pid={pid} reason=\"waitpid: {e}\"");
+                    Ended::Exit(-1)
+                }
+            };
+            self.live.remove(&pid);
+            return Some(ended);
+        }
+    }
+}
+
+impl Isolation for Fork {
+    fn start(&mut self, conn: Connection, job: &Job<'_>) -> Result<Started, NotStarted> {
+        if let Some(program) = job.work.program_for(&conn) {
+            return self.start_program(program, conn);
+        }
+        match child::fork_worker(conn, &self.setup, job) {
+            Ok(pid) => {
+                self.live.insert(pid);
+                Ok(Started {
+                    id: WorkerId::Process(pid),
+                    stderr: None,
+                })
+            }
+            Err((e, conn)) => Err(NotStarted::Refused {
+                what: "fork",
+                error: e.to_string(),
+                conn,
+            }),
+        }
+    }
+
+    fn collect(&mut self, ended: &mut Vec<(WorkerId, Ended)>) {
+        while !self.live.is_empty() {
+            let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+            let next = match waitid(Id::All, flags) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(status) => status.pid(),
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    log::error!("status reason=\"waitid: {e}\"");
+                    return;
+                }
+            };
+            match next {
+                Some(pid) if self.live.contains(&pid) => {
+                    if let Some(how) = self.reap(pid, Some(WaitPidFlag::WNOHANG)) {
+                        ended.push((WorkerId::Process(pid), how));
+                    }
+                }
+                // Not ours, and it stays first in line: ask each of ours instead.
+                _ => {
+                    let pids: Vec<Pid> = self.live.iter().copied().collect();
+                    for pid in pids {
+                        if let Some(how) = self.reap(pid, Some(WaitPidFlag::WNOHANG)) {
+                            ended.push((WorkerId::Process(pid), how));
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn terminate(&mut self, id: WorkerId, how: Termination) -> bool {
+        let WorkerId::Process(pid) = id else {
+            return false;
+        };
+        if !self.live.contains(&pid) {
+            return false;
+        }
+        let signal = match how {
+            Termination::Ask => Signal::SIGTERM,
+            Termination::Force => Signal::SIGKILL,
+        };
+        // The group is the worker's pid, and the worker is not reaped yet, so the id cannot
+        // have been reused. A child that has not reached its setpgid yet has no group: then
+        // the process itself.
+        if killpg(pid, signal).is_err() {
+            let _ = kill(pid, signal);
+        }
+        true
+    }
+
+    fn collect_all(&mut self, ended: &mut Vec<(WorkerId, Ended)>) {
+        let pids: Vec<Pid> = self.live.iter().copied().collect();
+        for pid in pids {
+            if let Some(how) = self.reap(pid, None) {
+                ended.push((WorkerId::Process(pid), how));
+            }
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! How a connection is isolated: the seam between the supervisor and the workers that serve
+//! connections.
+//!
+//! Why a trait: the supervisor's job (accept, admit, count, time, log, shut down) is the same
+//! whether a connection gets a forked process or a thread; only starting a worker, learning
+//! that it ended and ending it differ. So [`Isolation`] has exactly those three operations,
+//! and the supervisor keeps one table of workers keyed by [`WorkerId`] and never asks which
+//! model it runs. Each implementation collects only the workers it started: the fork model
+//! reaps its own pids (never `waitpid(-1)` blindly, so a program a thread started is left to
+//! that thread), the thread model reads its threads' reports.
+//!
+//! A worker process and everything it starts form one process group, whose id is the
+//! worker's pid, so [`Isolation::terminate`] ends them together.
+
+mod fork;
+mod thread;
+
+use std::fmt;
+use std::os::fd::{OwnedFd, RawFd};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+pub(crate) use fork::Fork;
+pub(crate) use thread::Threads;
+
+use crate::conn::Connection;
+use crate::handler::{ProtocolSettings, Work};
+
+/// Exit status of a worker whose peer finished cleanly.
+pub(crate) const EXIT_CLEAN: i32 = 0;
+/// Exit status of a worker whose conversation ended on a protocol or I/O error (logged by it).
+pub(crate) const EXIT_FAILED: i32 = 1;
+/// Exit status of a worker whose handler panicked (logged by it).
+pub(crate) const EXIT_PANIC: i32 = 101;
+
+/// Who serves a connection: a process (and its group) or a thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum WorkerId {
+    Process(Pid),
+    Thread(u64),
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WorkerId::Process(pid) => write!(f, "pid={pid}"),
+            WorkerId::Thread(id) => write!(f, "thread={id}"),
+        }
+    }
+}
+
+/// How a worker ended: an exit status (threads report the status a process would have), or
+/// the signal that killed the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ended {
+    Exit(i32),
+    Signal(Signal, bool),
+}
+
+/// What a new worker needs besides its connection.
+pub(crate) struct Job<'a> {
+    pub work: &'a Work,
+    pub settings: ProtocolSettings,
+    /// Supervisor descriptors opened since start (draining sockets, stderr relays) that a new
+    /// process must close; the ones held from the start are known to the isolation.
+    pub close: &'a [RawFd],
+}
+
+/// A worker that started.
+pub(crate) struct Started {
+    pub id: WorkerId,
+    /// A program's stderr, for the supervisor to relay into the log.
+    pub stderr: Option<OwnedFd>,
+}
+
+/// Why no worker started.
+pub(crate) enum NotStarted {
+    /// Nothing could be started (`what` failed); the connection is handed back so that the
+    /// peer can still be told.
+    Refused {
+        what: &'static str,
+        error: String,
+        conn: Connection,
+    },
+    /// The connection was closed in the attempt; `reason` says why, for the log.
+    Lost { reason: String },
+}
+
+/// How hard to end a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Termination {
+    /// SIGTERM: the worker may finish what it is doing.
+    Ask,
+    /// SIGKILL.
+    Force,
+}
+
+/// A way to isolate connections: see the module documentation.
+pub(crate) trait Isolation {
+    /// Starts a worker serving `conn`.
+    fn start(&mut self, conn: Connection, job: &Job<'_>) -> Result<Started, NotStarted>;
+
+    /// Appends the workers that ended since the last call, without blocking.
+    fn collect(&mut self, ended: &mut Vec<(WorkerId, Ended)>);
+
+    /// Ends worker `id` and everything it started, as far as the model can: a process group
+    /// can be signalled; a thread cannot be stopped from outside (false).
+    fn terminate(&mut self, id: WorkerId, how: Termination) -> bool;
+
+    /// Waits for every worker still running to end, after the last [`Termination::Force`].
+    fn collect_all(&mut self, ended: &mut Vec<(WorkerId, Ended)>);
+}

@@ -1,0 +1,244 @@
+//! [`Server`]: the embedding API's entry point. It holds a [`Config`] and a handler, and
+//! serves until SIGTERM or SIGINT, exactly as the `forkd` daemon does (the daemon is one user
+//! of this type).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::addr::Addr;
+use crate::config::{Cidr, Config, Limits, LogOptions, Model, Overload, Rate, Rule, Service};
+use crate::handler::{NewFramed, StreamHandler, Work};
+
+/// A forking (or threaded) server: where it listens, its limits, and its handler.
+///
+/// Built by chaining methods on [`Server::new`] (or from a whole [`Config`] with
+/// [`Server::from_config`]), then run with [`Server::serve`]:
+///
+/// ```no_run
+/// use forkd::{FramedHandler, Reply, Server};
+///
+/// struct Upper;
+///
+/// impl FramedHandler for Upper {
+///     fn request(&mut self, payload: &[u8], reply: Reply<'_>) {
+///         reply.data(&payload.to_ascii_uppercase());
+///     }
+/// }
+///
+/// fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     Server::new()
+///         .listen("127.0.0.1:7000".parse()?)
+///         .max_children(32)
+///         .framed(|_conn: &forkd::Connection| Upper)
+///         .serve()?;
+///     Ok(())
+/// }
+/// ```
+pub struct Server {
+    config: Config,
+    handler: Handler,
+}
+
+/// The handler a server was given.
+enum Handler {
+    Builtin(Service),
+    Custom(Work),
+}
+
+/// Why a server could not start: one line naming what failed and on what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error(String);
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl Default for Server {
+    fn default() -> Server {
+        Server::new()
+    }
+}
+
+impl Server {
+    /// A server with [`Config::default`] (no address yet, fork model, 64 connections) and
+    /// the echo handler.
+    pub fn new() -> Server {
+        Server::from_config(Config::default(), Service::Echo)
+    }
+
+    /// A server for a whole configuration and one of forkd's own handlers (as the daemon's
+    /// command line builds it). [`Server::framed`] or [`Server::stream`] replace the handler.
+    pub fn from_config(config: Config, service: Service) -> Server {
+        Server {
+            config,
+            handler: Handler::Builtin(service),
+        }
+    }
+
+    /// Serves each connection with a protocol-v1 handler that `new` makes per connection.
+    pub fn framed(mut self, new: impl NewFramed) -> Server {
+        self.handler = Handler::Custom(Work::Framed {
+            name: "framed",
+            new: Arc::new(new),
+            environment: false,
+        });
+        self
+    }
+
+    /// Serves each connection with `handler`, which gets the connection itself.
+    pub fn stream(mut self, handler: impl StreamHandler) -> Server {
+        self.handler = Handler::Custom(Work::Stream(Arc::new(handler)));
+        self
+    }
+
+    /// Adds an address to listen on (repeatable).
+    pub fn listen(mut self, addr: Addr) -> Server {
+        self.config.listen.push(addr);
+        self
+    }
+
+    /// Connections served at once (default 64).
+    pub fn max_children(mut self, n: u32) -> Server {
+        self.config.max_children = n;
+        self
+    }
+
+    /// What a connection arriving at the limit gets (default: it waits in the backlog).
+    pub fn overload(mut self, overload: Overload) -> Server {
+        self.config.overload = overload;
+        self
+    }
+
+    /// A process or a thread per connection (default: a process).
+    pub fn model(mut self, model: Model) -> Server {
+        self.config.model = model;
+        self
+    }
+
+    /// Largest request payload accepted (default 1 MiB); a larger header gets ERROR 1.
+    pub fn max_frame(mut self, bytes: u32) -> Server {
+        self.config.max_frame = bytes;
+        self
+    }
+
+    /// How long a conversation may wait for a complete request (default 60 s; `None`: no
+    /// limit). Past it the peer gets ERROR 7 and the connection closes.
+    pub fn idle_timeout(mut self, limit: Option<Duration>) -> Server {
+        self.config.idle_timeout = limit;
+        self
+    }
+
+    /// End a worker older than this, whatever it is doing (fork model only).
+    pub fn max_lifetime(mut self, limit: Option<Duration>) -> Server {
+        self.config.max_lifetime = limit;
+        self
+    }
+
+    /// On SIGTERM or SIGINT, how long running conversations may go on (default 10 s).
+    pub fn grace(mut self, grace: Duration) -> Server {
+        self.config.grace = grace;
+        self
+    }
+
+    /// Admits clients from `net` (rules are checked in the order given; the first match wins).
+    pub fn allow(mut self, net: Cidr) -> Server {
+        self.config.admission.rules.push(Rule { allow: true, net });
+        self
+    }
+
+    /// Refuses clients from `net` with ERROR 5, before any worker starts.
+    pub fn deny(mut self, net: Cidr) -> Server {
+        self.config.admission.rules.push(Rule { allow: false, net });
+        self
+    }
+
+    /// At most `n` connections at once from one source.
+    pub fn per_source(mut self, n: u32) -> Server {
+        self.config.admission.per_source = Some(n);
+        self
+    }
+
+    /// At most `rate.count` new connections per `rate.per` from one source.
+    pub fn rate(mut self, rate: Rate) -> Server {
+        self.config.admission.rate = Some(rate);
+        self
+    }
+
+    /// Resource limits of each worker process.
+    pub fn limits(mut self, limits: Limits) -> Server {
+        self.config.limits = limits;
+        self
+    }
+
+    /// Where and how much to log (default: stderr, info).
+    pub fn log(mut self, log: LogOptions) -> Server {
+        self.config.log = log;
+        self
+    }
+
+    /// Drop to this user once the listeners are bound.
+    pub fn user(mut self, name: impl Into<String>) -> Server {
+        self.config.user = Some(name.into());
+        self
+    }
+
+    /// Write the supervisor's pid to `path` while serving.
+    pub fn pidfile(mut self, path: impl Into<PathBuf>) -> Server {
+        self.config.pidfile = Some(path.into());
+        self
+    }
+
+    /// The configuration so far.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The configuration, for the settings without a method of their own.
+    pub fn config_mut(&mut self) -> &mut Config {
+        &mut self.config
+    }
+
+    /// Whether the configuration is coherent (see [`Config::check`]), without serving.
+    pub fn check(&self) -> Result<(), Error> {
+        let service = match &self.handler {
+            Handler::Builtin(service) => service,
+            Handler::Custom(_) => &Service::Echo,
+        };
+        self.config.check(service).map_err(Error)
+    }
+
+    /// Binds, drops privileges and serves until SIGTERM or SIGINT, then gives running
+    /// conversations the grace period and returns. With [`Config::inetd`], serves the one
+    /// connection on descriptor 0 and returns when it ends.
+    ///
+    /// Installs forkd's logger unless the process already has one, and a panic hook that
+    /// logs panics. The calling process must be single-threaded under the fork model: a
+    /// fork copies only the calling thread.
+    pub fn serve(self) -> Result<(), Error> {
+        self.check()?;
+        let Server { config, handler } = self;
+        let work = match handler {
+            Handler::Builtin(service) => Work::of(&service, config.max_frame),
+            Handler::Custom(work) => work,
+        };
+        if config.inetd {
+            crate::activation::protect_inetd_stderr();
+        }
+        crate::fds::cloexec_inherited();
+        crate::child::prepare_allocator();
+        let target = crate::logging::init(config.log.clone());
+        crate::logging::log_panics();
+        crate::supervisor::run(&config, work).map_err(|line| {
+            if target == crate::logging::Target::Syslog {
+                log::error!("stop reason={}", crate::logging::quote(&line));
+            }
+            Error(line)
+        })
+    }
+}

@@ -1,0 +1,489 @@
+//! The supervisor: one thread, one poll loop over the listeners, the signal descriptor,
+//! rejected connections draining and programs' stderr.
+//!
+//! It accepts, decides admission before any worker starts, starts a worker per admitted
+//! connection through the [`Isolation`](crate::isolation::Isolation) it was given, collects
+//! workers as they end, ends those that outlive `--max-lifetime`, and shuts down on
+//! SIGTERM/SIGINT with a grace period. At `--max-children` it either leaves the listeners out
+//! of the poll set (`--overload defer`: new connections wait in the kernel's backlog) or keeps
+//! accepting to reject (`--overload reject`). It never reads client data; the only bytes it
+//! writes to a client are a best-effort ERROR frame when it turns a connection away.
+//!
+//! Its parts: [`startup`] (from a configuration to a running loop), this module (the loop:
+//! accept, admit, start, reap), [`workers`] (the table of what runs, and lifetimes),
+//! [`shutdown`], [`poll`] (the poll set) and [`throttle`] (bounded repeated log lines).
+
+mod poll;
+mod shutdown;
+mod startup;
+mod throttle;
+mod workers;
+
+use std::io;
+use std::os::fd::{AsFd, RawFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+
+pub(crate) use startup::run;
+
+use crate::admission::{Admission, Refusal};
+use crate::config::{Config, Overload};
+use crate::conn::Connection;
+use crate::drain::Drains;
+use crate::frame::{ErrorCode, Frame};
+use crate::handler::{ProtocolSettings, Work};
+use crate::isolation::{EXIT_PANIC, Ended, Isolation, Job, NotStarted, WorkerId};
+use crate::listen::Listener;
+use crate::logging::quote;
+use crate::notify::Notifier;
+use crate::relay::Relays;
+use crate::signals::Signals;
+use poll::{PollSet, Ready, poll_timeout};
+use throttle::{LogThrottle, RejectLog};
+use workers::{WorkerRecord, Workers};
+
+/// Connections accepted from one listener per wake-up, so one busy listener cannot starve
+/// the others or the signals.
+const ACCEPT_BATCH: usize = 32;
+
+/// How long the listeners rest after accept() ran out of descriptors or memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Where a connection came from.
+#[derive(Clone, Copy)]
+enum Origin {
+    Listener(usize),
+    Inetd,
+}
+
+/// Connections being served out of the limit, `active=N/MAX` in log lines.
+struct Active(usize, usize);
+
+impl std::fmt::Display for Active {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.0, self.1)
+    }
+}
+
+struct Supervisor {
+    listeners: Vec<Listener>,
+    /// The listeners' names for log lines, made once.
+    listener_names: Vec<String>,
+    signals: Signals,
+    poll: PollSet,
+    work: Work,
+    settings: ProtocolSettings,
+    max_children: usize,
+    overload: Overload,
+    grace: Duration,
+    workers: Workers,
+    admission: Admission,
+    drains: Drains,
+    /// The stderr pipes of programs.
+    relays: Relays,
+    /// Descriptors opened since start that a new worker process must close, kept from one
+    /// start to the next.
+    close_in_child: Vec<RawFd>,
+    /// Set after accept() failed for lack of resources: the listeners rest until then.
+    accept_resume_at: Option<Instant>,
+    accept_failures: LogThrottle,
+    rejects: RejectLog,
+    accepted_total: u64,
+    at_limit: bool,
+    notifier: Option<Notifier>,
+    /// The level of the start and stop lines (debug under inetd).
+    lifecycle: log::Level,
+}
+
+impl Supervisor {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        config: &Config,
+        listeners: Vec<Listener>,
+        signals: Signals,
+        work: Work,
+        settings: ProtocolSettings,
+        isolation: Box<dyn Isolation>,
+        notifier: Option<Notifier>,
+        lifecycle: log::Level,
+    ) -> Supervisor {
+        Supervisor {
+            listener_names: listeners.iter().map(Listener::local_name).collect(),
+            listeners,
+            signals,
+            poll: PollSet::default(),
+            // Sources are counted for --per-source, and for TCPCONNNUM where a program sees it.
+            admission: Admission::new(config.admission.clone(), work.counts_sources()),
+            work,
+            settings,
+            max_children: config.max_children as usize,
+            overload: config.overload,
+            grace: config.grace,
+            workers: Workers::new(isolation, config.max_lifetime),
+            drains: Drains::default(),
+            relays: Relays::default(),
+            close_in_child: Vec::new(),
+            accept_resume_at: None,
+            accept_failures: LogThrottle::default(),
+            rejects: RejectLog::default(),
+            accepted_total: 0,
+            at_limit: false,
+            notifier,
+            lifecycle,
+        }
+    }
+
+    /// For systemd's STATUS=.
+    fn status(&self) -> String {
+        format!(
+            "{} active of {} children",
+            self.workers.len(),
+            self.max_children
+        )
+    }
+
+    /// Tells systemd the service is ready.
+    fn ready(&mut self) {
+        let status = self.status();
+        if let Some(n) = &mut self.notifier {
+            n.ready(status);
+        }
+    }
+
+    /// SIGUSR1: one line with what the supervisor is doing.
+    fn log_status(&self) {
+        log::info!(
+            "status signal=SIGUSR1 pid={} active={} accepted={} draining={} relays={} listen={}",
+            std::process::id(),
+            self.active(),
+            self.accepted_total,
+            self.drains.count(),
+            self.relays.count(),
+            self.listener_names.join(",")
+        );
+    }
+
+    /// Tells systemd the status if it changed (throttled by the notifier).
+    fn notify_status(&mut self) {
+        if self.notifier.is_none() {
+            return;
+        }
+        let status = self.status();
+        if let Some(n) = &mut self.notifier {
+            n.status(status, Instant::now());
+        }
+    }
+
+    fn active(&self) -> Active {
+        Active(self.workers.len(), self.max_children)
+    }
+
+    /// The main loop; returns once shutdown is complete, or when there is nothing left to
+    /// serve (no listener, no child: the `--inetd` case).
+    fn serve(&mut self) {
+        loop {
+            if self.listeners.is_empty() && self.workers.len() == 0 {
+                self.relays.finish_all();
+                log::log!(
+                    self.lifecycle,
+                    "stop served={} killed=0",
+                    self.accepted_total
+                );
+                return;
+            }
+            let now = Instant::now();
+            if let Some(n) = &mut self.notifier {
+                n.flush(now);
+            }
+            if self.accept_resume_at.is_some_and(|t| t <= now) {
+                self.accept_resume_at = None;
+            }
+            self.workers.enforce_lifetimes(now);
+            self.rejects.flush_if_due(now);
+            self.note_limit();
+            let below_limit = self.workers.len() < self.max_children;
+            let accepting = self.accept_resume_at.is_none()
+                && (below_limit || self.overload == Overload::Reject);
+            let ready = self.wait(accepting, self.next_timer());
+            // Also with nothing readable: draining sockets past their deadline close here.
+            if !self.drains.is_empty() {
+                self.drains.service(&ready.drains, Instant::now());
+            }
+            if !ready.relays.is_empty() {
+                self.relays.service(&ready.relays);
+            }
+            if ready.signals {
+                let signals = self.signals.drain();
+                let stop = [Signal::SIGTERM, Signal::SIGINT]
+                    .into_iter()
+                    .find(|s| signals.contains(*s));
+                if signals.contains(Signal::SIGHUP) {
+                    let log = crate::logging::reopen();
+                    log::info!("status signal=SIGHUP log={log}");
+                }
+                if signals.contains(Signal::SIGUSR1) {
+                    self.log_status();
+                }
+                self.reap();
+                if let Some(sig) = stop {
+                    self.shut_down(sig);
+                    return;
+                }
+            }
+            for index in 0..self.listeners.len() {
+                if self.poll.listener_ready(index) {
+                    self.accept_from(index);
+                }
+            }
+        }
+    }
+
+    /// The earliest moment the loop has something to do without an event.
+    fn next_timer(&self) -> Option<Instant> {
+        [
+            self.accept_resume_at,
+            self.drains.next_deadline(),
+            self.workers.next_timer(),
+            self.rejects.flush_due(),
+            self.notifier.as_ref().and_then(Notifier::due),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// One poll over the signals, the listeners (if `accepting`) and draining sockets.
+    fn wait(&mut self, accepting: bool, until: Option<Instant>) -> Ready {
+        let poll = &mut self.poll;
+        poll.fds.clear();
+        poll.push(self.signals.as_fd());
+        poll.listeners = if accepting { self.listeners.len() } else { 0 };
+        if accepting {
+            self.listeners.iter().for_each(|l| poll.push(l.as_fd()));
+        }
+        self.drains.fds().for_each(|fd| poll.push(fd));
+        let drains_end = poll.fds.len();
+        self.relays.fds().for_each(|fd| poll.push(fd));
+        let timeout = until.map(|t| t.saturating_duration_since(Instant::now()));
+        // SAFETY: every descriptor in the set is owned by `self` and open for the call.
+        let n = unsafe {
+            libc::poll(
+                poll.fds.as_mut_ptr(),
+                poll.fds.len() as libc::nfds_t,
+                poll_timeout(timeout),
+            )
+        };
+        if n <= 0 {
+            poll.listeners = 0;
+            match Errno::last() {
+                _ if n == 0 => {}
+                Errno::EINTR => {}
+                e => {
+                    // poll fails only on EINTR, EINVAL or ENOMEM; rest rather than spin.
+                    log::error!("status reason=\"poll: {e}\"");
+                    std::thread::sleep(ACCEPT_BACKOFF);
+                }
+            }
+            return Ready::default();
+        }
+        let listeners_end = 1 + poll.listeners;
+        Ready {
+            signals: poll.readable(0),
+            drains: poll.ready_in(listeners_end..drains_end),
+            relays: poll.ready_in(drains_end..poll.fds.len()),
+        }
+    }
+
+    /// Logs the moments the child limit is reached and left, so the log shows when
+    /// connections were waiting in the backlog (or being turned away).
+    fn note_limit(&mut self) {
+        let at_limit = self.workers.len() >= self.max_children;
+        if at_limit != self.at_limit {
+            self.at_limit = at_limit;
+            let accepting = match (at_limit, self.overload) {
+                (false, _) => "resumed",
+                (true, Overload::Defer) => "paused",
+                (true, Overload::Reject) => "rejecting",
+            };
+            log::info!("status active={} accepting={accepting}", self.active());
+        }
+    }
+
+    fn accept_from(&mut self, index: usize) {
+        for _ in 0..ACCEPT_BATCH {
+            let at_limit = self.workers.len() >= self.max_children;
+            if at_limit && self.overload == Overload::Defer {
+                return;
+            }
+            match self.listeners[index].accept() {
+                Ok(conn) => self.admit(conn, Origin::Listener(index), at_limit),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // The peer gave up between the handshake and accept(): nothing to serve.
+                Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
+                Err(e) => {
+                    self.accept_failed(index, e);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) or anything else
+    /// unexpected: rest the listeners for a moment instead of spinning on a listener that
+    /// stays readable, and log at most once a second with a count.
+    fn accept_failed(&mut self, index: usize, e: io::Error) {
+        self.accept_resume_at = Some(Instant::now() + ACCEPT_BACKOFF);
+        if let Some(count) = self.accept_failures.hit() {
+            log::warn!(
+                "status listen={} reason={} failures={count} backoff_ms={}",
+                self.listeners[index].local_name(),
+                quote(&format!("accept: {e}")),
+                ACCEPT_BACKOFF.as_millis()
+            );
+        }
+    }
+
+    /// Where a connection came from, named only when a log line needs it: the accept path
+    /// allocates nothing, since every page it writes after a fork is a copy-on-write fault.
+    fn origin(&self, origin: Origin) -> String {
+        match origin {
+            Origin::Listener(index) => self.listener_names[index].clone(),
+            Origin::Inetd => "inetd".to_string(),
+        }
+    }
+
+    /// Admission, then a child, or a rejection.
+    fn admit(&mut self, conn: Connection, listen: Origin, at_limit: bool) {
+        let now = Instant::now();
+        let verdict = self.admission.check(&conn.peer, now).and_then(|()| {
+            if at_limit {
+                Err(Refusal {
+                    code: ErrorCode::Busy,
+                    reason: "overload",
+                    message: format!("server at its limit of {} connections", self.max_children),
+                })
+            } else {
+                Ok(())
+            }
+        });
+        match verdict {
+            Ok(()) => self.start(conn, listen),
+            Err(refusal) => self.reject(conn, listen, refusal),
+        }
+    }
+
+    fn reject(&mut self, conn: Connection, listen: Origin, refusal: Refusal) {
+        let now = Instant::now();
+        if self.rejects.admit_line(now) {
+            log::info!(
+                "reject peer={} listen={} reason={} code={} active={}",
+                conn.peer,
+                self.origin(listen),
+                refusal.reason,
+                refusal.code as u16,
+                self.active()
+            );
+        }
+        let error = Frame::error(refusal.code, &refusal.message);
+        self.drains.reject(conn.stream, &error, now);
+    }
+
+    /// Starts a worker for an admitted connection.
+    fn start(&mut self, mut conn: Connection, listen: Origin) {
+        conn.from_source = self
+            .admission
+            .source_of(&conn.peer)
+            .map_or(1, |s| self.admission.connections_from(&s) + 1);
+        self.close_in_child.clear();
+        self.close_in_child.extend(self.drains.raw_fds());
+        self.close_in_child.extend(self.relays.raw_fds());
+        let peer = conn.peer.clone();
+        let job = Job {
+            work: &self.work,
+            settings: self.settings,
+            close: &self.close_in_child,
+        };
+        match self.workers.start(conn, &job) {
+            Ok(started) => {
+                self.accepted_total += 1;
+                let record = self.workers.get(&started.id).expect("just recorded");
+                self.admission.started(&record.peer);
+                log::info!(
+                    "accept peer={} {} listen={} active={}",
+                    record.peer,
+                    started.id,
+                    self.origin(listen),
+                    self.active()
+                );
+                if let (Some(stderr), WorkerId::Process(pid)) = (started.stderr, started.id) {
+                    self.relays.add(stderr, pid);
+                }
+                self.notify_status();
+            }
+            Err(NotStarted::Refused { what, error, conn }) => self.cannot_start(conn, what, error),
+            Err(NotStarted::Lost { reason }) => log::error!(
+                "error peer={peer} reason={} active={}",
+                quote(&reason),
+                self.active()
+            ),
+        }
+    }
+
+    /// No worker for this connection (`what` failed): ERROR 4, best effort, and a line.
+    fn cannot_start(&mut self, conn: Connection, what: &str, error: String) {
+        log::error!(
+            "reject peer={} reason={what} code=4 error={} active={}",
+            conn.peer,
+            quote(&error),
+            self.active()
+        );
+        let frame = Frame::error(ErrorCode::Busy, "server cannot start a process");
+        self.drains.reject(conn.stream, &frame, Instant::now());
+    }
+
+    /// Collects every worker that has ended, without blocking.
+    fn reap(&mut self) {
+        let mut any = false;
+        let work = &self.work;
+        let admission = &mut self.admission;
+        let max = self.max_children;
+        self.workers.collect(|workers, id, record, how| {
+            admission.ended(&record.peer);
+            log_end(work, workers.len(), max, &record, id, how);
+            any = true;
+        });
+        if any {
+            self.notify_status();
+        }
+    }
+}
+
+/// The `end` line for a worker: a process (`pid=N`) or a thread (`thread=N`).
+fn log_end(
+    work: &Work,
+    active: usize,
+    max: usize,
+    record: &WorkerRecord,
+    who: WorkerId,
+    how: Ended,
+) {
+    let duration = record.started.elapsed().as_secs_f64();
+    let active = Active(active, max);
+    let peer = &record.peer;
+    match how {
+        Ended::Exit(EXIT_PANIC) if !work.is_program() => log::warn!(
+            "end peer={peer} {who} status=exit:{EXIT_PANIC} reason=panic duration={duration:.3}s active={active}"
+        ),
+        Ended::Exit(code) => log::info!(
+            "end peer={peer} {who} status=exit:{code} duration={duration:.3}s active={active}"
+        ),
+        Ended::Signal(sig, core) => log::warn!(
+            "end peer={peer} {who} status=signal:{} core={} duration={duration:.3}s active={active}",
+            sig.as_str(),
+            if core { "yes" } else { "no" }
+        ),
+    }
+}

@@ -1,0 +1,124 @@
+//! Start-up: from a configuration to a supervisor serving it. Takes the listeners (bound,
+//! inherited from systemd, or the one `--inetd` connection), sets the options accepted
+//! sockets inherit, takes the signals, writes the pidfile, drops privileges, logs the start
+//! line, picks the isolation model, and hands over to the loop.
+
+use std::os::fd::{AsRawFd, RawFd};
+
+use super::{Origin, Supervisor};
+use crate::activation;
+use crate::child::ChildSetup;
+use crate::config::{Config, Model, NO_ADDRESS};
+use crate::handler::{ProtocolSettings, Work};
+use crate::isolation::{Fork, Isolation, Threads};
+use crate::listen::{self, Listener};
+use crate::notify::Notifier;
+use crate::pidfile::Pidfile;
+use crate::privilege;
+use crate::signals::Signals;
+
+/// Serves `config` with `work` until SIGTERM/SIGINT (or, with `--inetd`, until its connection
+/// ends), then cleans up. Errors are the start-up failures, as one line each.
+pub(crate) fn run(config: &Config, work: Work) -> Result<(), String> {
+    let identity = privilege::resolve(config.user.as_deref(), config.group.as_deref())?;
+    let notifier = Notifier::from_env();
+    let (listeners, inetd_connection) = if config.inetd {
+        (Vec::new(), Some(activation::take_inetd_connection()?))
+    } else if let Some(inherited) = activation::take()? {
+        if !config.listen.is_empty() {
+            activation::check_agreement(&inherited, &config.listen)?;
+        }
+        (inherited, None)
+    } else if config.listen.is_empty() {
+        return Err(NO_ADDRESS.to_string());
+    } else {
+        let bound = listen::bind_all(&config.listen, config.backlog).map_err(|e| e.to_string())?;
+        (bound, None)
+    };
+    let cleanup = |listeners: &[Listener], e: String| {
+        listeners.iter().for_each(Listener::remove_socket_file);
+        e
+    };
+    let mut listeners = listeners;
+    // A program run by the exec handler owns its socket: no timeouts for it.
+    let timeout = config.idle_timeout.filter(|_| !work.is_program());
+    let refused = listeners.iter_mut().find_map(|listener| {
+        let set = listener.pass_on_options(config.keepalive, timeout);
+        set.err()
+            .map(|e| format!("cannot set options on {}: {e}", listener.local_name()))
+    });
+    if let Some(e) = refused {
+        return Err(cleanup(&listeners, e));
+    }
+    if let Some(conn) = &inetd_connection {
+        listen::configure_accepted(&conn.stream, config.keepalive)
+            .map_err(|e| format!("--inetd: socket options: {e}"))?;
+    }
+    let signals = Signals::install()
+        .map_err(|e| cleanup(&listeners, format!("cannot install signal handlers: {e}")))?;
+    // The pidfile is written while still root, so it may live in /run.
+    let pidfile = config
+        .pidfile
+        .as_deref()
+        .map(Pidfile::write)
+        .transpose()
+        .map_err(|e| cleanup(&listeners, e))?;
+    if let Some(id) = &identity {
+        privilege::drop_to(id).map_err(|e| cleanup(&listeners, e))?;
+    }
+    let names: Vec<String> = listeners.iter().map(Listener::local_name).collect();
+    // Under inetd every connection starts a forkd: its start line is detail, not news.
+    let lifecycle = if config.inetd {
+        log::Level::Debug
+    } else {
+        log::Level::Info
+    };
+    log::log!(
+        lifecycle,
+        "start version={} pid={} listen={} handler={} max_children={} max_frame={} grace={}s user={}",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        if config.inetd {
+            "inetd".to_string()
+        } else {
+            names.join(",")
+        },
+        work.name(),
+        config.max_children,
+        config.max_frame,
+        config.grace.as_secs_f64(),
+        nix::unistd::Uid::effective(),
+    );
+    if nix::unistd::Uid::effective().is_root() {
+        log::warn!("start user=root reason=\"serving as root: use --user to drop privileges\"");
+    }
+    let isolation: Box<dyn Isolation> = match config.model {
+        Model::Fork => {
+            let mut supervisor_fds: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
+            supervisor_fds.extend(signals.raw_fds());
+            supervisor_fds.extend(notifier.as_ref().map(Notifier::raw_fd));
+            Box::new(Fork::new(ChildSetup {
+                supervisor_fds,
+                limits: config.limits,
+                keepalive: config.keepalive,
+            }))
+        }
+        Model::Thread => Box::new(Threads::new(signals.waker(), config.keepalive)),
+    };
+    let settings = ProtocolSettings {
+        max_frame: config.max_frame,
+        idle_timeout: config.idle_timeout,
+    };
+    let mut supervisor = Supervisor::new(
+        config, listeners, signals, work, settings, isolation, notifier, lifecycle,
+    );
+    if let Some(conn) = inetd_connection {
+        supervisor.admit(conn, Origin::Inetd, false);
+    }
+    supervisor.ready();
+    supervisor.serve();
+    if let Some(p) = pidfile {
+        p.remove();
+    }
+    Ok(())
+}

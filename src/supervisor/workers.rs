@@ -1,0 +1,165 @@
+//! The worker table: one record per connection being served, whatever the isolation model,
+//! and the lifetimes of those records.
+//!
+//! Why one table: counting (`active=N/MAX`), per-source accounting, `end` lines and
+//! `--max-lifetime` are the same for a process and a thread; only starting, collecting and
+//! ending differ, and those are the [`Isolation`]'s. The table is the supervisor's single
+//! source of truth for what is running.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::conn::{Connection, Peer};
+use crate::isolation::{Ended, Isolation, Job, NotStarted, Started, Termination, WorkerId};
+
+/// Between the SIGTERM and the SIGKILL for a worker past `--max-lifetime`.
+const LIFETIME_KILL_DELAY: Duration = Duration::from_secs(1);
+
+/// A connection being served.
+pub(super) struct WorkerRecord {
+    pub peer: Peer,
+    pub started: Instant,
+}
+
+pub(super) struct Workers {
+    isolation: Box<dyn Isolation>,
+    table: HashMap<WorkerId, WorkerRecord>,
+    max_lifetime: Option<Duration>,
+    /// Workers by start time, when `--max-lifetime` is set: the first is the next to outlive
+    /// it. Entries leave when the worker is collected, so this is as small as the table.
+    lifetimes: BTreeSet<(Instant, WorkerId)>,
+    /// Workers sent SIGTERM for their lifetime, with the moment SIGKILL follows.
+    kills_due: VecDeque<(Instant, WorkerId, Instant)>,
+    /// What the isolation reported ended, kept between calls so collecting allocates nothing.
+    ended: Vec<(WorkerId, Ended)>,
+}
+
+impl Workers {
+    pub(super) fn new(isolation: Box<dyn Isolation>, max_lifetime: Option<Duration>) -> Workers {
+        Workers {
+            isolation,
+            table: HashMap::new(),
+            max_lifetime,
+            lifetimes: BTreeSet::new(),
+            kills_due: VecDeque::new(),
+            ended: Vec::new(),
+        }
+    }
+
+    /// Connections being served.
+    pub(super) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Starts a worker for `conn` and records it.
+    pub(super) fn start(&mut self, conn: Connection, job: &Job<'_>) -> Result<Started, NotStarted> {
+        let peer = conn.peer.clone();
+        let started = self.isolation.start(conn, job)?;
+        let now = Instant::now();
+        if self.max_lifetime.is_some() {
+            self.lifetimes.insert((now, started.id));
+        }
+        self.table
+            .insert(started.id, WorkerRecord { peer, started: now });
+        Ok(started)
+    }
+
+    /// The record of a running worker.
+    pub(super) fn get(&self, id: &WorkerId) -> Option<&WorkerRecord> {
+        self.table.get(id)
+    }
+
+    /// Calls `ended` for every worker that has ended since the last call, its record
+    /// removed from the table.
+    pub(super) fn collect(
+        &mut self,
+        mut ended: impl FnMut(&Workers, WorkerId, WorkerRecord, Ended),
+    ) {
+        let mut reports = std::mem::take(&mut self.ended);
+        self.isolation.collect(&mut reports);
+        for (id, how) in reports.drain(..) {
+            if let Some(record) = self.remove(id) {
+                ended(self, id, record, how);
+            }
+        }
+        self.ended = reports;
+    }
+
+    fn remove(&mut self, id: WorkerId) -> Option<WorkerRecord> {
+        let record = self.table.remove(&id)?;
+        self.lifetimes.remove(&(record.started, id));
+        Some(record)
+    }
+
+    /// SIGTERM to workers past `--max-lifetime`, SIGKILL to those still there a moment
+    /// later. A process can be ended whatever it is doing, even spinning inside its handler:
+    /// the reason to fork.
+    pub(super) fn enforce_lifetimes(&mut self, now: Instant) {
+        let Some(lifetime) = self.max_lifetime else {
+            return;
+        };
+        while let Some(&(started, id)) = self.lifetimes.first() {
+            if started + lifetime > now {
+                break;
+            }
+            self.lifetimes.pop_first();
+            self.isolation.terminate(id, Termination::Ask);
+            log::warn!(
+                "status {id} peer={} action=SIGTERM reason=max-lifetime age={:.3}s",
+                self.table[&id].peer,
+                started.elapsed().as_secs_f64()
+            );
+            self.kills_due
+                .push_back((now + LIFETIME_KILL_DELAY, id, started));
+        }
+        while let Some(&(due, id, started)) = self.kills_due.front() {
+            if due > now {
+                break;
+            }
+            self.kills_due.pop_front();
+            // Ids are reused: only the worker that started then.
+            let Some(record) = self.table.get(&id).filter(|r| r.started == started) else {
+                continue;
+            };
+            let peer = record.peer.clone();
+            self.isolation.terminate(id, Termination::Force);
+            log::warn!(
+                "status {id} peer={peer} action=SIGKILL reason=max-lifetime age={:.3}s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    /// The next moment [`Workers::enforce_lifetimes`] has something to do.
+    pub(super) fn next_timer(&self) -> Option<Instant> {
+        let next_expiry = self
+            .lifetimes
+            .first()
+            .zip(self.max_lifetime)
+            .map(|((started, _), lifetime)| *started + lifetime);
+        let next_kill = self.kills_due.front().map(|(t, _, _)| *t);
+        next_expiry.into_iter().chain(next_kill).min()
+    }
+
+    /// Ends every worker that can be ended, waits for them, and calls `ended` for each.
+    /// Returns how many were killed.
+    pub(super) fn kill_all(
+        &mut self,
+        mut ended: impl FnMut(&Workers, WorkerId, WorkerRecord, Ended),
+    ) -> usize {
+        let ids: Vec<WorkerId> = self.table.keys().copied().collect();
+        let killed = ids
+            .into_iter()
+            .filter(|id| self.isolation.terminate(*id, Termination::Force))
+            .count();
+        let mut reports = std::mem::take(&mut self.ended);
+        self.isolation.collect_all(&mut reports);
+        for (id, how) in reports.drain(..) {
+            if let Some(record) = self.remove(id) {
+                ended(self, id, record, how);
+            }
+        }
+        self.ended = reports;
+        killed
+    }
+}
