@@ -71,12 +71,18 @@ impl Workers {
 
     /// Calls `ended` for every worker that has ended since the last call, its record
     /// removed from the table.
-    pub(super) fn collect(
+    pub(super) fn collect(&mut self, ended: impl FnMut(&Workers, WorkerId, WorkerRecord, Ended)) {
+        self.report(|isolation, reports| isolation.collect(reports), ended);
+    }
+
+    /// Gathers the ends that `gather` reports and hands each to `ended`, record removed.
+    fn report(
         &mut self,
+        gather: impl FnOnce(&mut dyn Isolation, &mut Vec<(WorkerId, Ended)>),
         mut ended: impl FnMut(&Workers, WorkerId, WorkerRecord, Ended),
     ) {
         let mut reports = std::mem::take(&mut self.ended);
-        self.isolation.collect(&mut reports);
+        gather(&mut *self.isolation, &mut reports);
         for (id, how) in reports.drain(..) {
             if let Some(record) = self.remove(id) {
                 ended(self, id, record, how);
@@ -145,21 +151,14 @@ impl Workers {
     /// Returns how many were killed.
     pub(super) fn kill_all(
         &mut self,
-        mut ended: impl FnMut(&Workers, WorkerId, WorkerRecord, Ended),
+        ended: impl FnMut(&Workers, WorkerId, WorkerRecord, Ended),
     ) -> usize {
         let ids: Vec<WorkerId> = self.table.keys().copied().collect();
         let killed = ids
             .into_iter()
             .filter(|id| self.isolation.terminate(*id, Termination::Force))
             .count();
-        let mut reports = std::mem::take(&mut self.ended);
-        self.isolation.collect_all(&mut reports);
-        for (id, how) in reports.drain(..) {
-            if let Some(record) = self.remove(id) {
-                ended(self, id, record, how);
-            }
-        }
-        self.ended = reports;
+        self.report(|isolation, reports| isolation.collect_all(reports), ended);
         killed
     }
 }
