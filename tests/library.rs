@@ -76,7 +76,7 @@ fn the_examples_refuse_an_unknown_argument() {
 
 #[test]
 fn frame_exec_under_the_thread_model_answers_every_request_and_programs_start_unmasked() {
-    let mut server = Forkd::start(&[
+    let server = Forkd::start(&[
         "--model",
         "thread",
         "--handler",
