@@ -11,23 +11,10 @@ use crate::listen::Listener;
 /// The first descriptor systemd passes.
 const SD_LISTEN_FDS_START: RawFd = 3;
 
-/// Whether systemd passed sockets to this very process.
-pub fn offered() -> bool {
-    let for_us = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        == Some(std::process::id());
-    for_us
-        && std::env::var("LISTEN_FDS")
-            .ok()
-            .and_then(|n| n.parse::<u32>().ok())
-            .is_some_and(|n| n > 0)
-}
-
 /// Takes the sockets systemd passed, and clears the variables so no program started later
 /// mistakes them for its own. `None` when there are none for this process.
 pub fn take() -> Result<Option<Vec<Listener>>, String> {
-    if !offered() {
+    if !crate::config::sockets_offered() {
         return Ok(None);
     }
     let count: RawFd = std::env::var("LISTEN_FDS")

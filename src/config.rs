@@ -89,6 +89,20 @@ impl Default for Config {
 /// Said when a server has nowhere to take connections from.
 pub const NO_ADDRESS: &str = "no address to listen on: give --listen ADDR, or --inetd, or start under systemd socket activation";
 
+/// Whether systemd passed sockets to this very process (`LISTEN_PID`, `LISTEN_FDS`): then a
+/// configuration needs no address of its own.
+pub(crate) fn sockets_offered() -> bool {
+    let for_us = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    for_us
+        && std::env::var("LISTEN_FDS")
+            .ok()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n > 0)
+}
+
 impl Config {
     /// Whether this configuration can be served with `service`: `Err` is one line naming the
     /// setting at fault. Checks what needs no system call; binding, users and files are
@@ -97,7 +111,7 @@ impl Config {
         if self.max_children == 0 {
             return Err("--max-children must be at least 1".to_string());
         }
-        if self.listen.is_empty() && !self.inetd && !crate::activation::offered() {
+        if self.listen.is_empty() && !self.inetd && !sockets_offered() {
             return Err(NO_ADDRESS.to_string());
         }
         if self.inetd && !self.listen.is_empty() {

@@ -40,7 +40,6 @@ pub mod frame;
 
 mod activation;
 mod admission;
-mod child;
 mod cidr;
 mod conn;
 mod drain;

@@ -231,7 +231,7 @@ impl Server {
             crate::activation::protect_inetd_stderr();
         }
         crate::fds::cloexec_inherited();
-        crate::child::prepare_allocator();
+        crate::isolation::child::prepare_allocator();
         let target = crate::logging::init(config.log.clone());
         crate::logging::log_panics();
         crate::supervisor::run(&config, work).map_err(|line| {

@@ -71,6 +71,9 @@ impl<'a> Reply<'a> {
 
     /// Answers with a DATA frame holding `payload`.
     pub fn data(self, payload: &[u8]) {
+        // One allocation for header and payload: every heap page a new process writes is
+        // a copy-on-write fault, so no growing by steps.
+        self.out.reserve(HEADER_LEN + payload.len());
         self.data_with(|p| p.extend_from_slice(payload));
     }
 

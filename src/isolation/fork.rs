@@ -1,35 +1,30 @@
 //! The fork model: a process per connection. A forked child runs the handler
-//! ([`crate::child`]); a program (the exec handler) is started directly, with posix_spawn
+//! ([`child`]); a program (the exec handler) is started directly, with posix_spawn
 //! where no limit needs a fork. Either is the leader of its own process group.
 //!
 //! Reaping is by known pid: a wait that only peeks (`WNOWAIT`) names the next ended child,
-//! which is reaped if it is one of ours. A process this model did not start (an embedder's
-//! own child) is never reaped here; while one is waiting, ours are reaped one by one.
-
-use std::collections::HashSet;
+//! which is reaped if it is one of ours (in the supervisor's worker table). A process this
+//! model did not start (an embedder's own child) is never reaped here; while one is waiting,
+//! ours are reaped one by one.
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid;
 
-use super::{Ended, Isolation, Job, NotStarted, Started, Termination, WorkerId};
-use crate::child::{self, ChildSetup};
+use super::child::{self, ChildSetup};
+use super::{Ended, Isolation, Job, NotStarted, Running, Started, Termination, WorkerId};
 use crate::conn::Connection;
 
 /// Processes serving connections.
 pub(crate) struct Fork {
     setup: ChildSetup,
-    live: HashSet<Pid>,
 }
 
 impl Fork {
     /// `setup`: what every child gets; its descriptors are the supervisor's from the start.
     pub(crate) fn new(setup: ChildSetup) -> Fork {
-        Fork {
-            setup,
-            live: HashSet::new(),
-        }
+        Fork { setup }
     }
 
     /// The exec handler's program for `conn`, its stderr a pipe for the supervisor to relay.
@@ -51,37 +46,32 @@ impl Fork {
         let name = program.argv[0].to_string_lossy().into_owned();
         // The write end is the program's now; when the program ends, the relay sees EOF.
         match child::spawn_program(program, conn, &self.setup, write) {
-            Ok(pid) => {
-                self.live.insert(pid);
-                Ok(Started {
-                    id: WorkerId::Process(pid),
-                    stderr: Some(read),
-                })
-            }
+            Ok(pid) => Ok(Started {
+                id: WorkerId::Process(pid),
+                stderr: Some(read),
+            }),
             // The connection is closed: no ERROR frame, the program owns the protocol.
             Err(e) => Err(NotStarted::Lost {
                 reason: format!("cannot run {name}: {e}"),
             }),
         }
     }
+}
 
-    /// Reaps `pid` if it has ended.
-    fn reap(&mut self, pid: Pid, flags: Option<WaitPidFlag>) -> Option<Ended> {
-        loop {
-            let ended = match waitpid(pid, flags) {
-                Ok(WaitStatus::Exited(_, code)) => Ended::Exit(code),
-                Ok(WaitStatus::Signaled(_, sig, core)) => Ended::Signal(sig, core),
-                Ok(WaitStatus::StillAlive) => return None,
-                Ok(_) | Err(Errno::EINTR) => continue,
-                Err(e) => {
-                    // ECHILD: someone else reaped it; it is gone all the same.
-                    log::error!("status pid={pid} reason=\"waitpid: {e}\"");
-                    Ended::Exit(-1)
-                }
-            };
-            self.live.remove(&pid);
-            return Some(ended);
-        }
+/// Reaps `pid` if it has ended (or, without WNOHANG, once it has).
+fn reap(pid: Pid, flags: Option<WaitPidFlag>) -> Option<Ended> {
+    loop {
+        return match waitpid(pid, flags) {
+            Ok(WaitStatus::Exited(_, code)) => Some(Ended::Exit(code)),
+            Ok(WaitStatus::Signaled(_, sig, core)) => Some(Ended::Signal(sig, core)),
+            Ok(WaitStatus::StillAlive) => None,
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(e) => {
+                // ECHILD: someone else reaped it; it is gone all the same.
+                log::error!("status pid={pid} reason=\"waitpid: {e}\"");
+                Some(Ended::Exit(-1))
+            }
+        };
     }
 }
 
@@ -91,13 +81,10 @@ impl Isolation for Fork {
             return self.start_program(program, conn);
         }
         match child::fork_worker(conn, &self.setup, job) {
-            Ok(pid) => {
-                self.live.insert(pid);
-                Ok(Started {
-                    id: WorkerId::Process(pid),
-                    stderr: None,
-                })
-            }
+            Ok(pid) => Ok(Started {
+                id: WorkerId::Process(pid),
+                stderr: None,
+            }),
             Err((e, conn)) => Err(NotStarted::Refused {
                 what: "fork",
                 error: e.to_string(),
@@ -106,9 +93,9 @@ impl Isolation for Fork {
         }
     }
 
-    fn collect(&mut self, ended: &mut Vec<(WorkerId, Ended)>) {
-        while !self.live.is_empty() {
-            let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    fn collect(&mut self, running: &mut dyn Running) {
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        loop {
             let next = match waitid(Id::All, flags) {
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
                 Ok(status) => status.pid(),
@@ -119,17 +106,18 @@ impl Isolation for Fork {
                 }
             };
             match next {
-                Some(pid) if self.live.contains(&pid) => {
-                    if let Some(how) = self.reap(pid, Some(WaitPidFlag::WNOHANG)) {
-                        ended.push((WorkerId::Process(pid), how));
+                Some(pid) if running.contains(WorkerId::Process(pid)) => {
+                    if let Some(how) = reap(pid, Some(WaitPidFlag::WNOHANG)) {
+                        running.ended(WorkerId::Process(pid), how);
                     }
                 }
                 // Not ours, and it stays first in line: ask each of ours instead.
                 _ => {
-                    let pids: Vec<Pid> = self.live.iter().copied().collect();
-                    for pid in pids {
-                        if let Some(how) = self.reap(pid, Some(WaitPidFlag::WNOHANG)) {
-                            ended.push((WorkerId::Process(pid), how));
+                    for id in running.ids() {
+                        if let WorkerId::Process(pid) = id
+                            && let Some(how) = reap(pid, Some(WaitPidFlag::WNOHANG))
+                        {
+                            running.ended(id, how);
                         }
                     }
                     return;
@@ -142,9 +130,6 @@ impl Isolation for Fork {
         let WorkerId::Process(pid) = id else {
             return false;
         };
-        if !self.live.contains(&pid) {
-            return false;
-        }
         let signal = match how {
             Termination::Ask => Signal::SIGTERM,
             Termination::Force => Signal::SIGKILL,
@@ -158,12 +143,10 @@ impl Isolation for Fork {
         true
     }
 
-    fn collect_all(&mut self, ended: &mut Vec<(WorkerId, Ended)>) {
-        let pids: Vec<Pid> = self.live.iter().copied().collect();
-        for pid in pids {
-            if let Some(how) = self.reap(pid, None) {
-                ended.push((WorkerId::Process(pid), how));
-            }
-        }
+    fn wait(&mut self, id: WorkerId) -> Option<Ended> {
+        let WorkerId::Process(pid) = id else {
+            return None;
+        };
+        reap(pid, None)
     }
 }

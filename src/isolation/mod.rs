@@ -12,6 +12,7 @@
 //! A worker process and everything it starts form one process group, whose id is the
 //! worker's pid, so [`Isolation::terminate`] ends them together.
 
+pub(crate) mod child;
 mod fork;
 mod thread;
 
@@ -101,13 +102,27 @@ pub(crate) trait Isolation {
     /// Starts a worker serving `conn`.
     fn start(&mut self, conn: Connection, job: &Job<'_>) -> Result<Started, NotStarted>;
 
-    /// Appends the workers that ended since the last call, without blocking.
-    fn collect(&mut self, ended: &mut Vec<(WorkerId, Ended)>);
+    /// Reports to `workers` each worker that ended since the last call, without blocking.
+    /// `workers` is the caller's table: the isolation keeps no second one, so that starting
+    /// and collecting write to no memory but the table's (after a fork every page the
+    /// supervisor writes is a copy-on-write fault).
+    fn collect(&mut self, workers: &mut dyn Running);
 
     /// Ends worker `id` and everything it started, as far as the model can: a process group
     /// can be signalled; a thread cannot be stopped from outside (false).
     fn terminate(&mut self, id: WorkerId, how: Termination) -> bool;
 
-    /// Waits for every worker still running to end, after the last [`Termination::Force`].
-    fn collect_all(&mut self, ended: &mut Vec<(WorkerId, Ended)>);
+    /// Waits for worker `id` to end, after [`Termination::Force`]; `None` for a worker that
+    /// cannot be waited for (a thread ends with the process).
+    fn wait(&mut self, id: WorkerId) -> Option<Ended>;
+}
+
+/// The workers the supervisor knows to be running, as [`Isolation::collect`] reports to them.
+pub(crate) trait Running {
+    /// Whether `id` is one of them.
+    fn contains(&self, id: WorkerId) -> bool;
+    /// All of them.
+    fn ids(&self) -> Vec<WorkerId>;
+    /// Worker `id` has ended.
+    fn ended(&mut self, id: WorkerId, how: Ended);
 }

@@ -12,8 +12,8 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::mpsc::{Receiver, Sender, channel};
 
 use super::{
-    EXIT_CLEAN, EXIT_FAILED, EXIT_PANIC, Ended, Isolation, Job, NotStarted, Started, Termination,
-    WorkerId,
+    EXIT_CLEAN, EXIT_FAILED, EXIT_PANIC, Ended, Isolation, Job, NotStarted, Running, Started,
+    Termination, WorkerId,
 };
 use crate::conn::Connection;
 use crate::handler::Outcome;
@@ -82,20 +82,18 @@ impl Isolation for Threads {
         }
     }
 
-    fn collect(&mut self, ended: &mut Vec<(WorkerId, Ended)>) {
-        ended.extend(
-            self.done_rx
-                .try_iter()
-                .map(|(id, code)| (WorkerId::Thread(id), Ended::Exit(code))),
-        );
+    fn collect(&mut self, running: &mut dyn Running) {
+        for (id, code) in self.done_rx.try_iter() {
+            running.ended(WorkerId::Thread(id), Ended::Exit(code));
+        }
     }
 
     fn terminate(&mut self, _id: WorkerId, _how: Termination) -> bool {
         false
     }
 
-    /// Threads end with the process: there is nothing to wait for.
-    fn collect_all(&mut self, ended: &mut Vec<(WorkerId, Ended)>) {
-        self.collect(ended);
+    /// A thread ends with the process: there is nothing to wait for.
+    fn wait(&mut self, _id: WorkerId) -> Option<Ended> {
+        None
     }
 }

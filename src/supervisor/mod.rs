@@ -450,9 +450,9 @@ impl Supervisor {
         let work = &self.work;
         let admission = &mut self.admission;
         let max = self.max_children;
-        self.workers.collect(|workers, id, record, how| {
+        self.workers.collect(|active, id, record, how| {
             admission.ended(&record.peer);
-            log_end(work, workers.len(), max, &record, id, how);
+            log_end(work, active, max, &record, id, how);
             any = true;
         });
         if any {

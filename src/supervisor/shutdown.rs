@@ -53,9 +53,9 @@ impl Supervisor {
         let remaining = self.workers.len();
         let work = self.work.clone();
         let admission = &mut self.admission;
-        let killed = self.workers.kill_all(|workers, id, record, how| {
+        let killed = self.workers.kill_all(|active, id, record, how| {
             admission.ended(&record.peer);
-            super::log_end(&work, workers.len(), self.max_children, &record, id, how);
+            super::log_end(&work, active, self.max_children, &record, id, how);
         });
         if remaining > killed {
             // A thread cannot be killed: leaving ends the process, and every thread with it.

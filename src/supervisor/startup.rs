@@ -7,9 +7,9 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use super::{Origin, Supervisor};
 use crate::activation;
-use crate::child::ChildSetup;
 use crate::config::{Config, Model, NO_ADDRESS};
 use crate::handler::{ProtocolSettings, Work};
+use crate::isolation::child::ChildSetup;
 use crate::isolation::{Fork, Isolation, Threads};
 use crate::listen::{self, Listener};
 use crate::notify::Notifier;

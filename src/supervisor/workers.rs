@@ -10,7 +10,9 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::conn::{Connection, Peer};
-use crate::isolation::{Ended, Isolation, Job, NotStarted, Started, Termination, WorkerId};
+use crate::isolation::{
+    Ended, Isolation, Job, NotStarted, Running, Started, Termination, WorkerId,
+};
 
 /// Between the SIGTERM and the SIGKILL for a worker past `--max-lifetime`.
 const LIFETIME_KILL_DELAY: Duration = Duration::from_secs(1);
@@ -30,8 +32,6 @@ pub(super) struct Workers {
     lifetimes: BTreeSet<(Instant, WorkerId)>,
     /// Workers sent SIGTERM for their lifetime, with the moment SIGKILL follows.
     kills_due: VecDeque<(Instant, WorkerId, Instant)>,
-    /// What the isolation reported ended, kept between calls so collecting allocates nothing.
-    ended: Vec<(WorkerId, Ended)>,
 }
 
 impl Workers {
@@ -42,7 +42,6 @@ impl Workers {
             max_lifetime,
             lifetimes: BTreeSet::new(),
             kills_due: VecDeque::new(),
-            ended: Vec::new(),
         }
     }
 
@@ -69,32 +68,15 @@ impl Workers {
         self.table.get(id)
     }
 
-    /// Calls `ended` for every worker that has ended since the last call, its record
-    /// removed from the table.
-    pub(super) fn collect(&mut self, ended: impl FnMut(&Workers, WorkerId, WorkerRecord, Ended)) {
-        self.report(|isolation, reports| isolation.collect(reports), ended);
-    }
-
-    /// Gathers the ends that `gather` reports and hands each to `ended`, record removed.
-    fn report(
-        &mut self,
-        gather: impl FnOnce(&mut dyn Isolation, &mut Vec<(WorkerId, Ended)>),
-        mut ended: impl FnMut(&Workers, WorkerId, WorkerRecord, Ended),
-    ) {
-        let mut reports = std::mem::take(&mut self.ended);
-        gather(&mut *self.isolation, &mut reports);
-        for (id, how) in reports.drain(..) {
-            if let Some(record) = self.remove(id) {
-                ended(self, id, record, how);
-            }
-        }
-        self.ended = reports;
-    }
-
-    fn remove(&mut self, id: WorkerId) -> Option<WorkerRecord> {
-        let record = self.table.remove(&id)?;
-        self.lifetimes.remove(&(record.started, id));
-        Some(record)
+    /// Calls `ended` for every worker that has ended since the last call, with its record
+    /// (removed from the table) and the number still running.
+    pub(super) fn collect(&mut self, ended: impl FnMut(usize, WorkerId, WorkerRecord, Ended)) {
+        let mut table = Table {
+            table: &mut self.table,
+            lifetimes: &mut self.lifetimes,
+            ended,
+        };
+        self.isolation.collect(&mut table);
     }
 
     /// SIGTERM to workers past `--max-lifetime`, SIGKILL to those still there a moment
@@ -151,14 +133,47 @@ impl Workers {
     /// Returns how many were killed.
     pub(super) fn kill_all(
         &mut self,
-        ended: impl FnMut(&Workers, WorkerId, WorkerRecord, Ended),
+        ended: impl FnMut(usize, WorkerId, WorkerRecord, Ended),
     ) -> usize {
         let ids: Vec<WorkerId> = self.table.keys().copied().collect();
-        let killed = ids
+        let killed: Vec<WorkerId> = ids
             .into_iter()
             .filter(|id| self.isolation.terminate(*id, Termination::Force))
-            .count();
-        self.report(|isolation, reports| isolation.collect_all(reports), ended);
-        killed
+            .collect();
+        let mut table = Table {
+            table: &mut self.table,
+            lifetimes: &mut self.lifetimes,
+            ended,
+        };
+        for id in &killed {
+            if let Some(how) = self.isolation.wait(*id) {
+                table.ended(*id, how);
+            }
+        }
+        killed.len()
+    }
+}
+
+/// The table as the isolation reports to it.
+struct Table<'a, F> {
+    table: &'a mut HashMap<WorkerId, WorkerRecord>,
+    lifetimes: &'a mut BTreeSet<(Instant, WorkerId)>,
+    ended: F,
+}
+
+impl<F: FnMut(usize, WorkerId, WorkerRecord, Ended)> Running for Table<'_, F> {
+    fn contains(&self, id: WorkerId) -> bool {
+        self.table.contains_key(&id)
+    }
+
+    fn ids(&self) -> Vec<WorkerId> {
+        self.table.keys().copied().collect()
+    }
+
+    fn ended(&mut self, id: WorkerId, how: Ended) {
+        if let Some(record) = self.table.remove(&id) {
+            self.lifetimes.remove(&(record.started, id));
+            (self.ended)(self.table.len(), id, record, how);
+        }
     }
 }

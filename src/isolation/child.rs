@@ -19,11 +19,11 @@ use std::panic::{self, AssertUnwindSafe};
 use nix::errno::Errno;
 use nix::unistd::{ForkResult, Pid};
 
+use super::{EXIT_CLEAN, EXIT_FAILED, EXIT_PANIC, Job};
 use crate::config::Limits;
 use crate::conn::Connection;
 use crate::handler::Outcome;
 use crate::handler::program::Launch;
-use crate::isolation::{EXIT_CLEAN, EXIT_FAILED, EXIT_PANIC, Job};
 use crate::listen::{ACCEPTED_SOCKETS_INHERIT, configure_accepted};
 use crate::signals;
 
