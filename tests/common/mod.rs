@@ -19,7 +19,8 @@ use forkd::frame::{Frame, FrameReader, Kind, write_frame};
 pub const FORKD: &str = env!("CARGO_BIN_EXE_forkd");
 pub const FORKC: &str = env!("CARGO_BIN_EXE_forkc");
 
-/// The path of an example program, built beside the tests by `cargo test` and nextest.
+/// The path of an example program, built beside the tests by `cargo test` and nextest (or
+/// here, when a filtered run did not build it).
 pub fn example(name: &str) -> String {
     let exe = std::env::current_exe().expect("test binary path");
     // target/PROFILE/deps/TEST-HASH -> target/PROFILE/examples/NAME
@@ -29,6 +30,20 @@ pub fn example(name: &str) -> String {
         .expect("target directory")
         .join("examples")
         .join(name);
+    // A filtered run (`cargo test --test library`) builds no example: build it here.
+    if !path.exists() {
+        let release = path
+            .parent()
+            .and_then(Path::parent)
+            .is_some_and(|p| p.ends_with("release"));
+        let built = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--example", name])
+            .args(release.then_some("--release"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo");
+        assert!(built.success(), "cargo build --example {name}");
+    }
     assert!(path.exists(), "{} is not built", path.display());
     path.to_string_lossy().into_owned()
 }
