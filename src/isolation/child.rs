@@ -51,6 +51,7 @@ fn apply_limits(limits: &Limits) -> Result<(), String> {
     }
     if let Some(nice) = limits.nice {
         // setpriority is absolute, unlike nice(2); -1 is a valid result, so check errno.
+        // SAFETY: a plain system call on this process; no memory is passed.
         let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
         if rc == -1 {
             return Err(format!("--nice {nice}: {}", Errno::last()));
@@ -134,8 +135,9 @@ pub(crate) fn spawn_program(
 fn run_child(conn: Connection, setup: &ChildSetup, job: &Job<'_>) -> ! {
     signals::reset_for_child();
     for fd in setup.supervisor_fds.iter().chain(job.close) {
-        // The supervisor's objects are never dropped here (the child ends in _exit), so
-        // closing the raw descriptors cannot double-close.
+        // SAFETY: the supervisor's objects owning these descriptors are never dropped here
+        // (the child ends in _exit), so closing them cannot double-close or close a reused
+        // number.
         unsafe { libc::close(*fd) };
     }
     // Out of the supervisor's process group: a Ctrl-C at the terminal reaches the supervisor,
@@ -166,7 +168,8 @@ fn run_child(conn: Connection, setup: &ChildSetup, job: &Job<'_>) -> ! {
 }
 
 fn exit(code: i32) -> ! {
-    // _exit: no atexit handlers, no destructors of state copied from the supervisor.
+    // SAFETY: _exit never returns and runs no atexit handler or destructor of the state
+    // copied from the supervisor, which this process does not own.
     unsafe { libc::_exit(code) }
 }
 
@@ -176,6 +179,7 @@ fn exit(code: i32) -> ! {
 /// `perf record -e page-faults`: that walk was a third of the faults per connection.
 pub(crate) fn prepare_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: called at start, before any thread exists; mallopt only sets a tunable.
     unsafe {
         libc::mallopt(libc::M_MXFAST, 0);
     }
