@@ -30,6 +30,9 @@ pub struct Listener {
     owned_path: Option<PathBuf>,
     /// The name systemd gave the socket (LISTEN_FDNAMES), for the log.
     name: Option<String>,
+    /// Handed over by systemd, which keeps it open after forkd exits: connections waiting
+    /// in its backlog are the next instance's to serve.
+    handed_over: bool,
     /// The read and write timeout its accepted sockets come with (see
     /// [`Listener::pass_on_options`]).
     passed_timeout: Option<Duration>,
@@ -127,6 +130,7 @@ fn bind_tcp(addr: SocketAddr, backlog: i32) -> Result<Listener, Errno> {
         socket: Socket::Tcp(TcpListener::from(fd)),
         owned_path: None,
         name: None,
+        handed_over: false,
         passed_timeout: None,
     })
 }
@@ -146,6 +150,7 @@ fn bind_unix(path: &Path, backlog: i32) -> Result<Listener, String> {
         socket: Socket::Unix(UnixListener::from(fd)),
         owned_path: Some(path.to_path_buf()),
         name: None,
+        handed_over: false,
         passed_timeout: None,
     };
     if let Err(e) = listen(&listener, backlog) {
@@ -209,6 +214,7 @@ impl Listener {
             socket,
             owned_path: None,
             name,
+            handed_over: true,
             passed_timeout: None,
         };
         match &listener.socket {
@@ -268,6 +274,11 @@ impl Listener {
                 })
             }
         }
+    }
+
+    /// Whether systemd handed the socket over (and keeps it after forkd exits).
+    pub fn handed_over(&self) -> bool {
+        self.handed_over
     }
 
     /// Removes the socket file of a Unix listener. Failing (forkd dropped to a user that may

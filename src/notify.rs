@@ -1,6 +1,10 @@
 //! Telling systemd how forkd is doing (sd_notify(3)): READY=1 once serving, STOPPING=1 on
 //! shutdown, and STATUS= with the active and maximum children when that changes, at most four
 //! times a second so a busy server does not flood the manager.
+//!
+//! The socket is non-blocking: a manager that stops reading costs a warning (once), never a
+//! supervisor waiting in send. A status that could not be sent stays pending and is tried
+//! again at the next interval.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -14,6 +18,10 @@ pub struct Notifier {
     sent_status: Option<String>,
     sent_at: Option<Instant>,
     pending: Option<String>,
+    /// Whether a failed send was logged already: one warning, not one per interval.
+    warned: bool,
+    /// STOPPING=1 was sent: nothing more.
+    stopped: bool,
 }
 
 impl Notifier {
@@ -42,37 +50,59 @@ impl Notifier {
             }
         };
         let socket = UnixDatagram::unbound().ok()?;
+        socket.set_nonblocking(true).ok()?;
         Some(Notifier {
             socket,
             target,
             sent_status: None,
             sent_at: None,
             pending: None,
+            warned: false,
+            stopped: false,
         })
     }
 
-    fn send(&self, message: &str) {
-        if let Err(e) = self.socket.send_to_addr(message.as_bytes(), &self.target) {
-            log::warn!(
-                "status notify={} reason={}",
-                message.lines().next().unwrap_or(""),
-                crate::logging::quote(&e.to_string())
-            );
+    /// Sends without waiting; false (and one warning) when the manager did not take it.
+    fn send(&mut self, message: &str) -> bool {
+        match self.socket.send_to_addr(message.as_bytes(), &self.target) {
+            Ok(_) => true,
+            Err(e) => {
+                if !self.warned {
+                    self.warned = true;
+                    log::warn!(
+                        "status notify={} reason={}",
+                        message.lines().next().unwrap_or(""),
+                        crate::logging::quote(&e.to_string())
+                    );
+                }
+                false
+            }
         }
     }
 
     pub fn ready(&mut self, status: String) {
-        self.send(&format!("READY=1\nSTATUS={status}"));
-        self.sent_status = Some(status);
-        self.sent_at = Some(Instant::now());
+        let now = Instant::now();
+        if self.send(&format!("READY=1\nSTATUS={status}")) {
+            self.sent_status = Some(status);
+        } else {
+            // READY=1 alone is what systemd waits for: try it again with the next status.
+            self.pending = Some(status);
+        }
+        self.sent_at = Some(now);
     }
 
+    /// Says forkd is stopping; no status is sent after this.
     pub fn stopping(&mut self, status: String) {
         self.send(&format!("STOPPING=1\nSTATUS={status}"));
+        self.pending = None;
+        self.stopped = true;
     }
 
     /// Records the status; it is sent now or when the interval allows ([`Notifier::flush`]).
     pub fn status(&mut self, status: String, now: Instant) {
+        if self.stopped {
+            return;
+        }
         if self.sent_status.as_deref() == Some(status.as_str()) {
             self.pending = None;
             return;
@@ -86,8 +116,16 @@ impl Notifier {
         if self.due().is_some_and(|due| due <= now)
             && let Some(status) = self.pending.take()
         {
-            self.send(&format!("STATUS={status}"));
-            self.sent_status = Some(status);
+            let ready = if self.sent_status.is_none() {
+                "READY=1\n"
+            } else {
+                ""
+            };
+            if self.send(&format!("{ready}STATUS={status}")) {
+                self.sent_status = Some(status);
+            } else {
+                self.pending = Some(status);
+            }
             self.sent_at = Some(now);
         }
     }

@@ -104,6 +104,17 @@ impl Relays {
         });
     }
 
+    /// Logs what the pipe of `pid` still holds and closes it: the relay ends with its
+    /// program, even when a descendant keeps the pipe open (it then gets EPIPE).
+    pub fn finish(&mut self, pid: Pid) {
+        if let Some(index) = self.list.iter().position(|r| r.lines.pid == pid) {
+            let mut relay = self.list.swap_remove(index);
+            if !read_some(&mut relay) {
+                relay.lines.finish();
+            }
+        }
+    }
+
     /// Logs what the pipes still hold (their programs have ended), without waiting for more:
     /// a program's own child may hold a pipe open forever.
     pub fn finish_all(&mut self) {

@@ -1,21 +1,22 @@
-//! Starting a program with posix_spawn: the new process shares its parent's memory until it
-//! execs (a vfork-style clone), so nothing of the supervisor is copied, and the caller waits
-//! only until the exec. Every program forkd starts, from either isolation model, starts here
-//! or with the same state (see `child::spawn_program` for the forking path with limits).
+//! Starting a program: [`spawn`] with posix_spawn, for the supervisor (the new process shares
+//! its parent's memory until it execs, a vfork-style clone, so nothing of the supervisor is
+//! copied and the caller waits only until the exec), and [`spawn_tied`], for a program a
+//! worker runs per request, which must not outlive that worker.
 //!
 //! The program gets what a fresh process expects: its own process group, an empty signal
 //! mask (the supervisor blocks the signals it reads from its signalfd), default dispositions
 //! (SIGPIPE above all, which the supervisor ignores), the descriptors it is given as 0, 1 and 2
 //! and nothing else (every descriptor forkd opens is close-on-exec).
-//! Rust's `Command` would leave the supervisor's signal mask in place, hence this module.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::mem::MaybeUninit;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
+use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawn};
+use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::Pid;
 
 use crate::signals::HANDLED;
@@ -29,8 +30,7 @@ pub(crate) fn spawn(
     env: &[(OsString, OsString)],
     stdio: [RawFd; 3],
 ) -> io::Result<Pid> {
-    let path = locate(&argv[0], env)?;
-    let path = c_string(path.as_os_str())?;
+    let path = c_string(locate(&argv[0], env)?.as_os_str())?;
     let argv = argv
         .iter()
         .map(|a| c_string(a))
@@ -44,27 +44,71 @@ pub(crate) fn spawn(
             CString::new(entry).map_err(|_| nul_error())
         })
         .collect::<io::Result<Vec<_>>>()?;
-    let argv_ptrs = null_terminated(&argv);
-    let envp_ptrs = null_terminated(&envp);
-
-    let actions = FileActions::new()?;
+    let mut actions = PosixSpawnFileActions::init()?;
     for (target, fd) in stdio.into_iter().enumerate() {
-        let target = target as libc::c_int;
-        check(unsafe { libc::posix_spawn_file_actions_adddup2(actions.ptr(), fd, target) })?;
+        actions.add_dup2(fd, target as RawFd)?;
     }
-    let attributes = Attributes::new()?;
-    let mut pid: libc::pid_t = 0;
-    check(unsafe {
-        libc::posix_spawn(
-            &mut pid,
-            path.as_ptr(),
-            actions.ptr(),
-            attributes.ptr(),
-            argv_ptrs.as_ptr(),
-            envp_ptrs.as_ptr(),
-        )
-    })?;
-    Ok(Pid::from_raw(pid))
+    let pid = posix_spawn(path.as_c_str(), &actions, &fresh_process()?, &argv, &envp)?;
+    Ok(pid)
+}
+
+/// Own process group, empty mask, default dispositions for SIGPIPE and the handled signals.
+fn fresh_process() -> io::Result<PosixSpawnAttr> {
+    let mut attributes = PosixSpawnAttr::init()?;
+    let mut defaults = SigSet::empty();
+    defaults.add(Signal::SIGPIPE);
+    HANDLED.iter().for_each(|s| defaults.add(*s));
+    attributes.set_pgroup(Pid::from_raw(0))?;
+    attributes.set_sigmask(&SigSet::empty())?;
+    attributes.set_sigdefault(&defaults)?;
+    attributes.set_flags(
+        PosixSpawnFlags::POSIX_SPAWN_SETPGROUP
+            | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
+            | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
+    )?;
+    Ok(attributes)
+}
+
+/// As [`spawn`], for a program that must end with the thread that starts it: it is killed
+/// (SIGKILL, PR_SET_PDEATHSIG) when that thread ends, so a worker killed at
+/// `--max-lifetime` or at the end of the grace period takes its program with it. That needs
+/// code between fork and exec, hence std's `Command` (which also empties the signal mask and
+/// restores SIGPIPE) rather than posix_spawn.
+pub(crate) fn spawn_tied(
+    argv: &[OsString],
+    env: &[(OsString, OsString)],
+    stdio: [OwnedFd; 3],
+) -> io::Result<Pid> {
+    let path = locate(&argv[0], env)?;
+    let [stdin, stdout, stderr] = stdio;
+    let parent = std::process::id() as libc::pid_t;
+    let mut command = std::process::Command::new(path);
+    command
+        .arg0(&argv[0])
+        .args(&argv[1..])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0);
+    // SAFETY: between fork and exec the closure calls only prctl, getppid and kill, which are
+    // async-signal-safe, and touches no memory but the copied `parent`.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before the prctl: then nobody will send the signal.
+            if libc::getppid() != parent {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    // The caller waits for it by pid; dropping `Child` neither waits nor kills.
+    Ok(Pid::from_raw(child.id() as libc::pid_t))
 }
 
 /// Where `program` is: itself if it names a directory, else the first executable file of
@@ -99,84 +143,4 @@ fn nul_error() -> io::Error {
         io::ErrorKind::InvalidInput,
         "an argument or variable holds a NUL byte",
     )
-}
-
-fn null_terminated(strings: &[CString]) -> Vec<*mut libc::c_char> {
-    strings
-        .iter()
-        .map(|s| s.as_ptr().cast_mut())
-        .chain(std::iter::once(std::ptr::null_mut()))
-        .collect()
-}
-
-/// posix_spawn's functions return the error number instead of setting errno.
-fn check(rc: libc::c_int) -> io::Result<()> {
-    match rc {
-        0 => Ok(()),
-        e => Err(io::Error::from_raw_os_error(e)),
-    }
-}
-
-struct FileActions(Box<MaybeUninit<libc::posix_spawn_file_actions_t>>);
-
-impl FileActions {
-    fn new() -> io::Result<FileActions> {
-        let mut actions = Box::new(MaybeUninit::uninit());
-        check(unsafe { libc::posix_spawn_file_actions_init(actions.as_mut_ptr()) })?;
-        Ok(FileActions(actions))
-    }
-
-    fn ptr(&self) -> *mut libc::posix_spawn_file_actions_t {
-        self.0.as_ptr().cast_mut()
-    }
-}
-
-impl Drop for FileActions {
-    fn drop(&mut self) {
-        unsafe { libc::posix_spawn_file_actions_destroy(self.ptr()) };
-    }
-}
-
-/// Own process group, empty mask, default dispositions for SIGPIPE and the handled signals.
-struct Attributes(Box<MaybeUninit<libc::posix_spawnattr_t>>);
-
-impl Attributes {
-    fn new() -> io::Result<Attributes> {
-        let mut attributes = Box::new(MaybeUninit::uninit());
-        check(unsafe { libc::posix_spawnattr_init(attributes.as_mut_ptr()) })?;
-        let attributes = Attributes(attributes);
-        let mut defaults = nix::sys::signal::SigSet::empty();
-        defaults.add(nix::sys::signal::Signal::SIGPIPE);
-        HANDLED.iter().for_each(|s| defaults.add(*s));
-        let empty = nix::sys::signal::SigSet::empty();
-        let flags = libc::POSIX_SPAWN_SETPGROUP
-            | libc::POSIX_SPAWN_SETSIGMASK
-            | libc::POSIX_SPAWN_SETSIGDEF;
-        unsafe {
-            check(libc::posix_spawnattr_setpgroup(attributes.ptr(), 0))?;
-            check(libc::posix_spawnattr_setsigmask(
-                attributes.ptr(),
-                empty.as_ref(),
-            ))?;
-            check(libc::posix_spawnattr_setsigdefault(
-                attributes.ptr(),
-                defaults.as_ref(),
-            ))?;
-            check(libc::posix_spawnattr_setflags(
-                attributes.ptr(),
-                flags as libc::c_short,
-            ))?;
-        }
-        Ok(attributes)
-    }
-
-    fn ptr(&self) -> *mut libc::posix_spawnattr_t {
-        self.0.as_ptr().cast_mut()
-    }
-}
-
-impl Drop for Attributes {
-    fn drop(&mut self) {
-        unsafe { libc::posix_spawnattr_destroy(self.ptr()) };
-    }
 }

@@ -147,12 +147,13 @@ fn children_leave_the_supervisors_process_group() {
     let child = server.child_for(client.stream());
     let pgid = unsafe { libc::getpgid(child) };
     assert_eq!(pgid, child, "child runs in its own process group");
-    // It holds no listener and no signal descriptor: the standard three and its connection.
-    let fds = open_fds(child);
+    // It holds no listener and no signal descriptor: the standard three and its connection
+    // (and the log's own non-blocking descriptor for the stderr pipe).
+    let fds = without_log_sink(open_fds(child));
     assert_eq!(fds.len(), 4, "{fds:?}");
     assert!(fds[3].1.starts_with("socket:"), "{fds:?}");
     // While the supervisor has its listener and its signalfd.
-    let supervisor = open_fds(server.pid);
+    let supervisor = without_log_sink(open_fds(server.pid));
     assert_eq!(supervisor.len(), 5, "{supervisor:?}");
     assert!(
         supervisor
@@ -160,6 +161,22 @@ fn children_leave_the_supervisors_process_group() {
             .any(|(_, target)| target == "anon_inode:[signalfd]"),
         "{supervisor:?}"
     );
+}
+
+/// The descriptors but the one the log opened on stderr's pipe (a second, non-blocking open
+/// of the same pipe, so a stalled reader cannot stall forkd); asserts it is there.
+fn without_log_sink(fds: Vec<(i32, String)>) -> Vec<(i32, String)> {
+    let stderr = fds[2].1.clone();
+    assert!(stderr.starts_with("pipe:"), "{fds:?}");
+    let (sink, rest): (Vec<_>, Vec<_>) = fds
+        .into_iter()
+        .partition(|(fd, target)| *fd > 2 && *target == stderr);
+    assert_eq!(
+        sink.len(),
+        1,
+        "one log descriptor on the stderr pipe: {sink:?}"
+    );
+    rest
 }
 
 fn open_fds(pid: i32) -> Vec<(i32, String)> {

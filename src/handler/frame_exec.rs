@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -96,18 +96,14 @@ impl Runner {
         let (stdout_read, stdout_write) = pipe().map_err(cannot)?;
         let (stderr_read, stderr_write) = pipe().map_err(cannot)?;
         // Its own process group (so a timeout kills whatever it started too), an empty signal
-        // mask and default dispositions, whichever thread starts it.
-        let pid = crate::spawn::spawn(
+        // mask and default dispositions, whichever thread starts it; killed if this worker
+        // is (a worker ended at --max-lifetime or at the end of the grace period).
+        let pid = crate::spawn::spawn_tied(
             &launch.argv,
             &launch.env,
-            [
-                stdin_read.as_raw_fd(),
-                stdout_write.as_raw_fd(),
-                stderr_write.as_raw_fd(),
-            ],
+            [stdin_read, stdout_write, stderr_write],
         )
         .map_err(cannot)?;
-        drop((stdin_read, stdout_write, stderr_write));
         let run = Run::new(
             pid,
             [stdin_write, stdout_read, stderr_read],

@@ -188,7 +188,7 @@ impl Supervisor {
                 self.relays.finish_all();
                 log::log!(
                     self.lifecycle,
-                    "stop served={} killed=0",
+                    "stop served={} killed=0 refused=0",
                     self.accepted_total
                 );
                 return;
@@ -207,13 +207,7 @@ impl Supervisor {
             let accepting = self.accept_resume_at.is_none()
                 && (below_limit || self.overload == Overload::Reject);
             let ready = self.wait(accepting, self.next_timer());
-            // Also with nothing readable: draining sockets past their deadline close here.
-            if !self.drains.is_empty() {
-                self.drains.service(&ready.drains, Instant::now());
-            }
-            if !ready.relays.is_empty() {
-                self.relays.service(&ready.relays);
-            }
+            self.service_io(&ready);
             if ready.signals {
                 let signals = self.signals.drain();
                 let stop = [Signal::SIGTERM, Signal::SIGINT]
@@ -237,6 +231,17 @@ impl Supervisor {
                     self.accept_from(index);
                 }
             }
+        }
+    }
+
+    /// Reads what draining sockets and stderr relays have; closes draining sockets past their
+    /// deadline (also when nothing was readable).
+    fn service_io(&mut self, ready: &Ready) {
+        if !self.drains.is_empty() {
+            self.drains.service(&ready.drains, Instant::now());
+        }
+        if !ready.relays.is_empty() {
+            self.relays.service(&ready.relays);
         }
     }
 
@@ -449,9 +454,13 @@ impl Supervisor {
         let mut any = false;
         let work = &self.work;
         let admission = &mut self.admission;
+        let relays = &mut self.relays;
         let max = self.max_children;
         self.workers.collect(|active, id, record, how| {
             admission.ended(&record.peer);
+            if let WorkerId::Process(pid) = id {
+                relays.finish(pid);
+            }
             log_end(work, active, max, &record, id, how);
             any = true;
         });

@@ -1,19 +1,31 @@
 //! Shutdown on SIGTERM or SIGINT: stop accepting, give running conversations the grace
 //! period, end the rest. A second SIGTERM or SIGINT ends the grace period at once.
+//!
+//! Connections the kernel already completed but forkd had not accepted (the backlog) would be
+//! reset when the listener closes. They are accepted and answered ERROR 9 "shutting down"
+//! with the lingering close of any refusal, so every client learns why; the stop line counts
+//! them as `refused=`. Sockets systemd handed over are left alone: systemd keeps them open,
+//! and their backlog is served by the next instance.
 
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::Supervisor;
+use super::{Origin, Supervisor};
+use crate::admission::Refusal;
+use crate::frame::ErrorCode;
+
+/// Connections taken from one listener's backlog at shutdown, at most: bounded, so a flood
+/// arriving during shutdown cannot keep it from finishing.
+const BACKLOG_REFUSED_MAX: usize = 4096;
 
 impl Supervisor {
     /// Stops accepting, lets workers finish for the grace period, kills the rest.
     pub(super) fn shut_down(&mut self, sig: Signal) {
+        let refused = self.refuse_backlog();
         for listener in self.listeners.drain(..) {
             listener.remove_socket_file();
         }
-        self.drains.clear();
         self.rejects
             .flush_if_due(Instant::now() + Duration::from_secs(3600));
         let status = format!("stopping, {}", self.status());
@@ -28,7 +40,7 @@ impl Supervisor {
             self.grace.as_secs_f64()
         );
         let deadline = Instant::now() + self.grace;
-        while self.workers.len() > 0 {
+        while self.workers.len() > 0 || !self.drains.is_empty() {
             let now = Instant::now();
             if deadline <= now {
                 break;
@@ -38,7 +50,9 @@ impl Supervisor {
                 .into_iter()
                 .flatten()
                 .min();
-            if self.wait(false, until).signals {
+            let ready = self.wait(false, until);
+            self.service_io(&ready);
+            if ready.signals {
                 let signals = self.signals.drain();
                 let again = [Signal::SIGTERM, Signal::SIGINT]
                     .into_iter()
@@ -65,10 +79,38 @@ impl Supervisor {
             );
         }
         self.relays.finish_all();
+        self.drains.clear();
         log::log!(
             self.lifecycle,
-            "stop served={} killed={killed}",
+            "stop served={} killed={killed} refused={refused}",
             self.accepted_total
         );
+    }
+
+    /// Answers ERROR 9 to the connections waiting in the backlogs of forkd's own listeners;
+    /// returns how many.
+    fn refuse_backlog(&mut self) -> usize {
+        let mut refused = 0;
+        for index in 0..self.listeners.len() {
+            if self.listeners[index].handed_over() {
+                continue;
+            }
+            for _ in 0..BACKLOG_REFUSED_MAX {
+                let conn = match self.listeners[index].accept() {
+                    Ok(conn) => conn,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
+                    Err(_) => break,
+                };
+                refused += 1;
+                let refusal = Refusal {
+                    code: ErrorCode::ShuttingDown,
+                    reason: "shutdown",
+                    message: "server shutting down".to_string(),
+                };
+                self.reject(conn, Origin::Listener(index), refusal);
+            }
+        }
+        refused
     }
 }

@@ -131,7 +131,7 @@ impl Forkd {
         forkd
     }
 
-    fn spawn(cmd: &mut Command, dir: tempfile::TempDir) -> Forkd {
+    pub fn spawn(cmd: &mut Command, dir: tempfile::TempDir) -> Forkd {
         // Whatever the test runner leaked to us stays out of forkd, so descriptor checks can
         // be exact. close() is async-signal-safe, as pre_exec requires.
         unsafe {

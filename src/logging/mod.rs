@@ -7,8 +7,14 @@
 //! The logger is a plain `log::Log` with no thread of its own, so the supervisor stays
 //! single-threaded and fork-safe. Children inherit it; every line carries the pid of the
 //! process that wrote it.
+//!
+//! Logging never waits: the syslog socket is non-blocking and stderr is written through
+//! [`stderr::Sink`]. A line the sink cannot take now (a syslog daemon that stopped reading,
+//! a pipe nobody drains) is dropped and counted, and the next line that gets through is
+//! preceded by `status log_dropped=N`, so the gap is visible where it happened.
 
-use std::io::Write;
+mod stderr;
+
 use std::sync::Mutex;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
@@ -29,8 +35,22 @@ enum Backend {
     Stderr,
 }
 
+/// Lines dropped by one process. Children inherit the count with the logger: the pid says
+/// whose it is, so a child never reports the supervisor's drops as its own.
+#[derive(Default)]
+struct Dropped {
+    pid: u32,
+    lines: u64,
+}
+
+struct State {
+    backend: Backend,
+    stderr: stderr::Sink,
+    dropped: Dropped,
+}
+
 struct Logger {
-    backend: Mutex<Backend>,
+    state: Mutex<State>,
     level: LevelFilter,
 }
 
@@ -38,6 +58,7 @@ struct Logger {
 /// syslog socket reachable (a container without /dev/log), says so once on stderr and logs to
 /// stderr instead.
 pub(crate) fn init(options: LogOptions) -> Target {
+    let stderr = stderr::Sink::open();
     let backend = match options.target {
         Target::Stderr => Backend::Stderr,
         Target::Syslog => match connect_syslog(&options) {
@@ -46,9 +67,10 @@ pub(crate) fn init(options: LogOptions) -> Target {
                 options: options.clone(),
             },
             Err(reason) => {
-                write_stderr(&format!(
-                    "{PROGRAM}: syslog unavailable ({reason}); logging to stderr\n"
-                ));
+                stderr.write(
+                    format!("{PROGRAM}: syslog unavailable ({reason}); logging to stderr\n")
+                        .as_bytes(),
+                );
                 Backend::Stderr
             }
         },
@@ -58,7 +80,11 @@ pub(crate) fn init(options: LogOptions) -> Target {
         Backend::Stderr => Target::Stderr,
     };
     let logger = Logger {
-        backend: Mutex::new(backend),
+        state: Mutex::new(State {
+            backend,
+            stderr,
+            dropped: Dropped::default(),
+        }),
         level: options.level,
     };
     // A second init (tests in one process) keeps the first logger.
@@ -78,11 +104,8 @@ pub(crate) fn reopen() -> &'static str {
     let Some(logger) = INSTALLED.get() else {
         return "none";
     };
-    let mut backend = match logger.backend.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    match &mut *backend {
+    let mut state = logger.lock();
+    match &mut state.backend {
         Backend::Stderr => "stderr",
         Backend::Syslog { writer, options } => match connect_syslog(options) {
             Ok(fresh) => {
@@ -106,15 +129,29 @@ fn connect_syslog(options: &LogOptions) -> Result<SyslogWriter, String> {
         Some(path) => syslog::unix_custom(formatter, path),
         None => syslog::unix(formatter),
     };
-    result.map_err(|e| match &options.syslog_socket {
+    let mut writer = result.map_err(|e| match &options.syslog_socket {
         Some(path) => format!("{}: {e}", path.display()),
         None => format!("/dev/log: {e}"),
-    })
+    })?;
+    // A syslog daemon that stops reading must not stop forkd: sends that would wait fail
+    // with EAGAIN instead, and the line is counted as dropped.
+    let nonblocking = match &mut writer.backend {
+        LoggerBackend::Unix(socket) => socket.set_nonblocking(true),
+        LoggerBackend::UnixStream(socket) => socket.get_ref().set_nonblocking(true),
+        LoggerBackend::Udp(socket, _) => socket.set_nonblocking(true),
+        LoggerBackend::Tcp(socket) => socket.get_ref().set_nonblocking(true),
+    };
+    nonblocking.map_err(|e| format!("non-blocking syslog socket: {e}"))?;
+    Ok(writer)
 }
 
-fn write_stderr(line: &str) {
-    // One write per line, so lines from the supervisor and its children do not interleave.
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+fn is_would_block(error: &syslog::Error) -> bool {
+    match error {
+        syslog::Error::Write(e) | syslog::Error::Io(e) => {
+            e.kind() == std::io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS)
+        }
+        _ => false,
+    }
 }
 
 fn stderr_line(level: Level, message: &str) -> String {
@@ -148,31 +185,66 @@ impl Log for Logger {
             return;
         }
         let message = record.args().to_string();
-        let mut backend = match self.backend.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        match &mut *backend {
-            Backend::Stderr => write_stderr(&stderr_line(record.level(), &message)),
-            Backend::Syslog { writer, options } => {
-                if send_syslog(writer, record.level(), &message).is_ok() {
-                    return;
-                }
-                // The syslog daemon restarted (a connected datagram socket then points at a
-                // dead socket): reconnect once; if that fails too, keep the line on stderr.
-                let resent = connect_syslog(options).ok().and_then(|mut fresh| {
-                    send_syslog(&mut fresh, record.level(), &message).ok()?;
-                    Some(fresh)
-                });
-                match resent {
-                    Some(fresh) => *writer = fresh,
-                    None => write_stderr(&stderr_line(record.level(), &message)),
-                }
+        let mut state = self.lock();
+        let pid = std::process::id();
+        if state.dropped.pid != pid {
+            state.dropped = Dropped { pid, lines: 0 };
+        }
+        if state.dropped.lines > 0 {
+            let note = format!("status log_dropped={}", state.dropped.lines);
+            if !state.write(Level::Warn, &note) {
+                state.dropped.lines += 1;
+                return;
             }
+            state.dropped.lines = 0;
+        }
+        if !state.write(record.level(), &message) {
+            state.dropped.lines += 1;
         }
     }
 
     fn flush(&self) {}
+}
+
+impl Logger {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+impl State {
+    /// Writes one line; false when it had to be dropped because the sink is not reading.
+    fn write(&mut self, level: Level, message: &str) -> bool {
+        let State {
+            backend, stderr, ..
+        } = self;
+        match backend {
+            Backend::Stderr => stderr.write(stderr_line(level, message).as_bytes()),
+            Backend::Syslog { writer, options } => match send_syslog(writer, level, message) {
+                Ok(()) => true,
+                Err(e) if is_would_block(&e) => false,
+                Err(_) => {
+                    // The syslog daemon restarted (a connected datagram socket then points at
+                    // a dead socket): reconnect once; if that fails too, keep the line on
+                    // stderr.
+                    let resent = connect_syslog(options).ok().and_then(|mut fresh| {
+                        send_syslog(&mut fresh, level, message).ok()?;
+                        Some(fresh)
+                    });
+                    match resent {
+                        Some(fresh) => {
+                            *writer = fresh;
+                            true
+                        }
+                        None => stderr.write(stderr_line(level, message).as_bytes()),
+                    }
+                }
+            },
+        }
+    }
 }
 
 /// Makes a panic a log line (then the panic goes on as usual). In a child this is how a

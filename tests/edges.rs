@@ -1,0 +1,350 @@
+//! The edges a hostile or unlucky world reaches: log sinks that stop reading, programs that
+//! leave descendants behind, a shutdown with connections still waiting in the backlog.
+
+mod common;
+
+use std::io::Read;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Client, FORKD, Forkd, PATIENCE, children_of, field, path_str, unix_addr};
+use forkd::frame::Kind;
+
+/// Fills the receive queue of the datagram socket at `path` until a send would wait: from
+/// then on, every sender blocks (or, non-blocking, fails) until somebody reads.
+fn fill_datagram_queue(path: &Path) {
+    let sender = UnixDatagram::unbound().unwrap();
+    sender.connect(path).unwrap();
+    sender.set_nonblocking(true).unwrap();
+    let mut sent = 0;
+    loop {
+        match sender.send(b"filler") {
+            Ok(_) => sent += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("filling {path:?}: {e}"),
+        }
+        assert!(sent < 1_000_000, "the queue of {path:?} never filled");
+    }
+}
+
+/// Every datagram waiting on `socket`, as text.
+fn read_datagrams(socket: &UnixDatagram) -> Vec<String> {
+    socket.set_nonblocking(true).unwrap();
+    let mut lines = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = socket.recv(&mut buf) {
+        lines.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    lines
+}
+
+/// Talks one echo conversation to completion.
+fn converse(addr: &forkd::addr::Addr) {
+    let mut client = Client::connect(addr);
+    assert_eq!(client.echo(b"still here").payload, b"still here");
+    client.half_close();
+    client.expect_eof();
+}
+
+#[test]
+fn a_syslog_daemon_that_stops_reading_costs_lines_not_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("log.sock");
+    let syslog = UnixDatagram::bind(&socket_path).unwrap();
+    fill_datagram_queue(&socket_path);
+    let (_, addr) = unix_addr(dir.path(), "forkd.sock");
+    let mut cmd = Command::new(FORKD);
+    cmd.args([
+        "--listen",
+        &addr,
+        "--syslog-socket",
+        &path_str(&socket_path),
+    ]);
+    let mut server = Forkd::spawn_until_answering(&mut cmd, &addr);
+
+    // Each conversation logs an accept and an end line that cannot be sent.
+    for _ in 0..50 {
+        converse(&server.addr());
+    }
+    server.wait_no_children();
+    // The daemon reads again: the next line to get through is the count of those lost.
+    assert!(!read_datagrams(&syslog).is_empty());
+    converse(&server.addr());
+    let deadline = Instant::now() + PATIENCE;
+    let dropped = loop {
+        let lines = read_datagrams(&syslog);
+        if let Some(line) = lines.iter().find(|l| l.contains("log_dropped=")) {
+            break line.clone();
+        }
+        assert!(Instant::now() < deadline, "no log_dropped line: {lines:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let count: u64 = field(&dropped, "log_dropped").unwrap().parse().unwrap();
+    assert!(count >= 100, "{dropped}");
+
+    // A stuck sink does not hold up shutdown either.
+    fill_datagram_queue(&socket_path);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success());
+}
+
+#[test]
+fn a_stderr_pipe_nobody_reads_costs_lines_not_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, addr) = unix_addr(dir.path(), "forkd.sock");
+    let mut child = Command::new(FORKD)
+        .args(["--log", "stderr", "--listen", &addr])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let addr: forkd::addr::Addr = addr.parse().unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while forkd::client::connect(&addr, PATIENCE).is_err() {
+        assert!(Instant::now() < deadline, "forkd never listened");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // 64 KiB of pipe holds some 400 conversations' lines: go well past that.
+    for _ in 0..1200 {
+        converse(&addr);
+    }
+    let mut text = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut take = |text: &mut Vec<u8>| {
+        let n = stderr.read(&mut buf).unwrap();
+        text.extend_from_slice(&buf[..n]);
+    };
+    take(&mut text);
+    converse(&addr);
+    let deadline = Instant::now() + PATIENCE;
+    while !String::from_utf8_lossy(&text).contains("log_dropped=") {
+        assert!(Instant::now() < deadline, "no log_dropped line");
+        take(&mut text);
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    // Read to the end, so the stop lines can be written and forkd can exit.
+    let mut rest = Vec::new();
+    stderr.read_to_end(&mut rest).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn a_notify_socket_nobody_reads_does_not_stop_forkd() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let manager = UnixDatagram::bind(&notify).unwrap();
+    fill_datagram_queue(&notify);
+    let (_, addr) = unix_addr(dir.path(), "forkd.sock");
+    let mut cmd = Command::new(FORKD);
+    cmd.args(["--log", "stderr", "--listen", &addr])
+        .env("NOTIFY_SOCKET", &notify);
+    let mut server = Forkd::spawn_until_answering(&mut cmd, &addr);
+    for _ in 0..20 {
+        converse(&server.addr());
+    }
+    server.wait_log("status notify=READY=1");
+    // Once the manager reads again, READY=1 still reaches it.
+    read_datagrams(&manager);
+    converse(&server.addr());
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let got = read_datagrams(&manager);
+        if got.iter().any(|m| m.contains("READY=1")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "READY=1 never sent: {got:?}");
+        converse(&server.addr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success());
+}
+
+/// User and system CPU time of `pid`, in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the comm: state is field 3, utime 14 and stime 15 (1-based in proc(5)).
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Voluntary context switches of `pid`: one per poll that slept.
+fn wakeups(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_grace_period_waits_without_spinning() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let _manager = UnixDatagram::bind(&notify).unwrap();
+    let (_, addr) = unix_addr(dir.path(), "forkd.sock");
+    let mut cmd = Command::new(FORKD);
+    cmd.args(["--log", "stderr", "--listen", &addr, "--grace", "30"])
+        .args(["--", "sh", "-c"])
+        .arg("echo said >&2; sleep 1; echo more >&2; exec sleep 30 <&- >&-")
+        .env("NOTIFY_SOCKET", &notify);
+    let mut server = Forkd::spawn(&mut cmd, tempfile::tempdir().unwrap());
+    server.addrs = vec![addr.clone()];
+    let deadline = Instant::now() + PATIENCE;
+    let client = loop {
+        if let Ok(stream) = forkd::client::connect(&server.addr(), PATIENCE) {
+            break stream;
+        }
+        assert!(Instant::now() < deadline, "forkd never listened");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    server.wait_log(": said");
+    // "more" arrives during the grace period, and the status changed since it was last sent.
+    server.signal(libc::SIGTERM);
+    server.wait_log("stop signal=SIGTERM");
+    server.wait_log(": more");
+    let (cpu, woke) = (cpu_ticks(server.pid), wakeups(server.pid));
+    std::thread::sleep(Duration::from_secs(2));
+    let (cpu, woke) = (cpu_ticks(server.pid) - cpu, wakeups(server.pid) - woke);
+    // Spinning burns the 200 ticks of two seconds; a timer due in the past wakes it some
+    // 2,000 times. Waiting costs neither.
+    assert!(cpu < 50, "{cpu} ticks of CPU in 2 s of grace");
+    assert!(woke < 100, "{woke} wake-ups in 2 s of grace");
+    server.signal(libc::SIGTERM);
+    server.wait_exit();
+    drop(client);
+}
+
+#[test]
+fn a_relay_ends_with_its_program_even_if_a_descendant_keeps_stderr() {
+    let mut server = Forkd::start(&[
+        "--",
+        "sh",
+        "-c",
+        "sleep 30 </dev/null >/dev/null & echo bye",
+    ]);
+    let baseline = server.fd_count();
+    let mut groups = Vec::new();
+    for _ in 0..8 {
+        let mut client = Client::connect(&server.addr());
+        groups.push(server.child_for(client.stream()));
+        let mut out = Vec::new();
+        let _ = client.stream().read_to_end(&mut out);
+    }
+    server.wait_log_count(" end peer=", 8);
+    let deadline = Instant::now() + PATIENCE;
+    while server.fd_count() > baseline {
+        assert!(
+            Instant::now() < deadline,
+            "the supervisor still holds {} descriptors over {baseline}",
+            server.fd_count() - baseline
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for group in groups {
+        unsafe { libc::killpg(group, libc::SIGKILL) };
+    }
+}
+
+#[test]
+fn max_lifetime_ends_the_whole_group_of_a_program() {
+    let mut server = Forkd::start(&["--max-lifetime", "1", "--", "sh", "-c", "sleep 60 & wait"]);
+    let mut client = Client::connect(&server.addr());
+    let pid = server.child_for(client.stream());
+    let deadline = Instant::now() + PATIENCE;
+    let sleeper = loop {
+        if let Some((sleeper, _)) = children_of(pid).first() {
+            break *sleeper;
+        }
+        assert!(Instant::now() < deadline, "sh never started its sleep");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    server.wait_log(&format!("pid={pid} status=signal:"));
+    let deadline = Instant::now() + PATIENCE;
+    while Path::new(&format!("/proc/{sleeper}")).exists() && !is_zombie(sleeper) {
+        assert!(
+            Instant::now() < deadline,
+            "sleep {sleeper} outlived its group"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    client.expect_eof();
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+#[test]
+fn a_frame_exec_program_ends_with_its_worker() {
+    let mut server = Forkd::start(&[
+        "--max-lifetime",
+        "1",
+        "--handler",
+        "frame-exec",
+        "--",
+        "sleep",
+        "60",
+    ]);
+    let mut client = Client::connect(&server.addr());
+    client.send(Kind::Data, b"run");
+    let worker = server.child_for(client.stream());
+    let deadline = Instant::now() + PATIENCE;
+    let program = loop {
+        if let Some((program, _)) = children_of(worker).first() {
+            break *program;
+        }
+        assert!(Instant::now() < deadline, "no program started");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    server.wait_log(&format!("pid={worker} status=signal:"));
+    let deadline = Instant::now() + PATIENCE;
+    while Path::new(&format!("/proc/{program}")).exists() && !is_zombie(program) {
+        assert!(
+            Instant::now() < deadline,
+            "frame-exec program {program} outlived its worker"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn connections_waiting_in_the_backlog_at_shutdown_are_told_why() {
+    let mut server = Forkd::start(&["--max-children", "1", "--grace", "5"]);
+    let mut holder = Client::connect(&server.addr());
+    assert_eq!(holder.echo(b"first").payload, b"first");
+    let mut waiting: Vec<Client> = (0..6)
+        .map(|_| {
+            let mut c = Client::connect(&server.addr());
+            c.send(Kind::Ping, b"anyone?");
+            c
+        })
+        .collect();
+    // They sit in the kernel's backlog: forkd is at its limit and defers.
+    std::thread::sleep(Duration::from_millis(200));
+    server.signal(libc::SIGTERM);
+    for client in &mut waiting {
+        let text = client.expect_error(9);
+        assert!(text.contains("shutting down"), "{text}");
+    }
+    // The conversation already running is served through the grace period.
+    assert_eq!(holder.echo(b"still").payload, b"still");
+    holder.half_close();
+    holder.expect_eof();
+    let stop = server.wait_log("stop served=");
+    assert_eq!(field(&stop, "refused"), Some("6"), "{stop}");
+    assert!(server.wait_exit().success());
+}
