@@ -23,6 +23,14 @@ pub const DEFAULT_MAX_FRAME: u32 = 1 << 20;
 const READ_CHUNK_FIRST: usize = 512;
 const READ_CHUNK_MAX: usize = 4 * 1024;
 
+/// Most bytes asked of the kernel in one read, however large the frame being received: the
+/// buffer grows with what arrives, never with what a header announces.
+const READ_MAX: usize = 64 * 1024;
+
+/// A buffer larger than this is given back once everything in it has been decoded, so one
+/// large frame does not pin its memory for the rest of a long conversation.
+const KEEP_IDLE_BUFFER: usize = 256 * 1024;
+
 /// The kind byte of a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -259,10 +267,16 @@ impl std::error::Error for DecodeError {}
 
 /// A push decoder: bytes go in (by [`Decoder::extend`] or [`Decoder::read_from`]), whole
 /// frames come out of [`Decoder::decode`].
+///
+/// Memory follows bytes received: a read asks for at most 64 KiB, and the buffer grows
+/// geometrically as bytes arrive, whatever length a header announces. Bytes of the buffer are
+/// zeroed once, when it grows, not on every read.
 #[derive(Debug)]
 pub struct Decoder {
+    /// `buf[start..end]` is received and not yet decoded; `buf[end..]` is zeroed room.
     buf: Vec<u8>,
     start: usize,
+    end: usize,
     max_frame: u32,
     read_chunk: usize,
 }
@@ -273,6 +287,7 @@ impl Decoder {
         Decoder {
             buf: Vec::new(),
             start: 0,
+            end: 0,
             max_frame,
             read_chunk: READ_CHUNK_FIRST,
         }
@@ -280,13 +295,14 @@ impl Decoder {
 
     /// Bytes received and not yet returned as frames.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
+        self.end - self.start
     }
 
     /// Adds received bytes.
     pub fn extend(&mut self, bytes: &[u8]) {
-        self.compact();
-        self.buf.extend_from_slice(bytes);
+        self.make_room(bytes.len());
+        self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
     }
 
     /// The next whole frame, `Ok(None)` if more bytes are needed, or the reason the stream is
@@ -300,7 +316,7 @@ impl Decoder {
     /// As [`Decoder::decode`], with the payload borrowed from the decoder's buffer instead of
     /// copied out of it.
     pub fn decode_borrowed(&mut self) -> Result<Option<(Kind, &[u8])>, DecodeError> {
-        let avail = &self.buf[self.start..];
+        let avail = &self.buf[self.start..self.end];
         if avail.len() < HEADER_LEN {
             return Ok(None);
         }
@@ -327,7 +343,7 @@ impl Decoder {
         if have == 0 {
             return Ok(());
         }
-        let avail = &self.buf[self.start..];
+        let avail = &self.buf[self.start..self.end];
         let want = if have >= HEADER_LEN {
             HEADER_LEN + u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize
         } else {
@@ -337,21 +353,24 @@ impl Decoder {
     }
 
     /// One read from `r` straight into the buffer, retrying EINTR. Returns the byte count;
-    /// 0 means end of stream. Reads at most what the current frame still needs or the read
-    /// chunk, whichever is more, so a large frame arrives in few reads.
+    /// 0 means end of stream. Asks for what the current frame still needs or the read chunk,
+    /// whichever is more, and never more than 64 KiB, so a large frame arrives in few reads
+    /// and an announced length alone costs nothing.
     pub fn read_from<R: Read + ?Sized>(&mut self, r: &mut R) -> io::Result<usize> {
-        self.compact();
-        let want = self.missing_for_current_frame().max(self.read_chunk);
-        let old_len = self.buf.len();
-        self.buf.resize(old_len + want, 0);
+        let want = self
+            .missing_for_current_frame()
+            .max(self.read_chunk)
+            .min(READ_MAX);
+        self.make_room(want);
+        let room = &mut self.buf[self.end..self.end + want];
         let result = loop {
-            match r.read(&mut self.buf[old_len..]) {
+            match r.read(room) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => break other,
             }
         };
         let n = *result.as_ref().unwrap_or(&0);
-        self.buf.truncate(old_len + n);
+        self.end += n;
         if n == want {
             self.read_chunk = (self.read_chunk * 2).min(READ_CHUNK_MAX);
         }
@@ -361,7 +380,7 @@ impl Decoder {
     /// Bytes still missing for the frame at the head of the buffer (0 if unknown yet or the
     /// header is out of bounds, which `decode` reports).
     fn missing_for_current_frame(&self) -> usize {
-        let avail = &self.buf[self.start..];
+        let avail = &self.buf[self.start..self.end];
         if avail.len() < HEADER_LEN {
             return 0;
         }
@@ -372,10 +391,25 @@ impl Decoder {
         (HEADER_LEN + len as usize).saturating_sub(avail.len())
     }
 
-    fn compact(&mut self) {
-        if self.start > 0 {
-            self.buf.drain(..self.start);
+    /// Makes `buf[end..end + more]` available: moves undecoded bytes to the front, gives back
+    /// a large idle buffer, and grows (at least doubling, zeroing only the new bytes) when
+    /// the room is still short.
+    fn make_room(&mut self, more: usize) {
+        if self.start == self.end {
             self.start = 0;
+            self.end = 0;
+            if self.buf.len() > KEEP_IDLE_BUFFER {
+                self.buf = Vec::new();
+            }
+        } else if self.start > 0 && self.buf.len() - self.end < more {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let needed = self.end + more;
+        if self.buf.len() < needed {
+            let grown = needed.max(self.buf.len().saturating_mul(2));
+            self.buf.resize(grown, 0);
         }
     }
 }
@@ -496,6 +530,44 @@ mod tests {
         let (frames, asked) = read_sizes(&many);
         assert_eq!(frames, 100);
         assert_eq!(asked[..5], [512, 1024, 2048, 4096, 4096]);
+    }
+
+    #[test]
+    fn memory_follows_bytes_received_not_the_length_announced() {
+        let mut d = Decoder::new(64 << 20);
+        // A header announcing 64 MiB, then 10 bytes of it.
+        let mut bytes = header(Kind::Data, 64 << 20).to_vec();
+        bytes.extend([7u8; 10]);
+        let mut src = Recording {
+            data: &bytes,
+            asked: Vec::new(),
+        };
+        while d.read_from(&mut src).unwrap() > 0 {
+            assert!(d.decode().unwrap().is_none());
+        }
+        assert!(
+            d.buf.capacity() <= 2 * READ_MAX,
+            "{} bytes held",
+            d.buf.capacity()
+        );
+        assert!(src.asked.iter().all(|&n| n <= READ_MAX), "{:?}", src.asked);
+
+        // 1 MiB arriving in 1 KiB pieces: the buffer stays within twice what is held.
+        let frame = Frame::new(Kind::Data, vec![3u8; 1 << 20]).encode();
+        let mut d = Decoder::new(DEFAULT_MAX_FRAME);
+        for piece in frame.chunks(1024) {
+            let mut src = Recording {
+                data: piece,
+                asked: Vec::new(),
+            };
+            while d.read_from(&mut src).unwrap() > 0 {
+                assert!(d.buf.capacity() <= 2 * d.buffered() + 2 * READ_MAX);
+            }
+        }
+        assert_eq!(d.decode().unwrap().unwrap().payload.len(), 1 << 20);
+        // Decoded and idle: a large buffer is given back at the next read.
+        d.extend(&[]);
+        assert!(d.buf.capacity() <= KEEP_IDLE_BUFFER);
     }
 
     fn decode_all(bytes: &[u8], max: u32) -> Result<Vec<Frame>, DecodeError> {

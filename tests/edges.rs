@@ -348,3 +348,56 @@ fn connections_waiting_in_the_backlog_at_shutdown_are_told_why() {
     assert_eq!(field(&stop, "refused"), Some("6"), "{stop}");
     assert!(server.wait_exit().success());
 }
+
+#[test]
+fn a_slow_reader_is_timed_on_the_whole_reply_not_each_write() {
+    let mut server = Forkd::start(&["--idle-timeout", "3", "--max-frame", "40M"]);
+    let mut client = Client::connect(&server.addr());
+    let pid = server.child_for(client.stream());
+    let payload = vec![5u8; 32 << 20];
+    let sender = client.send_in_background(forkd::frame::Frame::new(Kind::Data, payload).encode());
+    // Read 128 KiB every 100 ms: always some progress, 25 s for the whole reply.
+    let started = Instant::now();
+    let mut buf = vec![0u8; 128 << 10];
+    let mut taken = 0usize;
+    let line = loop {
+        if let Some(line) = server
+            .log()
+            .into_iter()
+            .find(|l| l.contains("error peer=") && l.contains(&format!("pid={pid} ")))
+        {
+            break line;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "still served after {taken} bytes in {:?}",
+            started.elapsed()
+        );
+        match client.stream().read(&mut buf) {
+            Ok(0) | Err(_) => {}
+            Ok(n) => taken += n,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(line.contains("code=7"), "{line}");
+    assert!(line.contains("reply not taken in 3s"), "{line}");
+    assert!(taken < 32 << 20, "{taken}");
+    let _ = sender.join();
+}
+
+#[test]
+fn the_idle_clock_restarts_in_full_after_a_frame_that_came_in_pieces() {
+    let server = Forkd::start(&["--idle-timeout", "3"]);
+    let mut client = Client::connect(&server.addr());
+    let frame = forkd::frame::Frame::new(Kind::Data, b"pieces".to_vec()).encode();
+    client.send_raw(&frame[..6]);
+    std::thread::sleep(Duration::from_millis(2300));
+    // A read that starts with 0.7 s left on the clock.
+    client.send_raw(&frame[6..8]);
+    std::thread::sleep(Duration::from_millis(100));
+    client.send_raw(&frame[8..]);
+    assert_eq!(client.recv().payload, b"pieces");
+    // The clock starts again from this reply: 1.5 s of quiet is well inside 3 s.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(client.echo(b"next").payload, b"next");
+}

@@ -34,8 +34,52 @@ fn chunks(bytes: &[u8], cuts: &[u16]) -> Vec<Vec<u8>> {
     out
 }
 
+/// A reader that hands out its bytes in the given pieces, one per read (never more than the
+/// caller asks for), as a socket does when segments arrive apart.
+struct Pieces {
+    chunks: std::collections::VecDeque<Vec<u8>>,
+}
+
+impl std::io::Read for Pieces {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while let Some(front) = self.chunks.front_mut() {
+            if front.is_empty() {
+                self.chunks.pop_front();
+                continue;
+            }
+            let n = front.len().min(buf.len());
+            buf[..n].copy_from_slice(&front[..n]);
+            front.drain(..n);
+            return Ok(n);
+        }
+        Ok(0)
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn any_frames_read_in_any_splits_decode_to_the_same_frames(
+        frames in proptest::collection::vec(frame(), 0..20),
+        cuts in proptest::collection::vec(any::<u16>(), 0..40),
+    ) {
+        let bytes: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
+        let mut reader = Pieces { chunks: chunks(&bytes, &cuts).into() };
+        let mut decoder = Decoder::new(600);
+        let mut got = Vec::new();
+        loop {
+            while let Some(f) = decoder.decode().unwrap() {
+                got.push(f);
+            }
+            if decoder.read_from(&mut reader).unwrap() == 0 {
+                break;
+            }
+        }
+        prop_assert_eq!(decoder.buffered(), 0);
+        prop_assert!(decoder.finish().is_ok());
+        prop_assert_eq!(got, frames);
+    }
 
     #[test]
     fn any_frames_in_any_chunks_decode_to_the_same_frames(

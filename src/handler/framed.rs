@@ -183,7 +183,8 @@ pub(crate) fn write_out(sink: &mut dyn Write, out: &mut Vec<u8>) -> io::Result<(
     if out.is_empty() {
         return Ok(());
     }
-    let written = sink.write_all(out);
+    // flush() ends the batch: the idle clock times each batch of replies as a whole.
+    let written = sink.write_all(out).and_then(|()| sink.flush());
     out.clear();
     written
 }

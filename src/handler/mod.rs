@@ -12,6 +12,7 @@
 //! exec (a program per connection) is started by the isolation model itself, since the
 //! program replaces whatever would serve the connection.
 
+mod clock;
 mod echo;
 mod frame_exec;
 mod framed;

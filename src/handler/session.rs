@@ -6,12 +6,13 @@
 //! with an ERROR frame, logged, and the connection closed so that the ERROR still reaches the
 //! peer. A [`FramedHandler`] only decides what a DATA request gets.
 
-use std::io::{self, Read, Write};
-use std::time::{Duration, Instant};
+use std::io;
+use std::time::Duration;
 
 use super::Outcome;
+use super::clock::IdleClock;
 use super::framed::{FramedHandler, Reply, append_error, write_out};
-use crate::conn::{Connection, Stream};
+use crate::conn::Connection;
 use crate::frame::{Decoder, ErrorCode, Kind, header};
 use crate::logging::quote;
 
@@ -38,18 +39,7 @@ pub(crate) fn serve(
     } = conn;
     // What the socket came with from its listener, if it is the idle limit.
     let preset = timeout.filter(|t| Some(*t) == settings.idle_timeout);
-    if let Some(idle) = settings.idle_timeout
-        && preset.is_none()
-    {
-        // A peer that takes no reply for this long is as idle as one that sends nothing.
-        let _ = stream.set_write_timeout(Some(idle));
-    }
-    let mut timed = IdleClock {
-        stream,
-        deadline: None,
-        idle: settings.idle_timeout,
-        timeout_set: preset,
-    };
+    let mut timed = IdleClock::new(stream, settings.idle_timeout, preset);
     let mut decoder = Decoder::new(settings.max_frame);
     let mut out: Vec<u8> = Vec::new();
     let failure = 'conversation: loop {
@@ -78,11 +68,15 @@ pub(crate) fn serve(
             }
         }
         if let Err(e) = write_out(&mut timed, &mut out) {
-            break Failure::Io("write", e);
+            break if timed_out(&e) {
+                Failure::SlowReader
+            } else {
+                Failure::Io("write", e)
+            };
         }
         // The clock starts after the last reply; bytes of a partial frame do not reset it.
         if decoder.buffered() == 0 {
-            timed.deadline = settings.idle_timeout.map(|idle| Instant::now() + idle);
+            timed.start_idle();
         }
         match decoder.read_from(&mut timed) {
             Ok(0) => match decoder.finish() {
@@ -105,9 +99,8 @@ pub(crate) fn serve(
         Failure::Protocol(code, reason) => {
             // The replies to the requests before the error go out first, then the ERROR.
             append_error(&mut out, code, &reason);
-            let mut stream: Stream = timed.stream;
-            let sent = write_out(&mut stream, &mut out);
-            stream.close_after_error();
+            let sent = write_out(&mut timed, &mut out);
+            timed.stream.close_after_error();
             format!(
                 "code={} reason={}{}",
                 code as u16,
@@ -119,6 +112,16 @@ pub(crate) fn serve(
                 }
             )
         }
+        Failure::SlowReader => {
+            // A peer that does not read would not read an ERROR frame either.
+            let idle = settings.idle_timeout.unwrap_or_default();
+            let reason = format!("idle timeout: reply not taken in {}s", idle.as_secs_f64());
+            format!(
+                "code={} reason={} error_frame=undelivered",
+                ErrorCode::Timeout as u16,
+                quote(&reason)
+            )
+        }
         Failure::Io(op, e) => format!("reason={}", quote(&format!("{op}: {e}"))),
     };
     log::info!("error peer={peer} pid={} {reason}", std::process::id());
@@ -127,6 +130,8 @@ pub(crate) fn serve(
 
 enum Failure {
     Protocol(ErrorCode, String),
+    /// The peer did not take a reply in full within the idle limit.
+    SlowReader,
     Io(&'static str, io::Error),
 }
 
@@ -136,47 +141,4 @@ fn timed_out(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
     )
-}
-
-/// The connection with the idle clock: no read waits (much) past `deadline`.
-struct IdleClock {
-    stream: Stream,
-    deadline: Option<Instant>,
-    idle: Option<Duration>,
-    /// The read timeout last given to the kernel.
-    timeout_set: Option<Duration>,
-}
-
-impl Read for IdleClock {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let (Some(deadline), Some(idle)) = (self.deadline, self.idle) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left < Duration::from_millis(1) {
-                return Err(io::ErrorKind::TimedOut.into());
-            }
-            // The kernel's timeout is refreshed only when it runs more than a tenth of the idle
-            // limit past what is left: a frame that arrives in one read (the usual case) costs
-            // no extra system call, and a dribbling peer is cut off within 10% of the limit.
-            let stale = self.timeout_set.is_none_or(|set| set > left + idle / 10);
-            if stale {
-                self.stream.set_read_timeout(Some(left))?;
-                self.timeout_set = Some(left);
-            }
-        }
-        self.stream.read(buf)
-    }
-}
-
-impl Write for IdleClock {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stream.write(buf)
-    }
-
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.stream.write_vectored(bufs)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }

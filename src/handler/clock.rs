@@ -1,0 +1,131 @@
+//! The idle clock of a protocol-v1 conversation, kept by the kernel's socket timeouts.
+//!
+//! Reading: a complete request must arrive within `--idle-timeout` of the last reply, however
+//! it is split across reads. Writing: a batch of replies must be taken in full by the peer
+//! within `--idle-timeout` of its first write, however slowly the peer reads (a reader that
+//! takes 8 KiB every few seconds would otherwise renew a per-write timeout forever).
+//!
+//! Both deadlines are absolute. The kernel's timeout (SO_RCVTIMEO, SO_SNDTIMEO) is set to
+//! what is left only when it is stale by more than a tenth of the limit, so the usual frame,
+//! read or written in one call, costs no extra system call; a wait the kernel ends early is
+//! resumed, never taken for expiry.
+
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
+
+use crate::conn::Stream;
+
+/// The connection with its idle clock.
+pub(crate) struct IdleClock {
+    pub(crate) stream: Stream,
+    idle: Option<Duration>,
+    /// When a complete request must have arrived (set after each reply).
+    read_deadline: Option<Instant>,
+    /// When the replies being written must have been taken (set at the first write of a
+    /// batch, cleared by `flush` once the batch is written).
+    write_deadline: Option<Instant>,
+    read_timeout_set: Option<Duration>,
+    write_timeout_set: Option<Duration>,
+}
+
+impl IdleClock {
+    /// `preset`: the timeout the socket came with from its listener (both directions).
+    pub(crate) fn new(stream: Stream, idle: Option<Duration>, preset: Option<Duration>) -> Self {
+        IdleClock {
+            stream,
+            idle,
+            read_deadline: None,
+            write_deadline: None,
+            read_timeout_set: preset,
+            write_timeout_set: preset,
+        }
+    }
+
+    /// Starts the wait for the next request.
+    pub(crate) fn start_idle(&mut self) {
+        self.read_deadline = self.idle.map(|idle| Instant::now() + idle);
+    }
+}
+
+/// What is left before `deadline`, or `TimedOut`; refreshes the kernel's timeout (through
+/// `set`) when the one given last is stale.
+fn time_left(
+    deadline: Instant,
+    idle: Duration,
+    timeout_set: &mut Option<Duration>,
+    set: impl FnOnce(Duration) -> io::Result<()>,
+) -> io::Result<()> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left < Duration::from_millis(1) {
+        return Err(io::ErrorKind::TimedOut.into());
+    }
+    let slack = idle / 10;
+    let stale = timeout_set.is_none_or(|t| t > left + slack || t + slack < left);
+    if stale {
+        set(left)?;
+        *timeout_set = Some(left);
+    }
+    Ok(())
+}
+
+/// A timeout shows as EAGAIN (or ETIMEDOUT) on a blocking socket.
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+impl Read for IdleClock {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let (Some(deadline), Some(idle)) = (self.read_deadline, self.idle) else {
+            return self.stream.read(buf);
+        };
+        loop {
+            let stream = &self.stream;
+            time_left(deadline, idle, &mut self.read_timeout_set, |t| {
+                stream.set_read_timeout(Some(t))
+            })?;
+            match self.stream.read(buf) {
+                // Woken before the deadline (a timeout set for an earlier, longer wait):
+                // wait for what is left.
+                Err(e) if is_timeout(&e) => self.read_timeout_set = None,
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Write for IdleClock {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Some(idle) = self.idle else {
+            return self.stream.write(buf);
+        };
+        let deadline = *self
+            .write_deadline
+            .get_or_insert_with(|| Instant::now() + idle);
+        loop {
+            let stream = &self.stream;
+            time_left(deadline, idle, &mut self.write_timeout_set, |t| {
+                stream.set_write_timeout(Some(t))
+            })?;
+            match self.stream.write(buf) {
+                Err(e) if is_timeout(&e) => self.write_timeout_set = None,
+                other => return other,
+            }
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match bufs.iter().find(|b| !b.is_empty()) {
+            Some(first) => self.write(first),
+            None => Ok(0),
+        }
+    }
+
+    /// The batch is written: the next write starts a new deadline.
+    fn flush(&mut self) -> io::Result<()> {
+        self.write_deadline = None;
+        Ok(())
+    }
+}
