@@ -206,11 +206,14 @@ impl Server {
 
     /// Whether the configuration is coherent (see [`Config::check`]), without serving.
     pub fn check(&self) -> Result<(), Error> {
-        let service = match &self.handler {
-            Handler::Builtin(service) => service,
-            Handler::Custom(_) => &Service::Echo,
-        };
-        self.config.check(service).map_err(Error)
+        match &self.handler {
+            Handler::Builtin(service) => self.config.check(service),
+            Handler::Custom(work) => self
+                .config
+                .check_settings(work.is_framed())
+                .and_then(|()| self.config.check_model(&Service::Echo)),
+        }
+        .map_err(Error)
     }
 
     /// Binds, drops privileges and serves until SIGTERM or SIGINT, then gives running

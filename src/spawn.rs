@@ -113,7 +113,7 @@ pub(crate) fn spawn_tied(
 
 /// Where `program` is: itself if it names a directory, else the first executable file of
 /// that name in the PATH of `env`.
-fn locate(program: &OsStr, env: &[(OsString, OsString)]) -> io::Result<PathBuf> {
+pub(crate) fn locate(program: &OsStr, env: &[(OsString, OsString)]) -> io::Result<PathBuf> {
     if program.as_bytes().contains(&b'/') {
         return Ok(PathBuf::from(program));
     }
@@ -130,7 +130,7 @@ fn locate(program: &OsStr, env: &[(OsString, OsString)]) -> io::Result<PathBuf> 
         .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
 }
 
-fn is_executable(path: &Path) -> bool {
+pub(crate) fn is_executable(path: &Path) -> bool {
     nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_ok() && path.is_file()
 }
 

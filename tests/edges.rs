@@ -401,3 +401,89 @@ fn the_idle_clock_restarts_in_full_after_a_frame_that_came_in_pieces() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(client.echo(b"next").payload, b"next");
 }
+
+/// Asserts forkd refuses `args` at start: exit 2, one line on stderr containing every one
+/// of `words`.
+fn refused_at_start(args: &[&str], words: &[&str]) {
+    let (code, err) = common::forkd_fails(args);
+    assert_eq!(code, 2, "{args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    for word in words {
+        assert!(err.contains(word), "{args:?}: {word:?} not in {err}");
+    }
+}
+
+#[test]
+fn settings_that_doom_every_connection_are_refused_at_start() {
+    let listen = ["--listen", "127.0.0.1:0"];
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--", "no-such-program-anywhere"],
+            &["no-such-program-anywhere", "PATH"],
+        ),
+        (
+            &["--handler", "frame-exec", "--", "/nonexistent/program"],
+            &["/nonexistent/program"],
+        ),
+        (
+            &["--rlimit-nofile", "4294967295"],
+            &["--rlimit-nofile", "hard limit"],
+        ),
+        (&["--rlimit-as", "4M"], &["--rlimit-as", "--max-frame"]),
+        (&["--max-frame", "2G"], &["--max-frame", "1G"]),
+    ];
+    for (args, words) in cases {
+        let all: Vec<&str> = listen.iter().chain(args.iter()).copied().collect();
+        refused_at_start(&all, words);
+    }
+}
+
+#[test]
+fn every_duration_follows_one_range_rule() {
+    for flag in [
+        "--grace",
+        "--idle-timeout",
+        "--max-lifetime",
+        "--request-timeout",
+    ] {
+        for value in ["1e19", "-1", "0.0001", "inf", "NaN"] {
+            refused_at_start(&["--listen", "127.0.0.1:0", flag, value], &[flag, value]);
+        }
+    }
+    refused_at_start(
+        &["--listen", "127.0.0.1:0", "--rate", "5/1e19"],
+        &["--rate"],
+    );
+}
+
+#[test]
+fn zero_turns_max_lifetime_off_as_it_does_the_other_limits() {
+    let server = Forkd::start(&["--max-lifetime", "0", "--idle-timeout", "0"]);
+    let mut client = Client::connect(&server.addr());
+    assert_eq!(client.echo(b"one").payload, b"one");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(client.echo(b"still").payload, b"still");
+}
+
+#[test]
+fn durations_take_units() {
+    let mut server = Forkd::start(&["--grace", "1500ms", "--idle-timeout", "2m"]);
+    let start = server.wait_log(" start version=");
+    assert!(start.contains("grace=1.5s"), "{start}");
+}
+
+#[test]
+fn a_bad_value_names_its_flag_and_a_typo_gets_a_suggestion() {
+    refused_at_start(
+        &["--listen", "127.0.0.1:0", "--max-frame", "-1"],
+        &["--max-frame", "'-1'"],
+    );
+    refused_at_start(
+        &["--listen", "127.0.0.1:0", "--grace", "-1"],
+        &["--grace", "'-1'"],
+    );
+    refused_at_start(
+        &["--lisen", "127.0.0.1:0"],
+        &["--lisen", "similar", "'--listen'"],
+    );
+}

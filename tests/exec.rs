@@ -212,11 +212,25 @@ fn limits_apply_to_programs_too() {
 
 #[test]
 fn a_program_that_cannot_run_is_logged_and_the_connection_closed() {
+    // A program missing at start is refused then (tests/edges.rs); one removed while forkd
+    // runs fails per connection.
     for args in [&[][..], &["--rlimit-nofile", "64"][..]] {
-        for program in ["/nonexistent/program", "no-such-program-in-path"] {
-            let mut server = Forkd::start(&[args, &["--", program]].concat());
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("vanishing");
+        std::fs::copy("/bin/true", &program).unwrap();
+        let path = format!("PATH={}", dir.path().display());
+        let by_path = ["--env", path.as_str(), "--", "vanishing"];
+        let program_path = common::path_str(&program);
+        let by_name = ["--", program_path.as_str()];
+        for (how, named) in [
+            (&by_path[..], "vanishing"),
+            (&by_name[..], program_path.as_str()),
+        ] {
+            std::fs::copy("/bin/true", &program).unwrap();
+            let mut server = Forkd::start(&[args, how].concat());
+            std::fs::remove_file(&program).unwrap();
             let client = Client::connect(&server.addr());
-            let line = server.wait_log(&format!("cannot run {program}"));
+            let line = server.wait_log(&format!("cannot run {named}"));
             assert!(
                 line.contains("error:") && line.contains("active=0/"),
                 "{line}"

@@ -55,6 +55,11 @@ pub(crate) enum Work {
 }
 
 impl Work {
+    /// Whether the handler speaks protocol v1 (and so holds frames of up to `max_frame`).
+    pub(crate) fn is_framed(&self) -> bool {
+        matches!(self, Work::Framed { .. })
+    }
+
     /// forkd's own handlers; frame-exec's output is bounded by `max_frame`.
     pub(crate) fn of(service: &Service, max_frame: u32) -> Work {
         match service {

@@ -443,16 +443,34 @@ pub fn forkc(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
 
 /// Runs forkd expecting it to refuse to start: (exit code, stderr).
 pub fn forkd_fails(args: &[&str]) -> (i32, String) {
-    let out = Command::new(FORKD)
+    let mut child = Command::new(FORKD)
         .args(args)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success(), "forkd started with {args:?}");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("forkd started with {args:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!status.success(), "forkd succeeded with {args:?}");
+    (status.code().unwrap_or(-1), stderr)
 }
 
 pub fn path_str(p: &Path) -> String {

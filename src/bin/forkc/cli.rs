@@ -25,7 +25,7 @@ pub struct Cli {
     pub connect: Option<Addr>,
 
     /// Give up on a connect, read or write that takes longer than this.
-    #[arg(long, value_name = "SECS", global = true, default_value = "10", value_parser = parse_secs)]
+    #[arg(long, value_name = "DURATION", global = true, default_value = "10", value_parser = parse_secs)]
     pub timeout: Duration,
 
     /// Largest reply payload accepted.
@@ -62,7 +62,7 @@ pub enum Command {
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         requests: Option<u64>,
         /// Stop after this long.
-        #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+        #[arg(long, value_name = "DURATION", value_parser = parse_secs)]
         duration: Option<Duration>,
         /// Payload bytes per request (at least 8: a sequence number).
         #[arg(long, value_name = "BYTES", default_value = "64", value_parser = parse_bytes)]
@@ -84,8 +84,7 @@ pub enum Command {
     },
 }
 
-/// The clap command, for man pages and completions (examples/package-docs.rs).
-#[allow(dead_code)]
+/// The clap command, as parsed and for man pages and completions (examples/package-docs.rs).
 pub fn command() -> clap::Command {
-    Cli::command()
+    super::args::negative_values_named(Cli::command())
 }

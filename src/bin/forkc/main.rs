@@ -13,7 +13,7 @@ use std::net::Shutdown;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::FromArgMatches;
 
 use forkd::client::{ServerError, connect};
 use forkd::frame::{Frame, FrameReader, Kind, write_frame};
@@ -22,7 +22,10 @@ use forkd::{Addr, Stream};
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let parsed = cli::command()
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => return args::clap_error(e).finish("forkc"),
     };

@@ -12,7 +12,7 @@ use forkd::config::{
 };
 use log::LevelFilter;
 
-use super::args::{Stop, clap_error};
+use super::args::{Stop, clap_error, negative_values_named};
 
 /// The handlers `--handler` can name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -38,6 +38,9 @@ impl HandlerName {
 }
 
 const EXAMPLES: &str = "\
+Durations (--grace, --idle-timeout, --max-lifetime, --request-timeout, --rate) are seconds
+(30, 0.5) or take units (250ms, 5m, 1h 30m), from 1 ms to 365 days; 0 turns a limit off.
+
 Examples:
   Echo on loopback, logging to the terminal:
     forkd --listen 127.0.0.1:7000 --log stderr
@@ -92,7 +95,7 @@ struct Cli {
 
     /// frame-exec: a program still running after this long is killed and the request answered
     /// with ERROR 7. 0 turns it off.
-    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs,
+    #[arg(long, value_name = "DURATION", default_value = "30", value_parser = parse_secs,
           help_heading = "Programs")]
     request_timeout: Duration,
 
@@ -114,18 +117,19 @@ struct Cli {
 
     /// On SIGTERM or SIGINT, how long children may finish their conversations before they are
     /// killed. A second signal ends the wait at once.
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    #[arg(long, value_name = "DURATION", default_value = "10", value_parser = parse_secs)]
     grace: Duration,
 
     /// A child that receives no complete frame for this long (counted from its last reply;
-    /// partial bytes do not count) answers ERROR 7 and closes. 0 turns it off.
-    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs,
+    /// partial bytes do not count) answers ERROR 7 and closes; so does one whose peer does not
+    /// take a reply in full for this long. 0 turns it off.
+    #[arg(long, value_name = "DURATION", default_value = "60", value_parser = parse_secs,
           help_heading = "Limits")]
     idle_timeout: Duration,
 
     /// End a child older than this whatever it is doing: SIGTERM, then SIGKILL a second
-    /// later. Off by default.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, help_heading = "Limits")]
+    /// later. Off by default (or 0).
+    #[arg(long, value_name = "DURATION", value_parser = parse_secs, help_heading = "Limits")]
     max_lifetime: Option<Duration>,
 
     /// Admit clients from this address or network (10.0.0.0/8, 2001:db8::/32, 127.0.0.1).
@@ -174,7 +178,7 @@ struct Cli {
     rlimit_as: Option<u64>,
 
     /// CPU seconds each child may use (RLIMIT_CPU); then the kernel sends SIGXCPU.
-    #[arg(long, value_name = "SECS", help_heading = "Children")]
+    #[arg(long, value_name = "DURATION", help_heading = "Children")]
     rlimit_cpu: Option<u64>,
 
     /// Open descriptors each child may have (RLIMIT_NOFILE).
@@ -230,10 +234,9 @@ struct Cli {
     quiet: u8,
 }
 
-/// The clap command, for man pages and completions (examples/package-docs.rs).
-#[allow(dead_code)]
+/// The clap command, as parsed and for man pages and completions (examples/package-docs.rs).
 pub fn command() -> clap::Command {
-    Cli::command()
+    negative_values_named(Cli::command())
 }
 
 /// Parses argv (the program name first) into what to serve and with which handler.
@@ -242,9 +245,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let matches = Cli::command()
-        .try_get_matches_from(args)
-        .map_err(clap_error)?;
+    let matches = command().try_get_matches_from(args).map_err(clap_error)?;
     let cli = Cli::from_arg_matches(&matches).map_err(clap_error)?;
     let rules = rules_in_order(&matches);
     let handler = match (cli.handler, cli.program.is_empty()) {
@@ -291,7 +292,7 @@ where
         max_frame: cli.max_frame,
         grace: cli.grace,
         idle_timeout: Some(cli.idle_timeout).filter(|d| !d.is_zero()),
-        max_lifetime: cli.max_lifetime,
+        max_lifetime: cli.max_lifetime.filter(|d| !d.is_zero()),
         admission: Policy {
             rules,
             per_source: cli.per_source,

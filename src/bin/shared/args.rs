@@ -26,8 +26,9 @@ impl Stop {
     }
 }
 
-/// Help and version are printed whole; any other clap error becomes one line, its first
-/// paragraph, which names the flag and the problem (usage and tips are dropped).
+/// Help and version are printed whole; any other clap error becomes one line: its first
+/// paragraph, which names the flag and the problem, and clap's tip if it has one ("a similar
+/// argument exists: '--listen'"). The usage is dropped.
 pub fn clap_error(e: clap::Error) -> Stop {
     use clap::error::ErrorKind;
     let text = e.render().to_string();
@@ -39,12 +40,37 @@ pub fn clap_error(e: clap::Error) -> Stop {
                 .take_while(|l| !l.trim().is_empty())
                 .map(str::trim)
                 .collect();
-            Stop::Invalid(
-                paragraph
-                    .join(" ")
-                    .trim_start_matches("error: ")
-                    .to_string(),
-            )
+            let mut line = paragraph
+                .join(" ")
+                .trim_start_matches("error: ")
+                .to_string();
+            // The first tip is the one that helps ("a similar argument exists"); the others
+            // explain clap's syntax.
+            let tip = text.lines().find_map(|l| l.trim().strip_prefix("tip: "));
+            if let Some(tip) = tip {
+                line = format!("{line} ({tip})");
+            }
+            Stop::Invalid(line)
         }
     }
+}
+
+/// Lets every option's value start with a minus, so that `--grace -1` is refused by the
+/// option's own parser ("invalid value '-1' for '--grace'") instead of being taken for an
+/// unknown flag `-1`. Applies to subcommands too.
+pub fn negative_values_named(command: clap::Command) -> clap::Command {
+    let command = command.mut_args(|arg| {
+        if arg.get_action().takes_values() {
+            arg.allow_negative_numbers(true)
+        } else {
+            arg
+        }
+    });
+    let names: Vec<String> = command
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    names.into_iter().fold(command, |command, name| {
+        command.mut_subcommand(name, negative_values_named)
+    })
 }

@@ -19,6 +19,12 @@ use crate::addr::Addr;
 pub use crate::cidr::Cidr;
 use crate::frame::DEFAULT_MAX_FRAME;
 
+mod check;
+mod units;
+
+pub(crate) use units::check_duration;
+pub use units::{MAX_DURATION, MAX_FRAME, parse_bytes, parse_bytes_u64, parse_secs};
+
 /// Everything a server is asked to do, apart from the handler itself.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -101,63 +107,6 @@ pub(crate) fn sockets_offered() -> bool {
             .ok()
             .and_then(|n| n.parse::<u32>().ok())
             .is_some_and(|n| n > 0)
-}
-
-impl Config {
-    /// Whether this configuration can be served with `service`: `Err` is one line naming the
-    /// setting at fault. Checks what needs no system call; binding, users and files are
-    /// checked when serving starts.
-    pub fn check(&self, service: &Service) -> Result<(), String> {
-        if self.max_children == 0 {
-            return Err("--max-children must be at least 1".to_string());
-        }
-        if self.listen.is_empty() && !self.inetd && !sockets_offered() {
-            return Err(NO_ADDRESS.to_string());
-        }
-        if self.inetd && !self.listen.is_empty() {
-            return Err("--inetd serves descriptor 0 and cannot also --listen".to_string());
-        }
-        if self.model == Model::Fork {
-            return Ok(());
-        }
-        let limits = self.limits;
-        let refused = [
-            (
-                self.max_lifetime.is_some(),
-                "--max-lifetime",
-                "a thread cannot be killed safely",
-            ),
-            (
-                limits.address_space.is_some(),
-                "--rlimit-as",
-                "resource limits are per process",
-            ),
-            (
-                limits.cpu_seconds.is_some(),
-                "--rlimit-cpu",
-                "resource limits are per process",
-            ),
-            (
-                limits.open_files.is_some(),
-                "--rlimit-nofile",
-                "resource limits are per process",
-            ),
-            (
-                limits.nice.is_some(),
-                "--nice",
-                "priority is per process here",
-            ),
-            (
-                matches!(service, Service::Exec(_)),
-                "--handler exec",
-                "it replaces the process serving the connection",
-            ),
-        ];
-        match refused.iter().find(|(given, _, _)| *given) {
-            Some((_, flag, why)) => Err(format!("{flag} cannot apply to --model thread: {why}")),
-            None => Ok(()),
-        }
-    }
 }
 
 /// The handlers forkd itself offers; an embedder's own handler is given to
@@ -361,75 +310,5 @@ impl Default for LogOptions {
             syslog_socket: None,
             level: LevelFilter::Info,
         }
-    }
-}
-
-/// A byte count that fits a frame's 32-bit length field (see [`parse_bytes_u64`]).
-pub fn parse_bytes(s: &str) -> Result<u32, String> {
-    let n = parse_bytes_u64(s)?;
-    u32::try_from(n).map_err(|_| format!("'{s}' is more than {} bytes", u32::MAX))
-}
-
-/// `1048576`, `64K`, `1M`, `1G` (powers of 1024; `KiB`, `MiB`, `GiB` too).
-pub fn parse_bytes_u64(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        _ => return Err(format!("'{s}': unit must be K, M or G")),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{s}' is not a byte count"))?;
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("'{s}' is too many bytes"))
-}
-
-/// Seconds, whole or fractional: `10`, `0.5`.
-pub fn parse_secs(s: &str) -> Result<Duration, String> {
-    s.trim()
-        .parse::<f64>()
-        .ok()
-        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-        .ok_or_else(|| format!("'{s}' is not a number of seconds"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn byte_counts() {
-        assert_eq!(parse_bytes("0"), Ok(0));
-        assert_eq!(parse_bytes("64K"), Ok(65536));
-        assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
-        assert_eq!(parse_bytes("3g"), Ok(3 << 30));
-        assert!(parse_bytes("4G").is_err());
-        assert!(parse_bytes("-1").is_err());
-        assert!(parse_bytes("").is_err());
-    }
-
-    #[test]
-    fn the_thread_model_refuses_what_it_cannot_honour() {
-        let base = Config {
-            listen: vec![":1".parse().unwrap()],
-            model: Model::Thread,
-            ..Config::default()
-        };
-        assert!(base.check(&Service::Echo).is_ok());
-        let lifetime = Config {
-            max_lifetime: Some(Duration::from_secs(1)),
-            ..base.clone()
-        };
-        let e = lifetime.check(&Service::Echo).unwrap_err();
-        assert!(e.starts_with("--max-lifetime"), "{e}");
-        let e = base
-            .check(&Service::Exec(Program::new(["cat"])))
-            .unwrap_err();
-        assert!(e.starts_with("--handler exec"), "{e}");
     }
 }

@@ -1,0 +1,246 @@
+//! Whether a configuration can be served: every setting that would doom every connection is
+//! refused here, before anything is bound, with one line naming the setting at fault.
+
+use super::*;
+
+impl Config {
+    /// Whether this configuration can be served with `service`: `Err` is one line naming the
+    /// setting at fault. Durations are in range, a program to run is there, resource limits
+    /// can be set and leave room for a frame; binding, users and files are checked when
+    /// serving starts.
+    pub fn check(&self, service: &Service) -> Result<(), String> {
+        let (framed, program) = match service {
+            Service::Echo => (true, None),
+            Service::Exec(program) => (false, Some(program)),
+            Service::FrameExec(program) => (true, Some(program)),
+        };
+        self.check_settings(framed)?;
+        if let Some(program) = program {
+            check_program(program)?;
+        }
+        self.check_model(service)
+    }
+
+    /// What every server needs, whatever serves its connections: `framed` when the handler
+    /// speaks protocol v1 (and so holds frames of up to `max_frame` bytes).
+    pub(crate) fn check_settings(&self, framed: bool) -> Result<(), String> {
+        if self.max_children == 0 {
+            return Err("--max-children must be at least 1".to_string());
+        }
+        if self.listen.is_empty() && !self.inetd && !sockets_offered() {
+            return Err(NO_ADDRESS.to_string());
+        }
+        if self.inetd && !self.listen.is_empty() {
+            return Err("--inetd serves descriptor 0 and cannot also --listen".to_string());
+        }
+        self.check_durations()?;
+        if self.max_frame > MAX_FRAME {
+            return Err(format!(
+                "--max-frame {} is more than 1G, the largest frame forkd takes",
+                self.max_frame
+            ));
+        }
+        self.check_limits(framed)
+    }
+
+    fn check_durations(&self) -> Result<(), String> {
+        let rate = self.admission.rate.map(|r| r.per);
+        let durations = [
+            ("--grace", Some(self.grace)),
+            ("--idle-timeout", self.idle_timeout),
+            ("--max-lifetime", self.max_lifetime),
+            ("--rate", rate),
+        ];
+        for (flag, value) in durations {
+            let Some(value) = value else { continue };
+            check_duration(value).map_err(|why| format!("{flag} {value:?} {why}"))?;
+            if value.is_zero() && flag != "--grace" {
+                return Err(format!("{flag} of 0: None turns the limit off"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Limits a worker could not set, or that leave no room for a frame, doom every
+    /// connection: refused now rather than per connection.
+    fn check_limits(&self, framed: bool) -> Result<(), String> {
+        use nix::sys::resource::{Resource, getrlimit};
+        // Only a process that keeps root may raise a hard limit.
+        let may_raise = nix::unistd::geteuid().is_root() && self.user.is_none();
+        let limits = [
+            (
+                "--rlimit-as",
+                Resource::RLIMIT_AS,
+                self.limits.address_space,
+            ),
+            (
+                "--rlimit-cpu",
+                Resource::RLIMIT_CPU,
+                self.limits.cpu_seconds,
+            ),
+            (
+                "--rlimit-nofile",
+                Resource::RLIMIT_NOFILE,
+                self.limits.open_files,
+            ),
+        ];
+        for (flag, resource, value) in limits {
+            let Some(value) = value else { continue };
+            let (_, hard) = getrlimit(resource).map_err(|e| format!("{flag}: {e}"))?;
+            let ceiling = match resource {
+                // The kernel's own ceiling, for root too.
+                Resource::RLIMIT_NOFILE if may_raise => nr_open(),
+                _ if may_raise => u64::MAX,
+                _ => hard,
+            };
+            if value > ceiling {
+                return Err(format!(
+                    "{flag} {value} is above the hard limit of {ceiling} a worker may set"
+                ));
+            }
+        }
+        if let (true, Some(limit)) = (framed, self.limits.address_space) {
+            // A request of max_frame bytes and its reply, on top of what a process maps from
+            // the start (the supervisor's own size, which a fresh worker shares).
+            let mapped = mapped_bytes();
+            let needed = mapped.saturating_add(2 * u64::from(self.max_frame));
+            if limit < needed {
+                return Err(format!(
+                    "--rlimit-as {limit} leaves no room for a --max-frame {} request and its \
+                     reply (a worker maps {} MiB from the start): raise --rlimit-as to at \
+                     least {needed} or lower --max-frame",
+                    self.max_frame,
+                    mapped >> 20
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// What the thread model cannot honour.
+    pub(crate) fn check_model(&self, service: &Service) -> Result<(), String> {
+        if self.model == Model::Fork {
+            return Ok(());
+        }
+        let limits = self.limits;
+        let refused = [
+            (
+                self.max_lifetime.is_some(),
+                "--max-lifetime",
+                "a thread cannot be killed safely",
+            ),
+            (
+                limits.address_space.is_some(),
+                "--rlimit-as",
+                "resource limits are per process",
+            ),
+            (
+                limits.cpu_seconds.is_some(),
+                "--rlimit-cpu",
+                "resource limits are per process",
+            ),
+            (
+                limits.open_files.is_some(),
+                "--rlimit-nofile",
+                "resource limits are per process",
+            ),
+            (
+                limits.nice.is_some(),
+                "--nice",
+                "priority is per process here",
+            ),
+            (
+                matches!(service, Service::Exec(_)),
+                "--handler exec",
+                "it replaces the process serving the connection",
+            ),
+        ];
+        match refused.iter().find(|(given, _, _)| *given) {
+            Some((_, flag, why)) => Err(format!("{flag} cannot apply to --model thread: {why}")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A program that is not there, or that cannot be run, would fail every connection.
+fn check_program(program: &Program) -> Result<(), String> {
+    let Some(name) = program.argv.first() else {
+        return Err("no program to run: give it after --".to_string());
+    };
+    if let Some(timeout) = program.request_timeout {
+        check_duration(timeout).map_err(|why| format!("--request-timeout {timeout:?} {why}"))?;
+        if timeout.is_zero() {
+            return Err("--request-timeout of 0: None turns the limit off".to_string());
+        }
+    }
+    let env = crate::handler::program::launch(program, &[]).env;
+    let found = crate::spawn::locate(name, &env)
+        .ok()
+        .filter(|path| crate::spawn::is_executable(path));
+    found.ok_or_else(|| {
+        let path = env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.to_string_lossy().contains('/') {
+            format!(
+                "cannot run {}: not an executable file",
+                name.to_string_lossy()
+            )
+        } else {
+            format!(
+                "cannot run {}: no executable of that name on PATH ({path})",
+                name.to_string_lossy()
+            )
+        }
+    })?;
+    Ok(())
+}
+
+/// /proc/sys/fs/nr_open: the most descriptors any process may have.
+fn nr_open() -> u64 {
+    std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 20)
+}
+
+/// The bytes this process maps now (/proc/self/statm, first field, in pages).
+fn mapped_bytes() -> u64 {
+    let pages: u64 = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    pages
+        * nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .unwrap_or(4096) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_thread_model_refuses_what_it_cannot_honour() {
+        let base = Config {
+            listen: vec![":1".parse().unwrap()],
+            model: Model::Thread,
+            ..Config::default()
+        };
+        assert!(base.check(&Service::Echo).is_ok());
+        let lifetime = Config {
+            max_lifetime: Some(Duration::from_secs(1)),
+            ..base.clone()
+        };
+        let e = lifetime.check(&Service::Echo).unwrap_err();
+        assert!(e.starts_with("--max-lifetime"), "{e}");
+        let e = base
+            .check(&Service::Exec(Program::new(["cat"])))
+            .unwrap_err();
+        assert!(e.starts_with("--handler exec"), "{e}");
+    }
+}

@@ -1,0 +1,114 @@
+//! The units a user types: byte counts (`64K`, `1M`) and durations (`30`, `0.5`, `250ms`,
+//! `5m`, `1h 30m`), each range-checked when parsed so that no value can overflow later.
+
+use std::time::Duration;
+
+/// A byte count that fits a frame's 32-bit length field (see [`parse_bytes_u64`]).
+pub fn parse_bytes(s: &str) -> Result<u32, String> {
+    let n = parse_bytes_u64(s)?;
+    u32::try_from(n).map_err(|_| format!("'{s}' is more than {} bytes", u32::MAX))
+}
+
+/// `1048576`, `64K`, `1M`, `1G` (powers of 1024; `KiB`, `MiB`, `GiB` too).
+pub fn parse_bytes_u64(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if t.starts_with('-') {
+        return Err(format!("'{s}' is not a byte count: give 0 or more bytes"));
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        _ => return Err(format!("'{s}': unit must be K, M or G")),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a byte count"))?;
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("'{s}' is too many bytes"))
+}
+
+/// The longest duration any setting takes: 365 days. Longer values are refused when parsed,
+/// so no deadline computed from one can overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The shortest duration other than 0 (which turns a limit off): 1 ms, the resolution of
+/// forkd's timers.
+pub const MIN_DURATION: Duration = Duration::from_millis(1);
+
+/// The largest `--max-frame`: 1 GiB.
+pub const MAX_FRAME: u32 = 1 << 30;
+
+/// A duration: seconds, whole or fractional (`10`, `0.5`), or with units (`250ms`, `30s`,
+/// `5m`, `1h 30m`, `2days`). 0 is allowed (the setting then turns its limit off);
+/// otherwise from 1 ms to 365 days.
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let parsed = match t.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => {
+            if secs > MAX_DURATION.as_secs_f64() {
+                return Err(too_long(s));
+            }
+            Duration::from_secs_f64(secs)
+        }
+        Ok(_) => return Err(format!("'{s}' is not a duration: give 0 or more seconds")),
+        Err(_) => humantime::parse_duration(t).map_err(|_| {
+            format!("'{s}' is not a duration: give seconds (30, 0.5) or units (250ms, 5m, 1h)")
+        })?,
+    };
+    check_duration(parsed).map_err(|why| format!("'{s}' {why}"))?;
+    Ok(parsed)
+}
+
+/// The range rule of every duration, for values given in code as well as typed: 0, or from
+/// [`MIN_DURATION`] to [`MAX_DURATION`].
+pub fn check_duration(d: Duration) -> Result<(), &'static str> {
+    if d > MAX_DURATION {
+        Err("is longer than 365 days, the longest duration forkd takes")
+    } else if !d.is_zero() && d < MIN_DURATION {
+        Err("is shorter than 1 ms (0 turns the limit off)")
+    } else {
+        Ok(())
+    }
+}
+
+fn too_long(s: &str) -> String {
+    format!("'{s}' is longer than 365 days, the longest duration forkd takes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(parse_bytes("0"), Ok(0));
+        assert_eq!(parse_bytes("64K"), Ok(65536));
+        assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_bytes("3g"), Ok(3 << 30));
+        assert!(parse_bytes("4G").is_err());
+        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("").is_err());
+    }
+
+    #[test]
+    fn durations_in_seconds_or_units_within_one_range() {
+        assert_eq!(parse_secs("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_secs("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_secs("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_secs("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_secs("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_secs("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_secs("365days"), Ok(MAX_DURATION));
+        for bad in [
+            "1e19", "inf", "NaN", "-1", "366d", "31536001", "0.0001", "500us", "x", "",
+        ] {
+            assert!(parse_secs(bad).is_err(), "{bad} was taken");
+        }
+        assert!(parse_secs("1e19").unwrap_err().contains("365 days"));
+        assert!(parse_secs("0.0001").unwrap_err().contains("1 ms"));
+    }
+}
