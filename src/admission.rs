@@ -26,7 +26,8 @@ pub(crate) fn source_of(prefix: &SourcePrefix, peer: &Peer) -> Option<Cidr> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Refusal {
     pub code: ErrorCode,
-    /// For the log, one word: `denied`, `per-source`, `rate`, `overload`, `fork`.
+    /// For the log, one word: `denied`, `per-source`, `rate`, `rate-table`, `overload`,
+    /// `fork`, `shutdown`.
     pub reason: &'static str,
     /// For the peer, in the ERROR frame.
     pub message: String,
@@ -41,6 +42,14 @@ const MAX_BUCKETS: usize = 16_384;
 struct Bucket {
     tokens: f64,
     updated: Instant,
+}
+
+/// What asking a source's bucket for a token gave.
+enum Token {
+    Taken,
+    Empty,
+    /// No bucket for a new source: the table is full of sources seen within a period.
+    TableFull,
 }
 
 /// The admission state: children per source and rate buckets.
@@ -90,20 +99,45 @@ impl Admission {
                 });
             }
         }
-        if let Some(rate) = self.policy.rate
-            && !self.take_token(source, rate, now)
-        {
-            return Err(Refusal {
-                code: ErrorCode::RateLimited,
-                reason: "rate",
-                message: format!(
-                    "more than {} connections in {}s from {source}",
-                    rate.count,
-                    rate.per.as_secs_f64()
-                ),
-            });
+        if let Some(rate) = self.policy.rate {
+            match self.take_token(source, rate, now) {
+                Token::Taken => {}
+                Token::Empty => {
+                    return Err(Refusal {
+                        code: ErrorCode::RateLimited,
+                        reason: "rate",
+                        message: format!(
+                            "more than {} connections in {}s from {source}",
+                            rate.count,
+                            rate.per.as_secs_f64()
+                        ),
+                    });
+                }
+                Token::TableFull => {
+                    return Err(Refusal {
+                        code: ErrorCode::RateLimited,
+                        reason: "rate-table",
+                        message: format!(
+                            "too many sources connecting at once ({MAX_BUCKETS} being \
+                             rate-limited); try again later"
+                        ),
+                    });
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Gives back the rate token `check` took for `peer`, whose connection was then refused
+    /// for another reason (the server at its limit, a failed fork): only connections that
+    /// get a worker count against a client's rate.
+    pub fn refund(&mut self, peer: &Peer) {
+        let (Some(rate), Some(source)) = (self.policy.rate, self.source_of(peer)) else {
+            return;
+        };
+        if let Some(bucket) = self.buckets.get_mut(&source) {
+            bucket.tokens = (bucket.tokens + 1.0).min(f64::from(rate.count));
+        }
     }
 
     /// Connections from `source` with a child now (TCPCONNNUM, per-source limit).
@@ -139,7 +173,7 @@ impl Admission {
         }
     }
 
-    fn take_token(&mut self, source: Cidr, rate: Rate, now: Instant) -> bool {
+    fn take_token(&mut self, source: Cidr, rate: Rate, now: Instant) -> Token {
         let capacity = f64::from(rate.count);
         let per_sec = capacity / rate.per.as_secs_f64();
         if self.buckets.len() >= MAX_BUCKETS && !self.buckets.contains_key(&source) {
@@ -154,7 +188,7 @@ impl Admission {
                     .retain(|_, b| now.saturating_duration_since(b.updated) < full_after);
             }
             if self.buckets.len() >= MAX_BUCKETS {
-                return false;
+                return Token::TableFull;
             }
         }
         let bucket = self.buckets.entry(source).or_insert(Bucket {
@@ -166,9 +200,9 @@ impl Admission {
         bucket.updated = now;
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
-            true
+            Token::Taken
         } else {
-            false
+            Token::Empty
         }
     }
 }
@@ -261,6 +295,9 @@ mod tests {
         let later = t0 + Duration::from_millis(340);
         assert!(a.check(&peer("192.0.2.1:1"), later).is_ok());
         assert!(a.check(&peer("192.0.2.1:1"), later).is_err());
+        // A connection refused after admission gets its token back.
+        a.refund(&peer("192.0.2.1:1"));
+        assert!(a.check(&peer("192.0.2.1:1"), later).is_ok());
     }
 
     #[test]
@@ -277,7 +314,12 @@ mod tests {
             let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
             assert!(a.check(&Peer::Tcp(SocketAddr::from((ip, 1))), t0).is_ok());
         }
-        assert!(a.check(&peer("192.0.2.1:1"), t0).is_err(), "table full");
+        let full = a.check(&peer("192.0.2.1:1"), t0).unwrap_err();
+        assert_eq!(full.reason, "rate-table", "{full:?}");
+        assert!(
+            !full.message.contains("more than 1 connections"),
+            "{full:?}"
+        );
         assert_eq!(a.buckets.len(), MAX_BUCKETS);
         let later = t0 + Duration::from_secs(2);
         assert!(

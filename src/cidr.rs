@@ -1,63 +1,65 @@
 //! IP networks for admission rules and per-source grouping.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::str::FromStr;
 
-/// An IP network: an address and a prefix length.
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+/// An IP network: an address and a prefix length. IPv4 addresses mapped into IPv6
+/// (`::ffff:a.b.c.d`) are IPv4 here, in networks as in peers: `::ffff:10.0.0.0/104` is
+/// `10.0.0.0/8`. An IPv6 network matches IPv6 peers only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(IpNet);
 
 impl Cidr {
     /// Whether `ip` is in this network; an IPv4-mapped IPv6 address counts as its IPv4
     /// address.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, canonical(ip)) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                mask_v4(ip, self.prefix) == mask_v4(net, self.prefix)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                mask_v6(ip, self.prefix) == mask_v6(net, self.prefix)
-            }
-            _ => false,
-        }
+        self.0.contains(&canonical(ip))
+    }
+
+    /// The network of the leading `v4` or `v6` bits of `ip` (IPv4-mapped addresses as IPv4).
+    /// Prefix lengths beyond an address's width are taken as the whole address.
+    pub(crate) fn source(ip: IpAddr, v4: u8, v6: u8) -> Cidr {
+        let net = match canonical(ip) {
+            IpAddr::V4(ip) => IpNet::V4(Ipv4Net::new_assert(ip, v4.min(32)).trunc()),
+            IpAddr::V6(ip) => IpNet::V6(Ipv6Net::new_assert(ip, v6.min(128)).trunc()),
+        };
+        Cidr(net)
     }
 }
 
 impl FromStr for Cidr {
     type Err = String;
 
-    /// `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a /32 or /128).
+    /// `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a /32 or /128). Host bits are
+    /// cleared (`10.1.2.3/8` is `10.0.0.0/8`).
     fn from_str(s: &str) -> Result<Cidr, String> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
+        let net = match s.parse::<IpNet>() {
+            Ok(net) => net,
+            Err(_) if !s.contains('/') => s
+                .parse::<IpAddr>()
+                .map(IpNet::from)
+                .map_err(|_| format!("'{s}' is not an address or network (10.0.0.0/8, ::1/128)"))?,
+            Err(_) => {
+                let (addr, _) = s.split_once('/').unwrap_or((s, ""));
+                return Err(match addr.parse::<IpAddr>() {
+                    Ok(IpAddr::V4(_)) => format!("'{s}': prefix must be 0 to 32"),
+                    Ok(IpAddr::V6(_)) => format!("'{s}': prefix must be 0 to 128"),
+                    Err(_) => {
+                        format!("'{s}' is not an address or network (10.0.0.0/8, ::1/128)")
+                    }
+                });
+            }
         };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("'{s}' is not an address or network (10.0.0.0/8, ::1/128)"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("'{s}': prefix must be 0 to {max}"))?,
-        };
-        Ok(Cidr {
-            addr: canonical(addr),
-            prefix,
-        })
+        Ok(Cidr(canonical_net(net.trunc())))
     }
 }
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        self.0.fmt(f)
     }
 }
 
@@ -73,37 +75,14 @@ pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn mask_v4(ip: Ipv4Addr, prefix: u8) -> u32 {
-    let bits = u32::from(ip);
-    if prefix == 0 {
-        0
-    } else {
-        bits & (u32::MAX << (32 - u32::from(prefix)))
-    }
-}
-
-fn mask_v6(ip: Ipv6Addr, prefix: u8) -> u128 {
-    let bits = u128::from(ip);
-    if prefix == 0 {
-        0
-    } else {
-        bits & (u128::MAX << (128 - u32::from(prefix)))
-    }
-}
-
-impl Cidr {
-    /// The network of the leading `v4` or `v6` bits of `ip` (IPv4-mapped addresses as IPv4).
-    pub(crate) fn source(ip: IpAddr, v4: u8, v6: u8) -> Cidr {
-        match canonical(ip) {
-            IpAddr::V4(ip) => Cidr {
-                addr: IpAddr::V4(Ipv4Addr::from(mask_v4(ip, v4))),
-                prefix: v4,
-            },
-            IpAddr::V6(ip) => Cidr {
-                addr: IpAddr::V6(Ipv6Addr::from(mask_v6(ip, v6))),
-                prefix: v6,
-            },
-        }
+/// A network inside `::ffff:0:0/96` is the IPv4 network it maps.
+fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => IpNet::V4(Ipv4Net::new_assert(v4, v6.prefix_len() - 96)),
+            None => net,
+        },
+        other => other,
     }
 }
 
@@ -130,5 +109,25 @@ mod tests {
         for bad in ["10.0.0.0/33", "::/129", "host/8", "10.0.0.0/x", ""] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn ipv4_mapped_networks_are_ipv4_networks() {
+        let all: Cidr = "::ffff:0.0.0.0/96".parse().unwrap();
+        assert_eq!(all.to_string(), "0.0.0.0/0");
+        assert!(all.contains("127.0.0.1".parse().unwrap()));
+        assert!(all.contains("::ffff:192.0.2.1".parse().unwrap()));
+        assert!(!all.contains("2001:db8::1".parse().unwrap()));
+        let loopback: Cidr = "::ffff:127.0.0.0/104".parse().unwrap();
+        assert_eq!(loopback.to_string(), "127.0.0.0/8");
+        assert!(loopback.contains("127.9.9.9".parse().unwrap()));
+        assert_eq!(
+            "10.1.2.3/8".parse::<Cidr>().unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        // Prefixes longer than the address (from --per-source-prefix) never overflow.
+        let ip = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(Cidr::source(ip, 24, 64).to_string(), "10.1.2.0/24");
+        assert_eq!(Cidr::source(ip, 0, 0).to_string(), "0.0.0.0/0");
     }
 }

@@ -487,3 +487,78 @@ fn a_bad_value_names_its_flag_and_a_typo_gets_a_suggestion() {
         &["--lisen", "similar", "'--listen'"],
     );
 }
+
+#[test]
+fn an_ipv4_mapped_rule_is_the_ipv4_rule_it_maps() {
+    let server = Forkd::start(&["--deny", "::ffff:0.0.0.0/96"]);
+    let mut client = Client::connect(&server.addr());
+    client.send(Kind::Ping, b"in?");
+    let message = client.expect_error(5);
+    assert!(message.contains("rule 0.0.0.0/0"), "{message}");
+}
+
+#[test]
+fn only_connections_that_get_a_worker_spend_rate_tokens() {
+    let mut server = Forkd::start(&[
+        "--rate",
+        "2/60",
+        "--max-children",
+        "1",
+        "--overload",
+        "reject",
+    ]);
+    let mut holder = Client::connect(&server.addr());
+    assert_eq!(holder.echo(b"first").payload, b"first");
+    for _ in 0..3 {
+        let mut turned_away = Client::connect(&server.addr());
+        turned_away.send(Kind::Ping, b"room?");
+        turned_away.expect_error(4);
+    }
+    holder.half_close();
+    holder.expect_eof();
+    server.wait_no_children();
+    // The second token of the minute is still there.
+    let mut second = Client::connect(&server.addr());
+    assert_eq!(second.echo(b"second").payload, b"second");
+}
+
+#[test]
+fn refusals_for_a_failed_fork_are_bounded_like_every_refusal() {
+    // Serving as nobody with a process limit of one: every fork fails (EAGAIN).
+    let mut cmd = Command::new(FORKD);
+    cmd.args([
+        "--log",
+        "stderr",
+        "--listen",
+        "127.0.0.1:0",
+        "--user",
+        "nobody",
+    ]);
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let one = libc::rlimit {
+                rlim_cur: 1,
+                rlim_max: 1,
+            };
+            if libc::setrlimit(libc::RLIMIT_NPROC, &one) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut server = Forkd::start_with(&mut cmd, tempfile::tempdir().unwrap());
+    for _ in 0..200 {
+        let mut client = Client::connect(&server.addr());
+        client.send(Kind::Ping, b"fork?");
+        client.expect_error(4);
+    }
+    let summary = server.wait_log("reject suppressed=");
+    let lines = server
+        .log()
+        .iter()
+        .filter(|l| l.contains("reason=fork"))
+        .count();
+    assert!(lines <= 40, "{lines} reason=fork lines");
+    let suppressed: usize = field(&summary, "suppressed").unwrap().parse().unwrap();
+    assert!(suppressed >= 100, "{summary}");
+}

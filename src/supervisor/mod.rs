@@ -376,7 +376,13 @@ impl Supervisor {
         });
         match verdict {
             Ok(()) => self.start(conn, listen),
-            Err(refusal) => self.reject(conn, listen, refusal),
+            Err(refusal) => {
+                if refusal.reason == "overload" {
+                    // Admitted, and so charged a rate token, then refused all the same.
+                    self.admission.refund(&conn.peer);
+                }
+                self.reject(conn, listen, refusal)
+            }
         }
     }
 
@@ -437,16 +443,21 @@ impl Supervisor {
         }
     }
 
-    /// No worker for this connection (`what` failed): ERROR 4, best effort, and a line.
+    /// No worker for this connection (`what` failed): ERROR 4, best effort, and a line
+    /// (bounded per second as every refusal is). Its rate token is given back.
     fn cannot_start(&mut self, conn: Connection, what: &str, error: String) {
-        log::error!(
-            "reject peer={} reason={what} code=4 error={} active={}",
-            conn.peer,
-            quote(&error),
-            self.active()
-        );
+        let now = Instant::now();
+        self.admission.refund(&conn.peer);
+        if self.rejects.admit_line(now) {
+            log::error!(
+                "reject peer={} reason={what} code=4 error={} active={}",
+                conn.peer,
+                quote(&error),
+                self.active()
+            );
+        }
         let frame = Frame::error(ErrorCode::Busy, "server cannot start a process");
-        self.drains.reject(conn.stream, &frame, Instant::now());
+        self.drains.reject(conn.stream, &frame, now);
     }
 
     /// Collects every worker that has ended, without blocking.
