@@ -17,10 +17,12 @@ pub fn take() -> Result<Option<Vec<Listener>>, String> {
     if !crate::config::sockets_offered() {
         return Ok(None);
     }
-    let count: RawFd = std::env::var("LISTEN_FDS")
+    let count = std::env::var("LISTEN_FDS").unwrap_or_default();
+    let count: RawFd = count
+        .parse::<u16>()
         .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+        .map(RawFd::from)
+        .ok_or_else(|| format!("LISTEN_FDS={count} is not a count of descriptors"))?;
     let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
         .map(|n| n.split(':').map(str::to_string).collect())
         .unwrap_or_default();
@@ -30,8 +32,16 @@ pub fn take() -> Result<Option<Vec<Listener>>, String> {
         std::env::remove_var("LISTEN_FDS");
         std::env::remove_var("LISTEN_FDNAMES");
     }
+    let passed = SD_LISTEN_FDS_START..SD_LISTEN_FDS_START + count;
+    // Every one must be an open socket before any is taken: a count larger than what was
+    // passed must not make forkd own (and close) descriptors that are not systemd's.
+    if let Some(fd) = passed.clone().find(|fd| !is_socket(*fd)) {
+        return Err(format!(
+            "LISTEN_FDS={count}, but descriptor {fd} is not an open socket"
+        ));
+    }
     let mut listeners = Vec::new();
-    for (i, fd) in (SD_LISTEN_FDS_START..SD_LISTEN_FDS_START + count).enumerate() {
+    for (i, fd) in passed.enumerate() {
         // SAFETY: systemd hands these descriptors to this process, which owns them from now on.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         let name = names.get(i).filter(|n| !n.is_empty()).cloned();
@@ -40,6 +50,17 @@ pub fn take() -> Result<Option<Vec<Listener>>, String> {
         listeners.push(listener);
     }
     Ok(Some(listeners))
+}
+
+/// Whether `fd` is open and a socket.
+fn is_socket(fd: RawFd) -> bool {
+    let mut status = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a `stat` into the buffer it is given, which is large enough; a
+    // descriptor that is not open fails with EBADF (a raw call: a BorrowedFd must not stand
+    // for a descriptor that may be closed).
+    let rc = unsafe { libc::fstat(fd, status.as_mut_ptr()) };
+    // SAFETY: fstat succeeded, so it filled the buffer.
+    rc == 0 && unsafe { status.assume_init() }.st_mode & libc::S_IFMT == libc::S_IFSOCK
 }
 
 /// With `--listen` also given, the inherited sockets must be exactly those addresses

@@ -62,7 +62,20 @@ impl std::error::Error for BindError {}
 /// Binds every address. `:PORT` becomes two listeners, IPv4 and IPv6 (IPv6-only, so the two
 /// do not collide); where the machine has no IPv6 the IPv4 one serves alone.
 /// On error, listeners already bound are closed and their socket files removed.
-pub fn bind_all(addrs: &[Addr], backlog: i32) -> Result<Vec<Listener>, BindError> {
+/// Who a Unix socket file forkd creates belongs to, and its permission bits.
+#[derive(Clone, Copy, Debug)]
+pub struct SocketFile {
+    /// Permission bits, as systemd's SocketMode= (default 0666).
+    pub mode: u32,
+    /// The `--user`/`--group` to own it, so the served user can connect to its own socket.
+    pub owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+}
+
+pub fn bind_all(
+    addrs: &[Addr],
+    backlog: i32,
+    socket_file: SocketFile,
+) -> Result<Vec<Listener>, BindError> {
     let mut listeners = Vec::new();
     for addr in addrs {
         let err = |reason: String| BindError {
@@ -72,7 +85,7 @@ pub fn bind_all(addrs: &[Addr], backlog: i32) -> Result<Vec<Listener>, BindError
         let result = match addr {
             Addr::Ip(sa) => bind_tcp(*sa, backlog).map(|l| vec![l]).map_err(errno_text),
             Addr::AnyIp(port) => bind_any(*port, backlog),
-            Addr::Unix(path) => bind_unix(path, backlog).map(|l| vec![l]),
+            Addr::Unix(path) => bind_unix(path, backlog, socket_file).map(|l| vec![l]),
         };
         match result {
             Ok(mut bound) => listeners.append(&mut bound),
@@ -135,7 +148,7 @@ fn bind_tcp(addr: SocketAddr, backlog: i32) -> Result<Listener, Errno> {
     })
 }
 
-fn bind_unix(path: &Path, backlog: i32) -> Result<Listener, String> {
+fn bind_unix(path: &Path, backlog: i32, file: SocketFile) -> Result<Listener, String> {
     remove_stale_socket(path)?;
     let fd = socket::socket(
         AddressFamily::Unix,
@@ -145,7 +158,13 @@ fn bind_unix(path: &Path, backlog: i32) -> Result<Listener, String> {
     )
     .map_err(errno_text)?;
     let sockaddr = socket::UnixAddr::new(path).map_err(errno_text)?;
-    socket::bind(fd.as_raw_fd(), &sockaddr).map_err(errno_text)?;
+    // The mode is set through the umask at creation, not by chmod afterwards: a chmod by
+    // path could be redirected through a symbolic link planted in a shared directory.
+    let umask = nix::sys::stat::Mode::from_bits_truncate((!file.mode & 0o777) as libc::mode_t);
+    let previous = nix::sys::stat::umask(umask);
+    let bound = socket::bind(fd.as_raw_fd(), &sockaddr);
+    nix::sys::stat::umask(previous);
+    bound.map_err(errno_text)?;
     let listener = Listener {
         socket: Socket::Unix(UnixListener::from(fd)),
         owned_path: Some(path.to_path_buf()),
@@ -153,9 +172,15 @@ fn bind_unix(path: &Path, backlog: i32) -> Result<Listener, String> {
         handed_over: false,
         passed_timeout: None,
     };
-    if let Err(e) = listen(&listener, backlog) {
+    // lchown: a link put in the socket's place is changed itself, never its target.
+    let owned = match file.owner {
+        Some((uid, gid)) => std::os::unix::fs::lchown(path, Some(uid.as_raw()), Some(gid.as_raw()))
+            .map_err(|e| format!("cannot give the socket file to uid {uid}: {e}")),
+        None => Ok(()),
+    };
+    if let Err(e) = owned.and_then(|()| listen(&listener, backlog).map_err(errno_text)) {
         listener.remove_socket_file();
-        return Err(errno_text(e));
+        return Err(e);
     }
     Ok(listener)
 }

@@ -499,7 +499,7 @@ fn an_ipv4_mapped_rule_is_the_ipv4_rule_it_maps() {
 
 #[test]
 fn only_connections_that_get_a_worker_spend_rate_tokens() {
-    let mut server = Forkd::start(&[
+    let server = Forkd::start(&[
         "--rate",
         "2/60",
         "--max-children",
@@ -561,4 +561,98 @@ fn refusals_for_a_failed_fork_are_bounded_like_every_refusal() {
     assert!(lines <= 40, "{lines} reason=fork lines");
     let suppressed: usize = field(&summary, "suppressed").unwrap().parse().unwrap();
     assert!(suppressed >= 100, "{summary}");
+}
+
+/// Runs forkd as systemd would hand it sockets: LISTEN_PID its own pid, LISTEN_FDS `count`.
+fn forkd_with_listen_fds(count: &str) -> (Option<i32>, String) {
+    let script = format!("LISTEN_PID=$$ LISTEN_FDS={count} exec {FORKD} --log stderr");
+    let out = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_listen_fds_count_that_was_not_passed_is_refused() {
+    for count in ["2147483647", "4294967296", "5"] {
+        let (code, err) = forkd_with_listen_fds(count);
+        assert_eq!(code, Some(1), "LISTEN_FDS={count}: {err}");
+        assert!(err.contains(&format!("LISTEN_FDS={count}")), "{err}");
+    }
+}
+
+#[test]
+fn a_pidfile_is_locked_for_life_and_never_followed_through_a_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("forkd.pid");
+    let pidfile_arg = path_str(&pidfile);
+    let mut first = Forkd::start(&["--pidfile", &pidfile_arg]);
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap(),
+        format!("{}\n", first.pid)
+    );
+
+    // A second instance is refused, naming the first, and leaves its pidfile alone.
+    let (code, err) = common::forkd_fails(&["--listen", "127.0.0.1:0", "--pidfile", &pidfile_arg]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("held by forkd pid {}", first.pid)),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap(),
+        format!("{}\n", first.pid)
+    );
+    converse(&first.addr());
+    first.signal(libc::SIGTERM);
+    assert!(first.wait_exit().success());
+    assert!(!pidfile.exists());
+
+    // A symbolic link at the path is refused, and its target is not written.
+    let target = dir.path().join("precious");
+    std::fs::write(&target, "keep me\n").unwrap();
+    std::os::unix::fs::symlink(&target, &pidfile).unwrap();
+    let (code, err) = common::forkd_fails(&["--listen", "127.0.0.1:0", "--pidfile", &pidfile_arg]);
+    assert_ne!(code, 0);
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me\n");
+}
+
+#[test]
+fn a_unix_socket_gets_its_mode_and_the_served_user_as_owner() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (path, addr) = unix_addr(dir.path(), "default.sock");
+    let _default = Forkd::start(&["--listen", &addr]);
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o666,
+        "the umask is not the mode"
+    );
+
+    let (path, addr) = unix_addr(dir.path(), "nobody.sock");
+    let _served = Forkd::start(&[
+        "--listen",
+        &addr,
+        "--socket-mode",
+        "0660",
+        "--user",
+        "nobody",
+    ]);
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    assert_eq!(meta.uid(), nobody.uid.as_raw());
+    assert_eq!(meta.gid(), nobody.gid.as_raw());
+
+    refused_at_start(
+        &["--listen", &addr, "--socket-mode", "1777"],
+        &["--socket-mode"],
+    );
 }

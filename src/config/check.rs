@@ -33,6 +33,17 @@ impl Config {
         if self.inetd && !self.listen.is_empty() {
             return Err("--inetd serves descriptor 0 and cannot also --listen".to_string());
         }
+        if self.inetd && self.pidfile.is_some() {
+            return Err(
+                "--pidfile cannot apply to --inetd: a forkd runs per connection".to_string(),
+            );
+        }
+        if self.socket_mode > 0o777 {
+            return Err(format!(
+                "--socket-mode {:o} is not permission bits (0 to 777)",
+                self.socket_mode
+            ));
+        }
         self.check_durations()?;
         if self.max_frame > MAX_FRAME {
             return Err(format!(

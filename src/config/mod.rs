@@ -40,6 +40,9 @@ pub struct Config {
     pub max_children: u32,
     /// Length of the kernel's queue of connections not yet accepted.
     pub backlog: i32,
+    /// Permission bits of the Unix socket files forkd creates (owned by [`Config::user`] and
+    /// [`Config::group`] when set).
+    pub socket_mode: u32,
     /// Largest frame payload accepted from a peer (protocol-v1 handlers).
     pub max_frame: u32,
     /// On SIGTERM or SIGINT, how long running conversations may go on.
@@ -76,6 +79,7 @@ impl Default for Config {
             model: Model::Fork,
             max_children: 64,
             backlog: 1024,
+            socket_mode: 0o666,
             max_frame: DEFAULT_MAX_FRAME,
             grace: Duration::from_secs(10),
             idle_timeout: Some(Duration::from_secs(60)),
@@ -102,11 +106,11 @@ pub(crate) fn sockets_offered() -> bool {
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
         == Some(std::process::id());
+    // Any count but 0 is an offer; one that is not a sane count is refused when taken.
     for_us
         && std::env::var("LISTEN_FDS")
             .ok()
-            .and_then(|n| n.parse::<u32>().ok())
-            .is_some_and(|n| n > 0)
+            .is_some_and(|n| !n.trim_start_matches('0').is_empty())
 }
 
 /// The handlers forkd itself offers; an embedder's own handler is given to

@@ -21,6 +21,9 @@ use crate::signals::Signals;
 /// ends), then cleans up. Errors are the start-up failures, as one line each.
 pub(crate) fn run(config: &Config, work: Work) -> Result<(), String> {
     let identity = privilege::resolve(config.user.as_deref(), config.group.as_deref())?;
+    // Taken first, while still root (so it may live in /run): a second instance is refused
+    // before it binds anything.
+    let pidfile = config.pidfile.as_deref().map(Pidfile::take).transpose()?;
     let notifier = Notifier::from_env();
     let (listeners, inetd_connection) = if config.inetd {
         (Vec::new(), Some(activation::take_inetd_connection()?))
@@ -32,7 +35,12 @@ pub(crate) fn run(config: &Config, work: Work) -> Result<(), String> {
     } else if config.listen.is_empty() {
         return Err(NO_ADDRESS.to_string());
     } else {
-        let bound = listen::bind_all(&config.listen, config.backlog).map_err(|e| e.to_string())?;
+        let socket_file = listen::SocketFile {
+            mode: config.socket_mode,
+            owner: identity.as_ref().map(|id| (id.uid, id.gid)),
+        };
+        let bound = listen::bind_all(&config.listen, config.backlog, socket_file)
+            .map_err(|e| e.to_string())?;
         (bound, None)
     };
     let cleanup = |listeners: &[Listener], e: String| {
@@ -56,13 +64,6 @@ pub(crate) fn run(config: &Config, work: Work) -> Result<(), String> {
     }
     let signals = Signals::install()
         .map_err(|e| cleanup(&listeners, format!("cannot install signal handlers: {e}")))?;
-    // The pidfile is written while still root, so it may live in /run.
-    let pidfile = config
-        .pidfile
-        .as_deref()
-        .map(Pidfile::write)
-        .transpose()
-        .map_err(|e| cleanup(&listeners, e))?;
     if let Some(id) = &identity {
         privilege::drop_to(id).map_err(|e| cleanup(&listeners, e))?;
     }
@@ -97,6 +98,7 @@ pub(crate) fn run(config: &Config, work: Work) -> Result<(), String> {
             let mut supervisor_fds: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
             supervisor_fds.extend(signals.raw_fds());
             supervisor_fds.extend(notifier.as_ref().map(Notifier::raw_fd));
+            supervisor_fds.extend(pidfile.as_ref().map(Pidfile::raw_fd));
             Box::new(Fork::new(ChildSetup {
                 supervisor_fds,
                 limits: config.limits,
@@ -117,8 +119,6 @@ pub(crate) fn run(config: &Config, work: Work) -> Result<(), String> {
     }
     supervisor.ready();
     supervisor.serve();
-    if let Some(p) = pidfile {
-        p.remove();
-    }
+    drop(pidfile);
     Ok(())
 }

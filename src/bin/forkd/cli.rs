@@ -110,6 +110,11 @@ struct Cli {
           value_parser = clap::value_parser!(i32).range(1..))]
     backlog: i32,
 
+    /// Permission bits of a Unix socket forkd creates, in octal, as systemd's SocketMode=. With
+    /// --user or --group the socket file is theirs.
+    #[arg(long, value_name = "MODE", default_value = "0666", value_parser = parse_mode)]
+    socket_mode: u32,
+
     /// Largest payload accepted in a frame; a bigger header gets ERROR 1. Takes K, M, G
     /// suffixes (powers of 1024).
     #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = parse_bytes)]
@@ -234,6 +239,15 @@ struct Cli {
     quiet: u8,
 }
 
+/// Octal permission bits: `660`, `0660` or `0o660`.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("'{s}' is not an octal mode from 0 to 0777"))
+}
+
 /// The clap command, as parsed and for man pages and completions (examples/package-docs.rs).
 pub fn command() -> clap::Command {
     negative_values_named(Cli::command())
@@ -289,6 +303,7 @@ where
         model: cli.model,
         max_children: cli.max_children,
         backlog: cli.backlog,
+        socket_mode: cli.socket_mode,
         max_frame: cli.max_frame,
         grace: cli.grace,
         idle_timeout: Some(cli.idle_timeout).filter(|d| !d.is_zero()),
