@@ -235,6 +235,7 @@ impl Server {
         }
         crate::fds::cloexec_inherited();
         crate::isolation::child::prepare_allocator();
+        crate::isolation::fault::note_stack_limit();
         let target = crate::logging::init(config.log.clone());
         crate::logging::log_panics();
         crate::supervisor::run(&config, work).map_err(|line| {

@@ -86,3 +86,31 @@ fn forkd_itself_has_no_fault_handler() {
     assert!(help.contains("- echo:"), "{help}");
     assert!(!help.contains("- fault"), "{help}");
 }
+
+#[test]
+fn a_handler_that_panics_answers_error_8_before_its_worker_ends() {
+    for model in ["fork", "thread"] {
+        let server = Forkd::start_faults(&["--model", model]);
+        let mut client = Client::connect(&server.addr());
+        // Two requests in one write: the first is answered, the second panics.
+        let mut burst =
+            forkd::frame::Frame::new(forkd::frame::Kind::Data, b"fine".to_vec()).encode();
+        burst
+            .extend(forkd::frame::Frame::new(forkd::frame::Kind::Data, b"panic".to_vec()).encode());
+        client.send_raw(&burst);
+        assert_eq!(client.recv().payload, b"fine", "{model}");
+        let message = client.expect_error(8);
+        assert!(!message.is_empty(), "{model}");
+    }
+}
+
+#[test]
+fn a_stack_overflow_is_named_in_the_log() {
+    let mut server = Forkd::start_faults(&[]);
+    let mut victim = Client::connect(&server.addr());
+    let pid = server.child_for(victim.stream());
+    victim.send(forkd::frame::Kind::Data, b"stack-overflow");
+    let line = server.wait_log(&format!("error pid={pid} "));
+    assert!(line.contains("has overflowed its stack"), "{line}");
+    server.wait_log(&format!("pid={pid} status=signal:"));
+}

@@ -7,6 +7,7 @@
 //! peer. A [`FramedHandler`] only decides what a DATA request gets.
 
 use std::io;
+use std::panic::{self, AssertUnwindSafe};
 use std::time::Duration;
 
 use super::Outcome;
@@ -50,7 +51,18 @@ pub(crate) fn serve(
                 Err(e) => break 'conversation Failure::Protocol(e.code(), e.to_string()),
             };
             match kind {
-                Kind::Data => handler.request(payload, Reply::new(&mut out, &mut timed)),
+                Kind::Data => {
+                    let reply = Reply::new(&mut out, &mut timed);
+                    let answered =
+                        panic::catch_unwind(AssertUnwindSafe(|| handler.request(payload, reply)));
+                    if let Err(panic) = answered {
+                        // The dropped Reply answered ERROR 8: it and the replies before it
+                        // reach the peer before the panic goes on to end the worker.
+                        let _ = write_out(&mut timed, &mut out);
+                        timed.stream.close_after_error();
+                        panic::resume_unwind(panic);
+                    }
+                }
                 Kind::Ping => {
                     out.extend_from_slice(&header(Kind::Pong, payload.len()));
                     out.extend_from_slice(payload);

@@ -13,6 +13,7 @@
 //! worker's pid, so [`Isolation::terminate`] ends them together.
 
 pub(crate) mod child;
+pub(crate) mod fault;
 mod fork;
 mod thread;
 

@@ -13,6 +13,7 @@
 //! a pipe nobody drains) is dropped and counted, and the next line that gets through is
 //! preceded by `status log_dropped=N`, so the gap is visible where it happened.
 
+pub(crate) mod emergency;
 mod stderr;
 
 use std::sync::Mutex;
@@ -92,6 +93,7 @@ pub(crate) fn init(options: LogOptions) -> Target {
     if log::set_logger(logger).is_ok() {
         log::set_max_level(options.level);
         let _ = INSTALLED.set(logger);
+        logger.lock().direct_emergency_lines();
     }
     target
 }
@@ -110,6 +112,7 @@ pub(crate) fn reopen() -> &'static str {
         Backend::Syslog { writer, options } => match connect_syslog(options) {
             Ok(fresh) => {
                 *writer = fresh;
+                state.direct_emergency_lines();
                 "syslog-reconnected"
             }
             Err(_) => "syslog-unreachable",
@@ -216,6 +219,23 @@ impl Logger {
 }
 
 impl State {
+    /// Points [`emergency`] lines at where this logger's lines go now.
+    fn direct_emergency_lines(&self) {
+        use std::os::fd::AsRawFd;
+        match &self.backend {
+            Backend::Stderr => emergency::direct(self.stderr.raw_fd(), None),
+            Backend::Syslog { writer, options } => {
+                let fd = match &writer.backend {
+                    LoggerBackend::Unix(socket) => socket.as_raw_fd(),
+                    LoggerBackend::UnixStream(socket) => socket.get_ref().as_raw_fd(),
+                    LoggerBackend::Udp(socket, _) => socket.as_raw_fd(),
+                    LoggerBackend::Tcp(socket) => socket.get_ref().as_raw_fd(),
+                };
+                emergency::direct(fd, Some(options.facility as i32 | libc::LOG_ERR));
+            }
+        }
+    }
+
     /// Writes one line; false when it had to be dropped because the sink is not reading.
     fn write(&mut self, level: Level, message: &str) -> bool {
         let State {
@@ -237,6 +257,7 @@ impl State {
                     match resent {
                         Some(fresh) => {
                             *writer = fresh;
+                            self.direct_emergency_lines();
                             true
                         }
                         None => stderr.write(stderr_line(level, message).as_bytes()),

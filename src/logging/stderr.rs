@@ -50,6 +50,14 @@ impl Sink {
         }
     }
 
+    /// The descriptor lines are written to.
+    pub(super) fn raw_fd(&self) -> RawFd {
+        match self {
+            Sink::Reopened(fd) => fd.as_raw_fd(),
+            Sink::Socket | Sink::Polled | Sink::Plain => STDERR,
+        }
+    }
+
     /// Writes one line (at most one write or send, so lines of different processes do not
     /// interleave). Returns false when it was not written because nobody is reading.
     pub(super) fn write(&self, line: &[u8]) -> bool {

@@ -30,8 +30,9 @@ pub fn example(name: &str) -> String {
         .expect("target directory")
         .join("examples")
         .join(name);
-    // A filtered run (`cargo test --test library`) builds no example: build it here.
-    if !path.exists() {
+    // A filtered run (`cargo test --test library`) builds no example, or leaves an old one:
+    // build it here.
+    if !path.exists() || older_than_sources(&path) {
         let release = path
             .parent()
             .and_then(Path::parent)
@@ -46,6 +47,31 @@ pub fn example(name: &str) -> String {
     }
     assert!(path.exists(), "{} is not built", path.display());
     path.to_string_lossy().into_owned()
+}
+
+/// Whether any file under src/ or examples/ changed after `built` was.
+fn older_than_sources(built: &Path) -> bool {
+    fn newest(dir: &Path) -> std::time::SystemTime {
+        let mut latest = std::time::SystemTime::UNIX_EPOCH;
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let time = if path.is_dir() {
+                newest(&path)
+            } else {
+                entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(latest)
+            };
+            latest = latest.max(time);
+        }
+        latest
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sources = newest(&root.join("src")).max(newest(&root.join("examples")));
+    std::fs::metadata(built)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t < sources)
 }
 
 /// Long enough for a loaded 2-core machine, short enough that a hang fails the test.

@@ -1,0 +1,76 @@
+//! A worker's last word on a stack overflow. Rust reports one ("thread 'main' has overflowed
+//! its stack") only when the fault lands in the one page it watches; a deep frame jumps past
+//! it and the worker dies a plain SIGSEGV. Here a worker's SIGSEGV or SIGBUS at an address
+//! where the stack grows (within 1 MiB either side of its limit, which nothing else maps)
+//! logs that message first; then the default disposition takes over and the worker dies of
+//! the signal as it would have, so the supervisor's `end` line is unchanged.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::logging::emergency;
+
+/// The addresses taken for the stack's growth, set once in the supervisor.
+static GROWTH_LOW: AtomicUsize = AtomicUsize::new(0);
+static GROWTH_HIGH: AtomicUsize = AtomicUsize::new(0);
+
+/// How far around the stack's limit a fault counts as the stack's.
+const MARGIN: usize = 1 << 20;
+
+/// Notes where the calling thread's stack may grow to: called in the supervisor, whose
+/// stack each forked worker continues.
+pub(crate) fn note_stack_limit() {
+    let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
+    let mut low: *mut libc::c_void = std::ptr::null_mut();
+    let mut size: libc::size_t = 0;
+    // SAFETY: pthread_getattr_np initialises `attr` for the calling thread; it is read only
+    // after success and destroyed once.
+    unsafe {
+        if libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) != 0 {
+            return;
+        }
+        let found = libc::pthread_attr_getstack(attr.as_ptr(), &mut low, &mut size);
+        libc::pthread_attr_destroy(attr.as_mut_ptr());
+        if found != 0 {
+            return;
+        }
+    }
+    let limit = low as usize;
+    GROWTH_LOW.store(limit.saturating_sub(MARGIN), Ordering::Relaxed);
+    GROWTH_HIGH.store(limit.saturating_add(MARGIN), Ordering::Relaxed);
+}
+
+/// In a worker: report stack overflows (see the module comment).
+pub(crate) fn report_stack_overflows() {
+    if GROWTH_HIGH.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    let handler = on_fault as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+    for signal in [libc::SIGSEGV, libc::SIGBUS] {
+        // SAFETY: a plain sigaction with a handler that is async-signal-safe; SA_ONSTACK runs
+        // it on the alternate stack Rust's runtime set up for this thread (a worker inherits
+        // it with the supervisor's memory), since the overflowed stack has no room.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = handler as libc::sighandler_t;
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESETHAND;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for a handler installed with SA_SIGINFO.
+    let (code, address) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    // A fault has a positive code; a signal sent by kill() has none, and no address.
+    let fault = code > 0;
+    let low = GROWTH_LOW.load(Ordering::Relaxed);
+    let high = GROWTH_HIGH.load(Ordering::Relaxed);
+    if fault && (low..high).contains(&address) {
+        emergency::error(b"stack overflow: thread 'main' has overflowed its stack");
+    }
+    // SA_RESETHAND restored the default disposition; the signal raised again is delivered as
+    // the handler returns and ends the worker, whether it was a fault or sent by kill().
+    // SAFETY: raise is async-signal-safe.
+    unsafe { libc::raise(signal) };
+}
