@@ -6,16 +6,16 @@ use std::time::{Duration, Instant};
 
 use common::{Forkd, forkc};
 
+/// A number anywhere in the report (at the top level or under `latency_ms`); the report must
+/// be valid JSON.
 fn json_number(json: &str, key: &str) -> f64 {
-    let at = json
-        .find(&format!("\"{key}\":"))
-        .unwrap_or_else(|| panic!("{key} in {json}"));
-    json[at + key.len() + 3..]
-        .split([',', '}'])
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+    let value: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("invalid JSON ({e}): {json}"));
+    value
+        .get(key)
+        .or_else(|| value["latency_ms"].get(key))
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or_else(|| panic!("{key} in {json}"))
 }
 
 fn bench(addr: &str, args: &[&str]) -> (i32, String, String) {
@@ -117,4 +117,16 @@ fn hold_keeps_its_connections_open_for_the_duration() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(most, 25, "children while held");
     assert_eq!(json_number(&out, "connections_opened"), 25.0);
+}
+
+#[test]
+fn the_json_report_stays_json_whatever_the_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, addr) = common::unix_addr(dir.path(), "we\"ird\\name.sock");
+    let _server = Forkd::start(&["--listen", &addr]);
+    let (code, out, err) = bench(&addr, &["--requests", "20", "--connections", "1"]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["address"], addr.as_str());
+    assert_eq!(json_number(&out, "requests"), 20.0);
 }

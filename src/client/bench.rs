@@ -377,35 +377,34 @@ impl Report {
         )
     }
 
-    /// The report as one JSON object.
+    /// The report as one JSON object (serde_json: every string escaped, an address with a
+    /// quote or backslash included).
     pub fn json(&self) -> String {
-        let errors: Vec<String> = self
+        let errors: serde_json::Map<String, serde_json::Value> = self
             .errors
             .iter()
-            .map(|(k, v)| format!("\"{k}\":{v}"))
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
             .collect();
-        format!(
-            "{{\"workload\":\"{}\",\"address\":\"{}\",\"connections\":{},\"size\":{},\
-             \"seconds\":{:.6},\"requests\":{},\"requests_per_sec\":{:.3},\
-             \"connections_opened\":{},\"connections_per_sec\":{:.3},\"mb_per_sec\":{:.4},\
-             \"latency_ms\":{{\"p50\":{:.4},\"p90\":{:.4},\"p99\":{:.4},\"p99_9\":{:.4},\"max\":{:.4}}},\
-             \"errors\":{{{}}}}}",
-            self.config.workload.as_str(),
-            self.config.addr,
-            self.config.connections,
-            self.config.size.max(8),
-            self.elapsed.as_secs_f64(),
-            self.requests,
-            self.rate(self.requests),
-            self.connections,
-            self.rate(self.connections),
-            self.rate(self.bytes) / 1e6,
-            self.ms(0.5),
-            self.ms(0.9),
-            self.ms(0.99),
-            self.ms(0.999),
-            self.latency.max() as f64 / 1000.0,
-            errors.join(",")
-        )
+        serde_json::json!({
+            "workload": self.config.workload.as_str(),
+            "address": self.config.addr.to_string(),
+            "connections": self.config.connections,
+            "size": self.config.size.max(8),
+            "seconds": self.elapsed.as_secs_f64(),
+            "requests": self.requests,
+            "requests_per_sec": self.rate(self.requests),
+            "connections_opened": self.connections,
+            "connections_per_sec": self.rate(self.connections),
+            "mb_per_sec": self.rate(self.bytes) / 1e6,
+            "latency_ms": {
+                "p50": self.ms(0.5),
+                "p90": self.ms(0.9),
+                "p99": self.ms(0.99),
+                "p99_9": self.ms(0.999),
+                "max": self.latency.max() as f64 / 1000.0,
+            },
+            "errors": errors,
+        })
+        .to_string()
     }
 }
