@@ -150,7 +150,10 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let end = sample(pid);
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let status = server.wait().unwrap();
 
     let peak = *peak.lock().unwrap();

@@ -91,25 +91,24 @@ pub fn check_agreement(inherited: &[Listener], asked: &[Addr]) -> Result<(), Str
 /// socket, point it at /dev/null before anything (the log's own fallback, a panic message)
 /// can write into the conversation. Call before the log is set up.
 pub fn protect_inetd_stderr() {
-    let stderr_is_socket = nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(2) })
-        .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
-        .unwrap_or(false);
-    if stderr_is_socket {
-        point_at_dev_null(&[2]);
+    if is_socket(2) {
+        let _ = point_at_dev_null(&[2]);
     }
 }
 
-fn point_at_dev_null(targets: &[RawFd]) {
+/// Makes each of `targets` a duplicate of /dev/null.
+fn point_at_dev_null(targets: &[RawFd]) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    if let Ok(null) = std::fs::OpenOptions::new()
+    let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open("/dev/null")
-    {
-        for target in targets {
-            unsafe { libc::dup2(null.as_raw_fd(), *target) };
-        }
+        .open("/dev/null")?;
+    for target in targets {
+        // SAFETY: dup2 onto one of the standard descriptors, which forkd never owns as a
+        // Rust object (the inetd connection was duplicated away from 0 first).
+        unsafe { libc::dup2(null.as_raw_fd(), *target) };
     }
+    Ok(())
 }
 
 /// The connection inetd (or systemd with Accept=yes and StandardInput=socket) left on
@@ -117,11 +116,10 @@ fn point_at_dev_null(targets: &[RawFd]) {
 /// writes to the peer.
 pub fn take_inetd_connection() -> Result<Connection, String> {
     use nix::sys::socket::{AddressFamily, SockaddrLike, SockaddrStorage, getpeername};
-    let fd = nix::fcntl::fcntl(
-        unsafe { std::os::fd::BorrowedFd::borrow_raw(0) },
-        nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3),
-    )
-    .map_err(|e| format!("--inetd: descriptor 0: {e}"))?;
+    // SAFETY: duplicates descriptor 0 (raw: it may be closed, and then this fails with
+    // EBADF; a BorrowedFd must not stand for a closed descriptor).
+    let fd = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
+    let fd = nix::errno::Errno::result(fd).map_err(|e| format!("--inetd: descriptor 0: {e}"))?;
     // SAFETY: a fresh duplicate, owned here alone.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     let peer_addr: SockaddrStorage = getpeername(fd)
@@ -139,23 +137,8 @@ pub fn take_inetd_connection() -> Result<Connection, String> {
         }
         other => return Err(format!("--inetd: unsupported address family {other:?}")),
     };
-    let stderr_is_socket = nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(2) })
-        .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
-        .unwrap_or(false);
-    let null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| format!("--inetd: /dev/null: {e}"))?;
-    let targets: &[RawFd] = if stderr_is_socket {
-        &[0, 1, 2]
-    } else {
-        &[0, 1]
-    };
-    for target in targets {
-        use std::os::fd::AsRawFd;
-        unsafe { libc::dup2(null.as_raw_fd(), *target) };
-    }
+    let targets: &[RawFd] = if is_socket(2) { &[0, 1, 2] } else { &[0, 1] };
+    point_at_dev_null(targets).map_err(|e| format!("--inetd: /dev/null: {e}"))?;
     Ok(Connection {
         stream,
         peer,

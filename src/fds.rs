@@ -2,9 +2,9 @@
 //! (from a careless parent, or systemd's listening sockets) becomes close-on-exec, so a program
 //! run per connection sees descriptors 0, 1 and 2 and nothing else.
 
-use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, RawFd};
 
-use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
 /// Marks every open descriptor from 3 up close-on-exec.
 pub fn cloexec_inherited() {
@@ -17,11 +17,14 @@ pub fn cloexec_inherited() {
         .filter(|fd| *fd > 2)
         .collect();
     for fd in fds {
-        // The directory's own descriptor is gone by now: fcntl fails on it, harmlessly.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        if let Ok(flags) = fcntl(borrowed, FcntlArg::F_GETFD) {
-            let flags = FdFlag::from_bits_truncate(flags) | FdFlag::FD_CLOEXEC;
-            let _ = fcntl(borrowed, FcntlArg::F_SETFD(flags));
+        // SAFETY: F_GETFD and F_SETFD only read and set the descriptor's flags. The calls are
+        // raw because the listing's own descriptor is among `fds` and closed by now (it fails
+        // with EBADF, harmlessly): a BorrowedFd must not stand for a closed descriptor.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
         }
     }
 }

@@ -207,6 +207,7 @@ fn remove_stale_socket(path: &Path) -> Result<(), String> {
 
 fn listen(fd: &impl AsFd, backlog: i32) -> Result<(), Errno> {
     // libc directly: the kernel caps the backlog at net.core.somaxconn itself.
+    // SAFETY: listen on a descriptor the caller owns; no memory is passed.
     let rc = unsafe { libc::listen(fd.as_fd().as_raw_fd(), backlog) };
     Errno::result(rc).map(drop)
 }

@@ -69,11 +69,13 @@ impl Waker {
 }
 
 pub fn ignore_sigpipe() -> nix::Result<()> {
+    // SAFETY: SIG_IGN installs no handler; nothing runs in signal context.
     unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }.map(drop)
 }
 
 /// Before exec: SIG_IGN survives exec, so a program would inherit the ignored SIGPIPE.
 pub fn default_sigpipe() {
+    // SAFETY: SIG_DFL installs no handler.
     let _ = unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
@@ -86,6 +88,7 @@ fn default_dispositions() {
         if number == libc::SIGKILL || number == libc::SIGSTOP {
             continue;
         }
+        // SAFETY: SIG_DFL installs no handler; numbers the kernel refuses fail harmlessly.
         unsafe { libc::signal(number, libc::SIG_DFL) };
     }
 }
@@ -97,6 +100,8 @@ pub fn reset_for_child() {
     imp::reset_dispositions();
     // An all-zero sigset_t is the empty set; built in place rather than by sigemptyset(),
     // whose code a new child would otherwise fault in for this one call.
+    // SAFETY: sigset_t is plain data for which all-zero bits are the empty set (glibc and
+    // musl), and pthread_sigmask reads it and writes nothing back (null old set).
     let empty: libc::sigset_t = unsafe { std::mem::zeroed() };
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) };
 }
@@ -162,6 +167,7 @@ mod imp {
         if fd >= 0 {
             let byte = number as u8;
             // A full pipe already holds a wake-up; losing this byte loses nothing.
+            // SAFETY: write is async-signal-safe and reads one byte from a live local.
             unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
         }
         Errno::set_raw(saved);
@@ -182,6 +188,7 @@ mod imp {
                 SigSet::empty(),
             );
             for sig in super::HANDLED {
+                // SAFETY: `on_signal` is async-signal-safe (an atomic load and a write).
                 unsafe { signal::sigaction(sig, &action)? };
             }
             Ok(Source { read, write })
@@ -216,6 +223,7 @@ mod imp {
     pub fn reset_dispositions() {
         PIPE_WRITE_FD.store(-1, Ordering::Relaxed);
         for sig in super::HANDLED {
+            // SAFETY: SIG_DFL installs no handler.
             let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
         }
     }

@@ -72,14 +72,19 @@ pub(crate) struct ChildSetup {
 /// Forks a child to serve `conn` with `job`'s work. In the supervisor: the child's pid (the
 /// supervisor's copy of the connection is closed), or the fork error with the connection
 /// handed back so the caller can still tell the peer. In the child: never returns.
-pub(crate) fn fork_worker(
+///
+/// # Safety
+///
+/// The calling process must be single-threaded: a fork copies only the calling thread, and a
+/// lock another thread held (the allocator's, the logger's) would stay held in the child.
+pub(crate) unsafe fn fork_worker(
     conn: Connection,
     setup: &ChildSetup,
     job: &Job<'_>,
 ) -> Result<Pid, (Errno, Connection)> {
     debug_assert_single_threaded();
-    // SAFETY: the supervisor is single-threaded (asserted above in debug builds), so the
-    // child is a full copy with no lock held by a vanished thread.
+    // SAFETY: the caller guarantees a single-threaded process (asserted above in debug
+    // builds), so the child is a full copy with no lock held by a vanished thread.
     match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Parent { child }) => Ok(child),
         Ok(ForkResult::Child) => run_child(conn, setup, job),

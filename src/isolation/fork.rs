@@ -80,7 +80,10 @@ impl Isolation for Fork {
         if let Some(program) = job.work.program_for(&conn) {
             return self.start_program(program, conn);
         }
-        match child::fork_worker(conn, &self.setup, job) {
+        // SAFETY: the fork model runs in a single-threaded supervisor: `Server::serve`
+        // requires it of the embedder, forkd's own supervisor starts no thread, and the
+        // thread model never reaches this isolation.
+        match unsafe { child::fork_worker(conn, &self.setup, job) } {
             Ok(pid) => Ok(Started {
                 id: WorkerId::Process(pid),
                 stderr: None,
