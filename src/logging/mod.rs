@@ -94,6 +94,12 @@ pub(crate) fn init(options: LogOptions) -> Target {
         log::set_max_level(options.level);
         let _ = INSTALLED.set(logger);
         logger.lock().direct_emergency_lines();
+    } else {
+        // The process has a logger already (an embedder's): give back the descriptors this
+        // one opened.
+        let mut state = logger.lock();
+        state.backend = Backend::Stderr;
+        state.stderr = stderr::Sink::Plain;
     }
     target
 }
