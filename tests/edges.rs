@@ -254,29 +254,28 @@ fn a_relay_ends_with_its_program_even_if_a_descendant_keeps_stderr() {
     }
 }
 
-#[test]
-fn max_lifetime_ends_the_whole_group_of_a_program() {
-    let mut server = Forkd::start(&["--max-lifetime", "1", "--", "sh", "-c", "sleep 60 & wait"]);
-    let mut client = Client::connect(&server.addr());
-    let pid = server.child_for(client.stream());
+/// The first child of `parent`, once it has one.
+fn first_child_of(parent: i32) -> i32 {
     let deadline = Instant::now() + PATIENCE;
-    let sleeper = loop {
-        if let Some((sleeper, _)) = children_of(pid).first() {
-            break *sleeper;
+    loop {
+        if let Some((child, _)) = children_of(parent).first() {
+            return *child;
         }
-        assert!(Instant::now() < deadline, "sh never started its sleep");
+        assert!(Instant::now() < deadline, "{parent} never started a child");
         std::thread::sleep(Duration::from_millis(10));
-    };
-    server.wait_log(&format!("pid={pid} status=signal:"));
+    }
+}
+
+/// Waits until `pid` is gone (or a zombie nobody will run again).
+fn wait_gone(pid: i32, what: &str) {
     let deadline = Instant::now() + PATIENCE;
-    while Path::new(&format!("/proc/{sleeper}")).exists() && !is_zombie(sleeper) {
+    while Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
         assert!(
             Instant::now() < deadline,
-            "sleep {sleeper} outlived its group"
+            "{what} {pid} outlived its worker"
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    client.expect_eof();
 }
 
 fn is_zombie(pid: i32) -> bool {
@@ -286,6 +285,17 @@ fn is_zombie(pid: i32) -> bool {
                 .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
         })
         .unwrap_or(true)
+}
+
+#[test]
+fn max_lifetime_ends_the_whole_group_of_a_program() {
+    let mut server = Forkd::start(&["--max-lifetime", "1", "--", "sh", "-c", "sleep 60 & wait"]);
+    let mut client = Client::connect(&server.addr());
+    let pid = server.child_for(client.stream());
+    let sleeper = first_child_of(pid);
+    server.wait_log(&format!("pid={pid} status=signal:"));
+    wait_gone(sleeper, "the program's own child");
+    client.expect_eof();
 }
 
 #[test]
@@ -302,23 +312,9 @@ fn a_frame_exec_program_ends_with_its_worker() {
     let mut client = Client::connect(&server.addr());
     client.send(Kind::Data, b"run");
     let worker = server.child_for(client.stream());
-    let deadline = Instant::now() + PATIENCE;
-    let program = loop {
-        if let Some((program, _)) = children_of(worker).first() {
-            break *program;
-        }
-        assert!(Instant::now() < deadline, "no program started");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let program = first_child_of(worker);
     server.wait_log(&format!("pid={worker} status=signal:"));
-    let deadline = Instant::now() + PATIENCE;
-    while Path::new(&format!("/proc/{program}")).exists() && !is_zombie(program) {
-        assert!(
-            Instant::now() < deadline,
-            "frame-exec program {program} outlived its worker"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_gone(program, "frame-exec program");
 }
 
 #[test]
