@@ -408,7 +408,10 @@ impl Decoder {
         }
         let needed = self.end + more;
         if self.buf.len() < needed {
-            let grown = needed.max(self.buf.len().saturating_mul(2));
+            // Doubling, but never past the end of the frame being received when its length
+            // is known: a frame of N bytes costs N bytes of buffer, not 2N.
+            let frame_end = self.end + self.missing_for_current_frame();
+            let grown = needed.max(self.buf.len().saturating_mul(2).min(frame_end));
             self.buf.resize(grown, 0);
         }
     }

@@ -210,7 +210,11 @@ impl Server {
             Handler::Builtin(service) => self.config.check(service),
             Handler::Custom(work) => self
                 .config
-                .check_settings(work.is_framed())
+                .check_settings(if work.is_framed() {
+                    crate::config::FRAMES_HELD_BY_HANDLER
+                } else {
+                    0
+                })
                 .and_then(|()| self.config.check_model(&Service::Echo)),
         }
         .map_err(Error)
@@ -234,11 +238,18 @@ impl Server {
             crate::activation::protect_inetd_stderr();
         }
         crate::fds::cloexec_inherited();
+        // Before forkd opens a descriptor of its own (log, pidfile, notify socket): a count
+        // larger than what systemd passed must not find forkd's own sockets there.
+        let handed_over = if config.inetd {
+            None
+        } else {
+            crate::activation::take().map_err(Error)?
+        };
         crate::isolation::child::prepare_allocator();
         crate::isolation::fault::note_stack_limit();
         let target = crate::logging::init(config.log.clone());
         crate::logging::log_panics();
-        crate::supervisor::run(&config, work).map_err(|line| {
+        crate::supervisor::run(&config, work, handed_over).map_err(|line| {
             if target == crate::logging::Target::Syslog {
                 log::error!("stop reason={}", crate::logging::quote(&line));
             }

@@ -90,28 +90,52 @@ fn a_syslog_daemon_that_stops_reading_costs_lines_not_service() {
     assert!(server.wait_exit().success());
 }
 
-#[test]
-fn a_stderr_pipe_nobody_reads_costs_lines_not_service() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_, addr) = unix_addr(dir.path(), "forkd.sock");
-    let mut child = Command::new(FORKD)
+/// `binary` (forkd's flags) logging to a stderr pipe that the caller holds and does not read,
+/// on a Unix socket; returns once it listens.
+fn with_unread_stderr(
+    binary: &str,
+    args: &[&str],
+    dir: &Path,
+) -> (
+    std::process::Child,
+    std::process::ChildStderr,
+    forkd::addr::Addr,
+) {
+    let (_, addr) = unix_addr(dir, "forkd.sock");
+    let mut child = Command::new(binary)
         .args(["--log", "stderr", "--listen", &addr])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
     let addr: forkd::addr::Addr = addr.parse().unwrap();
     let deadline = Instant::now() + PATIENCE;
     while forkd::client::connect(&addr, PATIENCE).is_err() {
-        assert!(Instant::now() < deadline, "forkd never listened");
+        assert!(Instant::now() < deadline, "{binary} never listened");
         std::thread::sleep(Duration::from_millis(10));
     }
     // 64 KiB of pipe holds some 400 conversations' lines: go well past that.
     for _ in 0..1200 {
         converse(&addr);
     }
+    (child, stderr, addr)
+}
+
+/// Stops `child` with SIGTERM, reading its stderr to the end so its last lines can go.
+fn stop_reading(mut child: std::process::Child, mut stderr: std::process::ChildStderr) {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut rest = Vec::new();
+    stderr.read_to_end(&mut rest).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn a_stderr_pipe_nobody_reads_costs_lines_not_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, mut stderr, addr) = with_unread_stderr(FORKD, &[], dir.path());
     let mut text = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut take = |text: &mut Vec<u8>| {
@@ -125,11 +149,19 @@ fn a_stderr_pipe_nobody_reads_costs_lines_not_service() {
         assert!(Instant::now() < deadline, "no log_dropped line");
         take(&mut text);
     }
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    // Read to the end, so the stop lines can be written and forkd can exit.
-    let mut rest = Vec::new();
-    stderr.read_to_end(&mut rest).unwrap();
-    assert!(child.wait().unwrap().success());
+    stop_reading(child, stderr);
+}
+
+#[test]
+fn a_worker_out_of_memory_does_not_wait_on_a_stderr_nobody_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = common::example("faults");
+    let (child, stderr, addr) = with_unread_stderr(&faults, &["--rlimit-as", "256M"], dir.path());
+    // Rust writes "memory allocation of ... failed" to stderr, then aborts.
+    let mut client = Client::connect(&addr);
+    client.send(Kind::Data, b"leak 1000");
+    client.expect_eof();
+    stop_reading(child, stderr);
 }
 
 #[test]
@@ -651,4 +683,45 @@ fn a_unix_socket_gets_its_mode_and_the_served_user_as_owner() {
         &["--listen", &addr, "--socket-mode", "1777"],
         &["--socket-mode"],
     );
+}
+
+#[test]
+fn the_rlimit_as_forkd_asks_for_serves_a_frame_of_max_frame() {
+    for handler in [
+        &["--handler", "echo"][..],
+        &["--handler", "frame-exec", "--", "cat"][..],
+    ] {
+        let base = ["--listen", "127.0.0.1:0", "--max-frame", "4M"];
+        let tight: Vec<&str> = base
+            .iter()
+            .chain(&["--rlimit-as", "1"])
+            .chain(handler)
+            .copied()
+            .collect();
+        let (_, err) = common::forkd_fails(&tight);
+        let least = err
+            .split("at least ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no figure in {err}"))
+            .to_string();
+        let args: Vec<&str> = ["--max-frame", "4M", "--rlimit-as", &least]
+            .iter()
+            .chain(handler)
+            .copied()
+            .collect();
+        let server = Forkd::start(&args);
+        let mut client = Client::connect(&server.addr());
+        let payload = vec![b'm'; 4 << 20];
+        let sender = client
+            .send_in_background(forkd::frame::Frame::new(Kind::Data, payload.clone()).encode());
+        let reply = client.recv();
+        assert_eq!(
+            reply.kind,
+            Kind::Data,
+            "{handler:?} at --rlimit-as {least}: {reply:?}"
+        );
+        assert!(reply.payload == payload, "{handler:?}: a different reply");
+        sender.join().unwrap();
+    }
 }

@@ -3,27 +3,36 @@
 
 use super::*;
 
+/// Frames of up to `max_frame` a protocol-v1 worker holds at once: the request being
+/// received, the buffer it outgrows while growing, and the reply.
+pub(crate) const FRAMES_HELD_BY_HANDLER: u64 = 3;
+
+/// Address space a worker's allocator takes beyond the bytes it hands out.
+const ALLOCATOR_SLACK: u64 = 16 << 20;
+
 impl Config {
     /// Whether this configuration can be served with `service`: `Err` is one line naming the
     /// setting at fault. Durations are in range, a program to run is there, resource limits
     /// can be set and leave room for a frame; binding, users and files are checked when
     /// serving starts.
     pub fn check(&self, service: &Service) -> Result<(), String> {
-        let (framed, program) = match service {
-            Service::Echo => (true, None),
-            Service::Exec(program) => (false, Some(program)),
-            Service::FrameExec(program) => (true, Some(program)),
+        let (frames_held, program) = match service {
+            Service::Echo => (FRAMES_HELD_BY_HANDLER, None),
+            Service::Exec(program) => (0, Some(program)),
+            // The program's input and its output besides the request and the reply.
+            Service::FrameExec(program) => (FRAMES_HELD_BY_HANDLER + 2, Some(program)),
         };
-        self.check_settings(framed)?;
+        self.check_settings(frames_held)?;
         if let Some(program) = program {
             check_program(program)?;
         }
         self.check_model(service)
     }
 
-    /// What every server needs, whatever serves its connections: `framed` when the handler
-    /// speaks protocol v1 (and so holds frames of up to `max_frame` bytes).
-    pub(crate) fn check_settings(&self, framed: bool) -> Result<(), String> {
+    /// What every server needs, whatever serves its connections. `frames_held`: how many
+    /// frames of up to `max_frame` bytes a worker may hold at once (0 for a handler that does
+    /// not speak protocol v1), for the room `--rlimit-as` must leave.
+    pub(crate) fn check_settings(&self, frames_held: u64) -> Result<(), String> {
         if self.max_children == 0 {
             return Err("--max-children must be at least 1".to_string());
         }
@@ -51,7 +60,7 @@ impl Config {
                 self.max_frame
             ));
         }
-        self.check_limits(framed)
+        self.check_limits(frames_held)
     }
 
     fn check_durations(&self) -> Result<(), String> {
@@ -74,7 +83,7 @@ impl Config {
 
     /// Limits a worker could not set, or that leave no room for a frame, doom every
     /// connection: refused now rather than per connection.
-    fn check_limits(&self, framed: bool) -> Result<(), String> {
+    fn check_limits(&self, frames_held: u64) -> Result<(), String> {
         use nix::sys::resource::{Resource, getrlimit};
         // Only a process that keeps root may raise a hard limit.
         let may_raise = nix::unistd::geteuid().is_root() && self.user.is_none();
@@ -97,6 +106,17 @@ impl Config {
         ];
         for (flag, resource, value) in limits {
             let Some(value) = value else { continue };
+            // A worker needs its standard descriptors and its connection, and some CPU.
+            let least = if resource == Resource::RLIMIT_NOFILE {
+                4
+            } else {
+                1
+            };
+            if value < least {
+                return Err(format!(
+                    "{flag} {value} would fail every connection: at least {least}"
+                ));
+            }
             let (_, hard) = getrlimit(resource).map_err(|e| format!("{flag}: {e}"))?;
             let ceiling = match resource {
                 // The kernel's own ceiling, for root too.
@@ -110,11 +130,14 @@ impl Config {
                 ));
             }
         }
-        if let (true, Some(limit)) = (framed, self.limits.address_space) {
-            // A request of max_frame bytes and its reply, on top of what a process maps from
-            // the start (the supervisor's own size, which a fresh worker shares).
+        if let (1.., Some(limit)) = (frames_held, self.limits.address_space) {
+            // The frames a worker holds, on top of what a process maps from the start (the
+            // supervisor's own size, which a fresh worker shares) and room for the
+            // allocator's own arenas.
             let mapped = mapped_bytes();
-            let needed = mapped.saturating_add(2 * u64::from(self.max_frame));
+            let needed = mapped
+                .saturating_add(frames_held * u64::from(self.max_frame))
+                .saturating_add(ALLOCATOR_SLACK);
             if limit < needed {
                 return Err(format!(
                     "--rlimit-as {limit} leaves no room for a --max-frame {} request and its \

@@ -22,6 +22,7 @@ use crate::frame::DEFAULT_MAX_FRAME;
 mod check;
 mod units;
 
+pub(crate) use check::FRAMES_HELD_BY_HANDLER;
 pub(crate) use units::check_duration;
 pub use units::{MAX_DURATION, MAX_FRAME, parse_bytes, parse_bytes_u64, parse_secs};
 
@@ -236,13 +237,16 @@ impl FromStr for Rate {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Rate, String> {
-        let bad = || format!("'{s}' is not a rate: expected N/SECS, as in 20/1");
-        let (n, secs) = s.split_once('/').ok_or_else(bad)?;
-        let count: u32 = n.trim().parse().ok().filter(|n| *n > 0).ok_or_else(bad)?;
-        let per = parse_secs(secs)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(bad)?;
+        let bad = || format!("'{s}' is not a rate: expected N/DURATION, as in 20/1 or 600/1m");
+        let (n, period) = s.split_once('/').ok_or_else(bad)?;
+        let count: u32 = n.trim().parse().map_err(|_| bad())?;
+        if count == 0 {
+            return Err(format!("'{s}': the count must be at least 1"));
+        }
+        let per = parse_secs(period).map_err(|why| format!("'{s}': the period {why}"))?;
+        if per.is_zero() {
+            return Err(format!("'{s}': the period must be at least 1 ms"));
+        }
         Ok(Rate { count, per })
     }
 }

@@ -52,6 +52,12 @@ pub fn parse_secs(s: &str) -> Result<Duration, String> {
             if secs > MAX_DURATION.as_secs_f64() {
                 return Err(too_long(s));
             }
+            if secs > 0.0 && secs < MIN_DURATION.as_secs_f64() {
+                // Checked before converting: a few picoseconds would round to 0, "off".
+                return Err(format!(
+                    "'{s}' is shorter than 1 ms (0 turns the limit off)"
+                ));
+            }
             Duration::from_secs_f64(secs)
         }
         Ok(_) => return Err(format!("'{s}' is not a duration: give 0 or more seconds")),

@@ -56,7 +56,7 @@ fn time_left(
     set: impl FnOnce(Duration) -> io::Result<()>,
 ) -> io::Result<()> {
     let left = deadline.saturating_duration_since(Instant::now());
-    if left < Duration::from_millis(1) {
+    if left.is_zero() {
         return Err(io::ErrorKind::TimedOut.into());
     }
     let slack = idle / 10;

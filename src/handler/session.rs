@@ -43,13 +43,17 @@ pub(crate) fn serve(
     let mut timed = IdleClock::new(stream, settings.idle_timeout, preset);
     let mut decoder = Decoder::new(settings.max_frame);
     let mut out: Vec<u8> = Vec::new();
+    // The clock starts at connect, then again after each batch of replies.
+    timed.start_idle();
     let failure = 'conversation: loop {
+        let mut answered = false;
         loop {
             let (kind, payload) = match decoder.decode_borrowed() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => break 'conversation Failure::Protocol(e.code(), e.to_string()),
             };
+            answered = true;
             match kind {
                 Kind::Data => {
                     let reply = Reply::new(&mut out, &mut timed);
@@ -86,8 +90,9 @@ pub(crate) fn serve(
                 Failure::Io("write", e)
             };
         }
-        // The clock starts after the last reply; bytes of a partial frame do not reset it.
-        if decoder.buffered() == 0 {
+        // The clock starts again after a reply, also when the start of the next request came
+        // with the last one; bytes of a partial frame alone do not reset it.
+        if answered {
             timed.start_idle();
         }
         match decoder.read_from(&mut timed) {

@@ -93,7 +93,12 @@ pub(crate) fn init(options: LogOptions) -> Target {
     if log::set_logger(logger).is_ok() {
         log::set_max_level(options.level);
         let _ = INSTALLED.set(logger);
-        logger.lock().direct_emergency_lines();
+        let state = logger.lock();
+        state.direct_emergency_lines();
+        if let stderr::Sink::Reopened(fd) = &state.stderr {
+            use std::os::fd::AsRawFd;
+            WORKER_STDERR.store(fd.as_raw_fd(), std::sync::atomic::Ordering::Relaxed);
+        }
     } else {
         // The process has a logger already (an embedder's): give back the descriptors this
         // one opened.
@@ -105,6 +110,22 @@ pub(crate) fn init(options: LogOptions) -> Target {
 }
 
 static INSTALLED: std::sync::OnceLock<&'static Logger> = std::sync::OnceLock::new();
+
+/// The log's non-blocking descriptor for a stderr pipe or terminal, or -1.
+static WORKER_STDERR: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// In a worker process: descriptor 2 becomes the log's non-blocking one (where stderr is a
+/// pipe or terminal), so what writes to stderr directly (Rust's "memory allocation failed",
+/// a handler's `eprintln!`) cannot hold the worker when nobody reads; such a write fails
+/// instead (for `eprintln!`, a panic: the request is answered ERROR 8 and logged).
+pub(crate) fn nonblocking_stderr_for_worker() {
+    let fd = WORKER_STDERR.load(std::sync::atomic::Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: both are open descriptors of this process; dup2 replaces descriptor 2,
+        // which no Rust object owns, with a copy of the log's.
+        unsafe { libc::dup2(fd, 2) };
+    }
+}
 
 /// Connects to the syslog socket afresh (SIGHUP), for a syslog daemon that was restarted or
 /// a socket that moved. Returns what happened, for the log line that follows.

@@ -19,7 +19,14 @@ use crate::signals::Signals;
 
 /// Serves `config` with `work` until SIGTERM/SIGINT (or, with `--inetd`, until its connection
 /// ends), then cleans up. Errors are the start-up failures, as one line each.
-pub(crate) fn run(config: &Config, work: Work) -> Result<(), String> {
+///
+/// `handed_over`: the listening sockets systemd passed ([`crate::activation::take`]), taken
+/// before anything else was opened.
+pub(crate) fn run(
+    config: &Config,
+    work: Work,
+    handed_over: Option<Vec<Listener>>,
+) -> Result<(), String> {
     let identity = privilege::resolve(config.user.as_deref(), config.group.as_deref())?;
     // Taken first, while still root (so it may live in /run): a second instance is refused
     // before it binds anything.
@@ -27,7 +34,7 @@ pub(crate) fn run(config: &Config, work: Work) -> Result<(), String> {
     let notifier = Notifier::from_env();
     let (listeners, inetd_connection) = if config.inetd {
         (Vec::new(), Some(activation::take_inetd_connection()?))
-    } else if let Some(inherited) = activation::take()? {
+    } else if let Some(inherited) = handed_over {
         if !config.listen.is_empty() {
             activation::check_agreement(&inherited, &config.listen)?;
         }

@@ -164,7 +164,7 @@ struct Cli {
 
     /// At most N new connections per SECS seconds per source (a token bucket, e.g. 20/1);
     /// more get ERROR 6, without a fork.
-    #[arg(long, value_name = "N/SECS", help_heading = "Admission")]
+    #[arg(long, value_name = "N/DURATION", help_heading = "Admission")]
     rate: Option<Rate>,
 
     /// At --max-children: defer leaves new connections in the kernel's backlog until a child
@@ -183,7 +183,8 @@ struct Cli {
     rlimit_as: Option<u64>,
 
     /// CPU seconds each child may use (RLIMIT_CPU); then the kernel sends SIGXCPU.
-    #[arg(long, value_name = "DURATION", help_heading = "Children")]
+    #[arg(long, value_name = "SECS", help_heading = "Children",
+          value_parser = clap::value_parser!(u64).range(1..))]
     rlimit_cpu: Option<u64>,
 
     /// Open descriptors each child may have (RLIMIT_NOFILE).

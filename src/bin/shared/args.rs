@@ -55,13 +55,13 @@ pub fn clap_error(e: clap::Error) -> Stop {
     }
 }
 
-/// Lets every option's value start with a minus, so that `--grace -1` is refused by the
-/// option's own parser ("invalid value '-1' for '--grace'") instead of being taken for an
-/// unknown flag `-1`. Applies to subcommands too.
+/// Lets every option's value start with a minus, so that `--grace -1ms` is refused by the
+/// option's own parser ("invalid value '-1ms' for '--grace'") instead of being taken for an
+/// unknown flag. Applies to subcommands too.
 pub fn negative_values_named(command: clap::Command) -> clap::Command {
     let command = command.mut_args(|arg| {
-        if arg.get_action().takes_values() {
-            arg.allow_negative_numbers(true)
+        if arg.get_action().takes_values() && !arg.is_positional() {
+            arg.allow_hyphen_values(true)
         } else {
             arg
         }
