@@ -725,3 +725,19 @@ fn the_rlimit_as_forkd_asks_for_serves_a_frame_of_max_frame() {
         sender.join().unwrap();
     }
 }
+
+#[test]
+fn the_idle_clock_restarts_after_a_reply_even_when_the_next_request_has_begun() {
+    let server = Forkd::start(&["--idle-timeout", "2"]);
+    let mut client = Client::connect(&server.addr());
+    std::thread::sleep(Duration::from_millis(1500));
+    let first = forkd::frame::Frame::new(Kind::Data, b"first".to_vec()).encode();
+    let second = forkd::frame::Frame::new(Kind::Data, b"second".to_vec()).encode();
+    // The first request and the start of the second in one write.
+    client.send_raw(&[&first[..], &second[..3]].concat());
+    assert_eq!(client.recv().payload, b"first");
+    // 1 s after that reply (2.5 s after connecting) the second is completed.
+    std::thread::sleep(Duration::from_millis(1000));
+    client.send_raw(&second[3..]);
+    assert_eq!(client.recv().payload, b"second");
+}
