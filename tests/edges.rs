@@ -330,23 +330,61 @@ fn max_lifetime_ends_the_whole_group_of_a_program() {
     client.expect_eof();
 }
 
-#[test]
-fn a_frame_exec_program_ends_with_its_worker() {
-    let mut server = Forkd::start(&[
-        "--max-lifetime",
-        "1",
+/// The processes whose process group is `group`.
+fn members_of(group: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| unsafe { libc::getpgid(*pid) } == group && !is_zombie(*pid))
+        .collect()
+}
+
+/// A frame-exec program that started a child of its own, for a worker that is then ended by
+/// `end`; the program's whole group must end with the worker.
+fn frame_exec_group_ends_with_its_worker(flags: &[&str], end: impl FnOnce(&mut Forkd, i32)) {
+    let mut args = flags.to_vec();
+    args.extend([
         "--handler",
         "frame-exec",
         "--",
-        "sleep",
-        "60",
+        "sh",
+        "-c",
+        "sleep 61 & exec sleep 62",
     ]);
+    let mut server = Forkd::start(&args);
     let mut client = Client::connect(&server.addr());
     client.send(Kind::Data, b"run");
     let worker = server.child_for(client.stream());
     let program = first_child_of(worker);
-    server.wait_log(&format!("pid={worker} status=signal:"));
-    wait_gone(program, "frame-exec program");
+    let deadline = Instant::now() + PATIENCE;
+    while members_of(program).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the program never started its own child"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let group = members_of(program);
+    end(&mut server, worker);
+    for pid in group {
+        wait_gone(pid, "frame-exec program or its child");
+    }
+}
+
+#[test]
+fn a_frame_exec_program_and_its_group_end_with_a_worker_past_its_lifetime() {
+    frame_exec_group_ends_with_its_worker(&["--max-lifetime", "1"], |server, worker| {
+        server.wait_log(&format!("pid={worker} status=signal:"));
+    });
+}
+
+#[test]
+fn a_frame_exec_program_and_its_group_end_with_the_grace_period() {
+    frame_exec_group_ends_with_its_worker(&["--grace", "1"], |server, _| {
+        server.signal(libc::SIGTERM);
+        server.wait_exit();
+    });
 }
 
 #[test]

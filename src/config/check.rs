@@ -139,10 +139,13 @@ impl Config {
                 .saturating_add(frames_held * u64::from(self.max_frame))
                 .saturating_add(ALLOCATOR_SLACK);
             if limit < needed {
+                // A figure in whole MiB with a MiB to spare: what a process maps varies by a
+                // few pages from one start to the next.
+                let suggested = (needed >> 20) + 2;
                 return Err(format!(
                     "--rlimit-as {limit} leaves no room for a --max-frame {} request and its \
                      reply (a worker maps {} MiB from the start): raise --rlimit-as to at \
-                     least {needed} or lower --max-frame",
+                     least {suggested}M or lower --max-frame",
                     self.max_frame,
                     mapped >> 20
                 ));

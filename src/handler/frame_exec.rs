@@ -104,6 +104,9 @@ impl Runner {
             [stdin_read, stdout_write, stderr_write],
         )
         .map_err(cannot)?;
+        // Known to the supervisor while it runs: a worker ended from outside takes the
+        // program's whole group with it.
+        crate::isolation::groups::program_started(pid);
         let run = Run::new(
             pid,
             [stdin_write, stdout_read, stderr_read],
@@ -111,7 +114,9 @@ impl Runner {
             self.max_output,
             self.program.request_timeout,
         );
-        run.finish()
+        let result = run.finish();
+        crate::isolation::groups::program_ended();
+        result
     }
 }
 

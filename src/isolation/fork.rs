@@ -60,6 +60,14 @@ impl Fork {
 
 /// Reaps `pid` if it has ended (or, without WNOHANG, once it has).
 fn reap(pid: Pid, flags: Option<WaitPidFlag>) -> Option<Ended> {
+    let ended = reap_status(pid, flags);
+    if ended.is_some() {
+        super::groups::worker_ended(pid.as_raw());
+    }
+    ended
+}
+
+fn reap_status(pid: Pid, flags: Option<WaitPidFlag>) -> Option<Ended> {
     loop {
         return match waitpid(pid, flags) {
             Ok(WaitStatus::Exited(_, code)) => Some(Ended::Exit(code)),
@@ -143,6 +151,8 @@ impl Isolation for Fork {
         if killpg(pid, signal).is_err() {
             let _ = kill(pid, signal);
         }
+        // A program the worker runs per request has a group of its own.
+        super::groups::signal_program_of(pid.as_raw(), signal);
         true
     }
 

@@ -15,6 +15,7 @@
 pub(crate) mod child;
 pub(crate) mod fault;
 mod fork;
+pub(crate) mod groups;
 mod thread;
 
 use std::fmt;

@@ -78,6 +78,8 @@ impl Supervisor {
                 remaining - killed
             );
         }
+        // Programs run per request by workers that could not be killed one by one (threads).
+        crate::isolation::groups::kill_all_programs();
         self.relays.finish_all();
         self.drains.clear();
         log::log!(

@@ -1,0 +1,114 @@
+//! The process groups of programs workers run per request (frame-exec), in memory the
+//! supervisor shares with every worker, so that a worker ended from outside (`--max-lifetime`,
+//! the end of the grace period) takes its program's whole group with it: the program is tied
+//! to its worker (PR_SET_PDEATHSIG), but what the program started is not.
+//!
+//! One slot per running program: the worker's thread id (a worker process's pid) and the
+//! program's group. A worker fills a slot before its program runs and empties it once the
+//! program is reaped; the supervisor reads them when it ends a worker, and empties what a
+//! worker left when it collects it. Slots are atomics in one `MAP_SHARED` mapping made before
+//! the first fork; nothing here allocates or locks, in any process.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+struct Slot {
+    worker: AtomicI32,
+    group: AtomicI32,
+}
+
+static SLOTS: OnceLock<&'static [Slot]> = OnceLock::new();
+
+/// Makes the shared slots, room for `workers` programs at once (one per worker). Once, in
+/// the supervisor, before any worker starts; later calls keep the first table.
+pub(crate) fn prepare(workers: usize) {
+    SLOTS.get_or_init(|| {
+        let count = workers.max(1);
+        let bytes = count * std::mem::size_of::<Slot>();
+        // SAFETY: a fresh anonymous mapping, zero-filled by the kernel (all-zero atomics are
+        // valid: empty slots), never unmapped, so the slice lives for the process; shared,
+        // so a forked worker's writes reach the supervisor.
+        unsafe {
+            let memory = libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if memory == libc::MAP_FAILED {
+                return &[];
+            }
+            std::slice::from_raw_parts(memory.cast::<Slot>(), count)
+        }
+    });
+}
+
+/// The calling worker thread's id (a worker process's pid).
+fn me() -> i32 {
+    nix::unistd::gettid().as_raw()
+}
+
+/// In a worker: its program's group is `group` until [`program_ended`].
+pub(crate) fn program_started(group: Pid) {
+    let me = me();
+    let slots = SLOTS.get().copied().unwrap_or(&[]);
+    for slot in slots {
+        if slot
+            .worker
+            .compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            slot.group.store(group.as_raw(), Ordering::Release);
+            return;
+        }
+    }
+}
+
+/// In a worker: its program was reaped.
+pub(crate) fn program_ended() {
+    release(me());
+}
+
+/// Empties the slot of `worker`, if it has one.
+fn release(worker: i32) {
+    for slot in SLOTS.get().copied().unwrap_or(&[]) {
+        if slot.worker.load(Ordering::Acquire) == worker {
+            slot.group.store(0, Ordering::Release);
+            slot.worker.store(0, Ordering::Release);
+        }
+    }
+}
+
+/// In the supervisor: sends `signal` to the group of the program `worker` runs, if any.
+pub(crate) fn signal_program_of(worker: i32, signal: Signal) {
+    for slot in SLOTS.get().copied().unwrap_or(&[]) {
+        if slot.worker.load(Ordering::Acquire) == worker {
+            let group = slot.group.load(Ordering::Acquire);
+            if group > 0 {
+                let _ = killpg(Pid::from_raw(group), signal);
+            }
+        }
+    }
+}
+
+/// In the supervisor, once `worker` is collected: forgets its slot (a worker killed while
+/// its program ran never emptied it).
+pub(crate) fn worker_ended(worker: i32) {
+    release(worker);
+}
+
+/// In the supervisor, at the very end: kills every program group still registered (the
+/// thread model, whose workers cannot be killed one by one).
+pub(crate) fn kill_all_programs() {
+    for slot in SLOTS.get().copied().unwrap_or(&[]) {
+        let group = slot.group.load(Ordering::Acquire);
+        if group > 0 {
+            let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
+        }
+    }
+}
