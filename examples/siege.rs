@@ -7,14 +7,15 @@
 //! | `baseline` | none: the good clients alone, every line logged (to stderr, discarded) |
 //! | `slowloris` | 200 connections from one address, each dribbling a frame at one byte a second |
 //! | `slowloris-per-source` | the same against `--per-source 8` |
-//! | `slow-readers` | 64 clients that ask for 8 MiB and read 8 KiB every 2.5 s |
+//! | `slow-readers` | 64 clients that ask for 16 MiB and take it at 640 KiB/s (25 s a reply) |
 //! | `stuck-log` | a syslog socket that stopped reading (its queue full from the start) |
 //!
 //! Good clients: two threads, each one conversation (connect, echo 64 bytes, close) after
 //! another, a conversation that takes over 3 s counted as failed. Every server runs with
 //! `--max-children 64 --idle-timeout 5`.
 //!
-//! Run with `scripts/siege [--seconds N] [SCENARIO...]` (it builds in release mode first).
+//! Run with `scripts/siege [--seconds N] [--forkd PATH] [SCENARIO...]` (it builds in release
+//! mode first; `--forkd` measures another build, an older one say).
 //! Bounded in time and connections; stops by itself; talks to 127.0.0.0/8 only.
 
 use std::io::{Read, Write};
@@ -45,7 +46,12 @@ fn main() {
         .and_then(|i| args.get(i + 1)?.parse().ok())
         .unwrap_or(20)
         .clamp(2, 600);
-    let forkd = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/forkd");
+    let forkd = args
+        .iter()
+        .position(|a| a == "--forkd")
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/forkd").into());
+    let forkd = forkd.as_str();
     let chosen: Vec<&str> = SCENARIOS
         .into_iter()
         .filter(|s| args.iter().any(|a| a == s))
@@ -94,7 +100,7 @@ fn run(forkd: &str, scenario: &str, window: Duration) -> Row {
     let mut syslog = None;
     match scenario {
         "slowloris-per-source" => args.extend(["--per-source", "8"].map(String::from)),
-        "slow-readers" => args.extend(["--max-frame", "16M"].map(String::from)),
+        "slow-readers" => args.extend(["--max-frame", "20M"].map(String::from)),
         // Every accept and end line logged, as in stuck-log, but to a sink that takes them.
         "baseline" => args.retain(|a| a != "-q"),
         "stuck-log" => {
@@ -281,8 +287,9 @@ fn peer_closed(stream: &mut TcpStream) -> bool {
     closed
 }
 
-/// `count` clients from 127.0.0.4 that each ask for an 8 MiB echo (more than the socket
-/// buffers hold) and read 8 KiB every 2.5 s; a client whose connection ends starts again.
+/// `count` clients from 127.0.0.4 that each ask for a 16 MiB echo (far more than the socket
+/// buffers hold) and take it at 128 KiB every 200 ms: every write of the reply makes some
+/// progress, and a whole reply takes 25 s. A client whose connection ends starts again.
 /// Whether they still hold workers shows in the supervisor's children.
 fn slow_readers(addr: SocketAddr, stop: &Arc<AtomicBool>, count: usize) -> String {
     let started = Arc::new(AtomicU64::new(0));
@@ -290,7 +297,7 @@ fn slow_readers(addr: SocketAddr, stop: &Arc<AtomicBool>, count: usize) -> Strin
         .map(|_| {
             let (stop, started) = (Arc::clone(stop), Arc::clone(&started));
             std::thread::spawn(move || {
-                let request = Frame::new(Kind::Data, vec![7u8; 8 << 20]).encode();
+                let request = Frame::new(Kind::Data, vec![7u8; 16 << 20]).encode();
                 while !stop.load(Ordering::Relaxed) {
                     let Ok(mut s) = connect_from([127, 0, 0, 4], addr) else {
                         std::thread::sleep(Duration::from_millis(100));
@@ -304,11 +311,11 @@ fn slow_readers(addr: SocketAddr, stop: &Arc<AtomicBool>, count: usize) -> Strin
                         })
                     });
                     let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-                    let mut buf = [0u8; 8192];
+                    let mut buf = vec![0u8; 128 << 10];
                     let mut last_read = Instant::now() - Duration::from_secs(3);
                     while !stop.load(Ordering::Relaxed) {
-                        if last_read.elapsed() < Duration::from_millis(2500) {
-                            std::thread::sleep(Duration::from_millis(100));
+                        if last_read.elapsed() < Duration::from_millis(200) {
+                            std::thread::sleep(Duration::from_millis(20));
                             continue;
                         }
                         last_read = Instant::now();
@@ -331,7 +338,7 @@ fn slow_readers(addr: SocketAddr, stop: &Arc<AtomicBool>, count: usize) -> Strin
         let _ = t.join();
     }
     format!(
-        "{count} readers of 8 MiB replies at 8 KiB per 2.5 s; {} requests",
+        "{count} readers of 16 MiB replies at 640 KiB/s; {} requests",
         started.load(Ordering::Relaxed)
     )
 }
