@@ -779,3 +779,47 @@ fn the_idle_clock_restarts_after_a_reply_even_when_the_next_request_has_begun() 
     client.send_raw(&second[3..]);
     assert_eq!(client.recv().payload, b"second");
 }
+
+#[test]
+fn a_frame_exec_reply_is_what_the_program_wrote_before_it_exited() {
+    // The background sleep keeps stdout open; the reply must not wait for it.
+    let server = Forkd::start(&[
+        "--handler",
+        "frame-exec",
+        "--",
+        "sh",
+        "-c",
+        "sleep 63 & echo done",
+    ]);
+    let mut client = Client::connect(&server.addr());
+    let asked = Instant::now();
+    assert_eq!(client.echo(b"go").payload, b"done\n");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+    // And what it left running is ended with the request (the sleep, now a child of init:
+    // found by its command line, which no other test uses).
+    let deadline = Instant::now() + PATIENCE;
+    while processes_running(b"sleep\x0063\x00") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the background sleep outlived its request"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Processes (not zombies) whose command line is exactly `cmdline`.
+fn processes_running(cmdline: &[u8]) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == cmdline)
+                && !is_zombie(*pid)
+        })
+        .count()
+}

@@ -123,6 +123,8 @@ impl Runner {
 /// One running program and what it has said so far.
 struct Run {
     pid: Pid,
+    /// Readable once the program has exited (a pidfd; `None` where the kernel has none).
+    exited: Option<OwnedFd>,
     stdin: Option<File>,
     input: Vec<u8>,
     written: usize,
@@ -137,6 +139,25 @@ struct Run {
 }
 
 type Failure = (ErrorCode, String);
+
+/// What one poll found ready.
+#[derive(Default)]
+struct Ready {
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    exited: bool,
+}
+
+/// A descriptor that becomes readable when `pid` exits (pidfd_open, Linux 5.3); `None` where
+/// the kernel has none: then the end of the program's output is the end of its pipes.
+fn pidfd(pid: Pid) -> Option<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    // SAFETY: a descriptor just opened for this process alone (close-on-exec, as pidfds are).
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
 
 /// How the program ended.
 enum Status {
@@ -157,6 +178,7 @@ impl Run {
         }
         Run {
             pid,
+            exited: pidfd(pid),
             stdin: Some(File::from(stdin)),
             input,
             written: 0,
@@ -191,15 +213,18 @@ impl Run {
         }
         while self.stdout.is_some() || self.stderr.is_some() {
             let left = self.time_left()?;
-            let (want_in, want_out, want_err) = self.poll(left);
-            if want_in {
+            let ready = self.poll(left);
+            if ready.stdin {
                 self.write_input();
             }
-            if want_out {
+            if ready.stdout {
                 self.read_output()?;
             }
-            if want_err {
+            if ready.stderr {
                 self.read_errors();
+            }
+            if ready.exited {
+                self.drain_after_exit()?;
             }
         }
         self.error_lines.finish();
@@ -250,21 +275,22 @@ impl Run {
         ))
     }
 
-    /// Which of stdin (writable), stdout and stderr (readable) are ready.
-    fn poll(&self, left: Option<Duration>) -> (bool, bool, bool) {
-        let mut fds = Vec::with_capacity(3);
-        let mut slots = [None; 3];
-        if let Some(s) = &self.stdin {
-            slots[0] = Some(fds.len());
-            fds.push(PollFd::new(s.as_fd(), PollFlags::POLLOUT));
-        }
-        if let Some(s) = &self.stdout {
-            slots[1] = Some(fds.len());
-            fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
-        }
-        if let Some(s) = &self.stderr {
-            slots[2] = Some(fds.len());
-            fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+    /// Which of stdin (writable), stdout and stderr (readable) are ready, and whether the
+    /// program has exited.
+    fn poll(&self, left: Option<Duration>) -> Ready {
+        let mut fds = Vec::with_capacity(4);
+        let mut slots = [None; 4];
+        let wanted = [
+            (self.stdin.as_ref().map(AsFd::as_fd), PollFlags::POLLOUT),
+            (self.stdout.as_ref().map(AsFd::as_fd), PollFlags::POLLIN),
+            (self.stderr.as_ref().map(AsFd::as_fd), PollFlags::POLLIN),
+            (self.exited.as_ref().map(AsFd::as_fd), PollFlags::POLLIN),
+        ];
+        for (slot, (fd, flags)) in slots.iter_mut().zip(wanted) {
+            if let Some(fd) = fd {
+                *slot = Some(fds.len());
+                fds.push(PollFd::new(fd, flags));
+            }
         }
         let timeout = match left {
             None => PollTimeout::NONE,
@@ -272,12 +298,36 @@ impl Run {
                 .unwrap_or(PollTimeout::MAX),
         };
         if nix::poll::poll(&mut fds, timeout).is_err() {
-            return (false, false, false);
+            return Ready::default();
         }
         let ready = |slot: Option<usize>| {
             slot.is_some_and(|i| fds[i].revents().is_some_and(|r| !r.is_empty()))
         };
-        (ready(slots[0]), ready(slots[1]), ready(slots[2]))
+        Ready {
+            stdin: ready(slots[0]),
+            stdout: ready(slots[1]),
+            stderr: ready(slots[2]),
+            exited: ready(slots[3]),
+        }
+    }
+
+    /// The program has exited: what it wrote is in the pipes. Take that, then end what is
+    /// left of its group (a background child holding a pipe) instead of waiting for an end of
+    /// file that child decides: the reply is what the program wrote before it exited.
+    fn drain_after_exit(&mut self) -> Result<(), Failure> {
+        self.stdin = None;
+        while self.stdout.is_some() && self.read_output()? > 0 {}
+        // Bounded: a background child may write to stderr without end.
+        for _ in 0..64 {
+            if self.stderr.is_none() || self.read_errors() == 0 {
+                break;
+            }
+        }
+        let _ = killpg(self.pid, Signal::SIGKILL);
+        self.stdout = None;
+        self.stderr = None;
+        self.exited = None;
+        Ok(())
     }
 
     fn write_input(&mut self) {
@@ -297,9 +347,10 @@ impl Run {
         }
     }
 
-    fn read_output(&mut self) -> Result<(), Failure> {
+    /// Reads stdout once; the bytes read (0 at its end or when nothing is there).
+    fn read_output(&mut self) -> Result<usize, Failure> {
         let Some(stdout) = &mut self.stdout else {
-            return Ok(());
+            return Ok(0);
         };
         let mut buf = [0u8; 16 * 1024];
         match stdout.read(&mut buf) {
@@ -313,6 +364,7 @@ impl Run {
                         format!("program output exceeds --max-frame ({} bytes)", self.max),
                     ));
                 }
+                return Ok(n);
             }
             Err(e)
                 if matches!(
@@ -321,12 +373,13 @@ impl Run {
                 ) => {}
             Err(_) => self.stdout = None,
         }
-        Ok(())
+        Ok(0)
     }
 
-    fn read_errors(&mut self) {
+    /// Reads stderr once; the bytes read (0 at its end or when nothing is there).
+    fn read_errors(&mut self) -> usize {
         let Some(stderr) = &mut self.stderr else {
-            return;
+            return 0;
         };
         let mut buf = [0u8; 8192];
         match stderr.read(&mut buf) {
@@ -335,6 +388,7 @@ impl Run {
                 let room = STDERR_IN_ERROR.saturating_sub(self.error_start.len());
                 self.error_start.extend_from_slice(&buf[..n.min(room)]);
                 self.error_lines.feed(&buf[..n]);
+                return n;
             }
             Err(e)
                 if matches!(
@@ -343,6 +397,7 @@ impl Run {
                 ) => {}
             Err(_) => self.stderr = None,
         }
+        0
     }
 
     /// Kills the program's process group and reaps the program.
