@@ -247,7 +247,10 @@ impl Server {
         };
         crate::isolation::child::prepare_allocator();
         crate::isolation::fault::note_stack_limit();
-        crate::isolation::groups::prepare(config.max_children as usize);
+
+        if work.runs_programs() {
+            crate::isolation::groups::prepare(config.max_children as usize);
+        }
         let target = crate::logging::init(config.log.clone());
         crate::logging::log_panics();
         crate::supervisor::run(&config, work, handed_over).map_err(|line| {

@@ -60,6 +60,18 @@ impl Work {
         matches!(self, Work::Framed { .. })
     }
 
+    /// Whether a worker runs a program per request (frame-exec), whose process group must end
+    /// with the worker.
+    pub(crate) fn runs_programs(&self) -> bool {
+        matches!(
+            self,
+            Work::Framed {
+                name: "frame-exec",
+                ..
+            }
+        )
+    }
+
     /// forkd's own handlers; frame-exec's output is bounded by `max_frame`.
     pub(crate) fn of(service: &Service, max_frame: u32) -> Work {
         match service {
