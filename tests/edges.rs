@@ -90,17 +90,28 @@ fn a_syslog_daemon_that_stops_reading_costs_lines_not_service() {
     assert!(server.wait_exit().success());
 }
 
+/// A server started by hand, killed with its children if a test fails before it stops it.
+struct Started(std::process::Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            for (pid, _) in children_of(self.0.id() as i32) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
 /// `binary` (forkd's flags) logging to a stderr pipe that the caller holds and does not read,
 /// on a Unix socket; returns once it listens.
 fn with_unread_stderr(
     binary: &str,
     args: &[&str],
     dir: &Path,
-) -> (
-    std::process::Child,
-    std::process::ChildStderr,
-    forkd::addr::Addr,
-) {
+) -> (Started, std::process::ChildStderr, forkd::addr::Addr) {
     let (_, addr) = unix_addr(dir, "forkd.sock");
     let mut child = Command::new(binary)
         .args(["--log", "stderr", "--listen", &addr])
@@ -111,6 +122,7 @@ fn with_unread_stderr(
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
+    let child = Started(child);
     let addr: forkd::addr::Addr = addr.parse().unwrap();
     let deadline = Instant::now() + PATIENCE;
     while forkd::client::connect(&addr, PATIENCE).is_err() {
@@ -125,11 +137,11 @@ fn with_unread_stderr(
 }
 
 /// Stops `child` with SIGTERM, reading its stderr to the end so its last lines can go.
-fn stop_reading(mut child: std::process::Child, mut stderr: std::process::ChildStderr) {
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+fn stop_reading(mut child: Started, mut stderr: std::process::ChildStderr) {
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
     let mut rest = Vec::new();
     stderr.read_to_end(&mut rest).unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(child.0.wait().unwrap().success());
 }
 
 #[test]
@@ -822,4 +834,181 @@ fn processes_running(cmdline: &[u8]) -> usize {
                 && !is_zombie(*pid)
         })
         .count()
+}
+
+/// Waits until no process (but zombies) has exactly `cmdline`; they are ours to kill if the
+/// wait fails, so none is left behind either way.
+fn wait_none_running(cmdline: &[u8], what: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while processes_running(cmdline) > 0 {
+        if Instant::now() > deadline {
+            kill_all_running(cmdline);
+            panic!("{what} outlived its worker");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn kill_all_running(cmdline: &[u8]) {
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == cmdline) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+#[test]
+fn max_lifetime_kills_what_ignored_its_sigterm() {
+    // The worker dies of the SIGTERM at once; the sleep that ignores it must still go.
+    let mut server = Forkd::start(&[
+        "--max-lifetime",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        "(trap '' TERM; exec sleep 54) & sleep 55",
+    ]);
+    let mut client = Client::connect(&server.addr());
+    let pid = server.child_for(client.stream());
+    server.wait_log(&format!("pid={pid} status=signal:SIGTERM"));
+    wait_none_running(b"sleep\x0054\x00", "a process that ignored SIGTERM");
+    client.expect_eof();
+}
+
+#[test]
+fn a_frame_exec_program_that_closed_its_output_leaves_nothing_running() {
+    let server = Forkd::start(&[
+        "--handler",
+        "frame-exec",
+        "--",
+        "sh",
+        "-c",
+        "echo partial; exec >/dev/null 2>&1; sleep 56 & sleep 0.2",
+    ]);
+    let mut client = Client::connect(&server.addr());
+    assert_eq!(client.echo(b"go").payload, b"partial\n");
+    wait_none_running(b"sleep\x0056\x00", "the program's background sleep");
+}
+
+#[test]
+fn frame_exec_needs_descriptors_for_its_pipes() {
+    refused_at_start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--rlimit-nofile",
+            "15",
+            "--handler",
+            "frame-exec",
+            "--",
+            "cat",
+        ],
+        &["--rlimit-nofile", "16"],
+    );
+    let server = Forkd::start(&[
+        "--rlimit-nofile",
+        "16",
+        "--handler",
+        "frame-exec",
+        "--",
+        "cat",
+    ]);
+    let mut client = Client::connect(&server.addr());
+    for _ in 0..3 {
+        assert_eq!(client.echo(b"fits").payload, b"fits");
+    }
+}
+
+#[test]
+fn a_worker_out_of_memory_does_not_wait_on_a_stderr_socket_nobody_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, addr) = unix_addr(dir.path(), "forkd.sock");
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut child = Started(
+        Command::new(common::example("faults"))
+            .args(["--log", "stderr", "--listen", &addr, "--rlimit-as", "256M"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::os::fd::OwnedFd::from(theirs))
+            .spawn()
+            .unwrap(),
+    );
+    let addr: forkd::addr::Addr = addr.parse().unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while forkd::client::connect(&addr, PATIENCE).is_err() {
+        assert!(Instant::now() < deadline, "faults never listened");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Fill the socket with log lines nobody reads.
+    for _ in 0..3000 {
+        converse(&addr);
+    }
+    let mut client = Client::connect(&addr);
+    client.send(Kind::Data, b"leak 1000");
+    client.expect_eof();
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let mut drain = ours;
+    let mut rest = Vec::new();
+    drain.read_to_end(&mut rest).unwrap();
+    assert!(child.0.wait().unwrap().success());
+}
+
+#[test]
+fn a_stream_syslog_socket_that_stops_reading_gets_whole_lines_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let (_, addr) = unix_addr(dir.path(), "forkd.sock");
+    let mut cmd = Command::new(FORKD);
+    cmd.args(["--listen", &addr, "--syslog-socket", &path_str(&path)]);
+    let mut server = Forkd::spawn(&mut cmd, tempfile::tempdir().unwrap());
+    server.addrs = vec![addr.clone()];
+    let (mut daemon, _) = listener.accept().unwrap();
+    // The daemon reads nothing while 600 conversations are logged.
+    let deadline = Instant::now() + PATIENCE;
+    while forkd::client::connect(&server.addr(), PATIENCE).is_err() {
+        assert!(Instant::now() < deadline, "forkd never listened");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for _ in 0..600 {
+        converse(&server.addr());
+    }
+    // Now it reads: one more conversation reports the lines dropped.
+    daemon.set_nonblocking(true).unwrap();
+    let mut text = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut take = |text: &mut Vec<u8>| loop {
+        match daemon.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => text.extend_from_slice(&buf[..n]),
+            Err(_) => return,
+        }
+    };
+    take(&mut text);
+    converse(&server.addr());
+    let deadline = Instant::now() + PATIENCE;
+    while !String::from_utf8_lossy(&text).contains("log_dropped=") {
+        assert!(Instant::now() < deadline, "no log_dropped line");
+        std::thread::sleep(Duration::from_millis(20));
+        take(&mut text);
+    }
+    let records: Vec<String> = text
+        .split(|b| *b == 0)
+        .filter(|r| !r.is_empty())
+        .map(|r| String::from_utf8_lossy(r).into_owned())
+        .collect();
+    for record in &records {
+        assert!(
+            record.starts_with('<') && record.contains(" forkd["),
+            "a broken record: {record:?}"
+        );
+    }
+    let reports = records
+        .iter()
+        .filter(|r| r.contains("log_dropped="))
+        .count();
+    assert_eq!(reports, 1, "{records:?}");
 }

@@ -7,6 +7,10 @@ use super::*;
 /// received, the buffer it outgrows while growing, and the reply.
 pub(crate) const FRAMES_HELD_BY_HANDLER: u64 = 3;
 
+/// Descriptors a frame-exec worker needs below its limit: its own (the standard three, the
+/// log's, its connection) and, per program, three pipes, a pidfd and the spawn's own pipe.
+const FRAME_EXEC_DESCRIPTORS: u64 = 16;
+
 /// Address space a worker's allocator takes beyond the bytes it hands out.
 const ALLOCATOR_SLACK: u64 = 16 << 20;
 
@@ -25,6 +29,14 @@ impl Config {
         self.check_settings(frames_held)?;
         if let Some(program) = program {
             check_program(program)?;
+        }
+        if let (Service::FrameExec(_), Some(n)) = (service, self.limits.open_files)
+            && n < FRAME_EXEC_DESCRIPTORS
+        {
+            return Err(format!(
+                "--rlimit-nofile {n} would fail every request of frame-exec: a worker opens \
+                 pipes for each program, at least {FRAME_EXEC_DESCRIPTORS}"
+            ));
         }
         self.check_model(service)
     }

@@ -47,26 +47,35 @@ pub const MAX_FRAME: u32 = 1 << 30;
 /// otherwise from 1 ms to 365 days.
 pub fn parse_secs(s: &str) -> Result<Duration, String> {
     let t = s.trim();
+    let not_a_duration = || format!("'{s}' is not a duration: give 0 or more seconds");
+    if t.starts_with('-') {
+        return Err(not_a_duration());
+    }
     let parsed = match t.parse::<f64>() {
-        Ok(secs) if secs.is_finite() && secs >= 0.0 => {
-            if secs > MAX_DURATION.as_secs_f64() {
-                return Err(too_long(s));
-            }
-            if secs > 0.0 && secs < MIN_DURATION.as_secs_f64() {
-                // Checked before converting: a few picoseconds would round to 0, "off".
-                return Err(format!(
-                    "'{s}' is shorter than 1 ms (0 turns the limit off)"
-                ));
-            }
-            Duration::from_secs_f64(secs)
+        Ok(secs) if !secs.is_finite() => return Err(not_a_duration()),
+        Ok(secs) if secs > MAX_DURATION.as_secs_f64() => return Err(too_long(s)),
+        // Judged before converting: a few picoseconds would round to 0, and a number that
+        // parses to 0 while naming another digit underflowed (1e-400); either would be "off".
+        Ok(secs) if secs < MIN_DURATION.as_secs_f64() && (secs > 0.0 || names_nonzero(t)) => {
+            return Err(too_short(s));
         }
-        Ok(_) => return Err(format!("'{s}' is not a duration: give 0 or more seconds")),
+        Ok(secs) => Duration::from_secs_f64(secs),
         Err(_) => humantime::parse_duration(t).map_err(|_| {
             format!("'{s}' is not a duration: give seconds (30, 0.5) or units (250ms, 5m, 1h)")
         })?,
     };
     check_duration(parsed).map_err(|why| format!("'{s}' {why}"))?;
     Ok(parsed)
+}
+
+/// Whether the mantissa of a number names a digit other than 0.
+fn names_nonzero(number: &str) -> bool {
+    let mantissa = number.split(['e', 'E']).next().unwrap_or("");
+    mantissa.contains(|c: char| ('1'..='9').contains(&c))
+}
+
+fn too_short(s: &str) -> String {
+    format!("'{s}' is shorter than 1 ms (0 turns the limit off)")
 }
 
 /// The range rule of every duration, for values given in code as well as typed: 0, or from
@@ -110,11 +119,14 @@ mod tests {
         assert_eq!(parse_secs("1h 30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_secs("365days"), Ok(MAX_DURATION));
         for bad in [
-            "1e19", "inf", "NaN", "-1", "366d", "31536001", "0.0001", "500us", "x", "",
+            "1e19", "inf", "NaN", "-1", "-0", "366d", "31536001", "0.0001", "1e-10", "1e-400",
+            "500us", "x", "",
         ] {
             assert!(parse_secs(bad).is_err(), "{bad} was taken");
         }
         assert!(parse_secs("1e19").unwrap_err().contains("365 days"));
         assert!(parse_secs("0.0001").unwrap_err().contains("1 ms"));
+        assert!(parse_secs("1e-400").unwrap_err().contains("1 ms"));
+        assert_eq!(parse_secs("0e5"), Ok(Duration::ZERO));
     }
 }

@@ -14,7 +14,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{Signal, killpg};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid;
 
 use super::{FramedHandler, NewFramed, Reply};
@@ -193,8 +193,20 @@ impl Run {
         }
     }
 
-    /// The program's status once it has ended, without blocking.
+    /// The program's status once it has ended, without blocking. What is left of its process
+    /// group (a child that closed its output, or ignored it) is killed first, while the
+    /// program is still unreaped and its pid, the group's id, cannot be reused.
     fn try_wait(&mut self) -> Result<Option<Status>, Failure> {
+        let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        loop {
+            match waitid(Id::Pid(self.pid), peek) {
+                Ok(WaitStatus::StillAlive) => return Ok(None),
+                Ok(_) => break,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(self.fail_io(io::Error::from(e))),
+            }
+        }
+        let _ = killpg(self.pid, Signal::SIGKILL);
         loop {
             return match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(_, code)) => Ok(Some(Status::Exit(code))),

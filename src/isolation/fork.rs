@@ -7,6 +7,8 @@
 //! model did not start (an embedder's own child) is never reaped here; while one is waiting,
 //! ours are reaped one by one.
 
+use std::collections::HashSet;
+
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
@@ -19,12 +21,28 @@ use crate::conn::Connection;
 /// Processes serving connections.
 pub(crate) struct Fork {
     setup: ChildSetup,
+    /// Workers asked to end (SIGTERM at `--max-lifetime`) and not yet collected.
+    asked: HashSet<Pid>,
 }
 
 impl Fork {
     /// `setup`: what every child gets; its descriptors are the supervisor's from the start.
     pub(crate) fn new(setup: ChildSetup) -> Fork {
-        Fork { setup }
+        Fork {
+            setup,
+            asked: HashSet::new(),
+        }
+    }
+
+    /// Reaps `pid`, which has ended. A worker that was asked to end may have left members of
+    /// its process group (or of its program's) that ignored the SIGTERM: they get the SIGKILL
+    /// now, before the reap, while the worker's pid (their group's id) cannot be reused.
+    fn reap_ended(&mut self, pid: Pid) -> Option<Ended> {
+        if self.asked.remove(&pid) {
+            let _ = killpg(pid, Signal::SIGKILL);
+            super::groups::signal_program_of(pid.as_raw(), Signal::SIGKILL);
+        }
+        reap(pid, Some(WaitPidFlag::WNOHANG))
     }
 
     /// The exec handler's program for `conn`, its stderr a pipe for the supervisor to relay.
@@ -55,6 +73,20 @@ impl Fork {
                 reason: format!("cannot run {name}: {e}"),
             }),
         }
+    }
+}
+
+/// Whether `pid` has ended, without reaping it.
+fn has_ended(pid: Pid) -> bool {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    loop {
+        return match waitid(Id::Pid(pid), flags) {
+            Ok(WaitStatus::StillAlive) => false,
+            Ok(_) => true,
+            Err(Errno::EINTR) => continue,
+            // ECHILD: reaped by someone else; reaping it reports that.
+            Err(_) => true,
+        };
     }
 }
 
@@ -118,7 +150,7 @@ impl Isolation for Fork {
             };
             match next {
                 Some(pid) if running.contains(WorkerId::Process(pid)) => {
-                    if let Some(how) = reap(pid, Some(WaitPidFlag::WNOHANG)) {
+                    if let Some(how) = self.reap_ended(pid) {
                         running.ended(WorkerId::Process(pid), how);
                     }
                 }
@@ -126,7 +158,8 @@ impl Isolation for Fork {
                 _ => {
                     for id in running.ids() {
                         if let WorkerId::Process(pid) = id
-                            && let Some(how) = reap(pid, Some(WaitPidFlag::WNOHANG))
+                            && has_ended(pid)
+                            && let Some(how) = self.reap_ended(pid)
                         {
                             running.ended(id, how);
                         }
@@ -142,7 +175,10 @@ impl Isolation for Fork {
             return false;
         };
         let signal = match how {
-            Termination::Ask => Signal::SIGTERM,
+            Termination::Ask => {
+                self.asked.insert(pid);
+                Signal::SIGTERM
+            }
             Termination::Force => Signal::SIGKILL,
         };
         // The group is the worker's pid, and the worker is not reaped yet, so the id cannot
@@ -160,6 +196,7 @@ impl Isolation for Fork {
         let WorkerId::Process(pid) = id else {
             return None;
         };
+        self.asked.remove(&pid);
         reap(pid, None)
     }
 }

@@ -95,10 +95,15 @@ pub(crate) fn init(options: LogOptions) -> Target {
         let _ = INSTALLED.set(logger);
         let state = logger.lock();
         state.direct_emergency_lines();
-        if let stderr::Sink::Reopened(fd) = &state.stderr {
-            use std::os::fd::AsRawFd;
-            WORKER_STDERR.store(fd.as_raw_fd(), std::sync::atomic::Ordering::Relaxed);
-        }
+        let for_workers = match &state.stderr {
+            stderr::Sink::Reopened(fd) => {
+                use std::os::fd::AsRawFd;
+                fd.as_raw_fd()
+            }
+            stderr::Sink::Socket => STDERR_SOCKET,
+            stderr::Sink::Polled | stderr::Sink::Plain => -1,
+        };
+        WORKER_STDERR.store(for_workers, std::sync::atomic::Ordering::Relaxed);
     } else {
         // The process has a logger already (an embedder's): give back the descriptors this
         // one opened.
@@ -111,19 +116,33 @@ pub(crate) fn init(options: LogOptions) -> Target {
 
 static INSTALLED: std::sync::OnceLock<&'static Logger> = std::sync::OnceLock::new();
 
-/// The log's non-blocking descriptor for a stderr pipe or terminal, or -1.
+/// What a worker does to its stderr: -1 nothing (a regular file never blocks), the log's
+/// non-blocking descriptor for a pipe or terminal, or [`STDERR_SOCKET`].
 static WORKER_STDERR: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
-/// In a worker process: descriptor 2 becomes the log's non-blocking one (where stderr is a
-/// pipe or terminal), so what writes to stderr directly (Rust's "memory allocation failed",
-/// a handler's `eprintln!`) cannot hold the worker when nobody reads; such a write fails
-/// instead (for `eprintln!`, a panic: the request is answered ERROR 8 and logged).
+/// Stderr is a socket (the journal's): it cannot be opened a second time.
+const STDERR_SOCKET: i32 = -2;
+
+/// In a worker process: descriptor 2 stops blocking, so what writes to stderr directly
+/// (Rust's "memory allocation failed" or stack-overflow message, a handler's `eprintln!`)
+/// cannot hold the worker when nobody reads; such a write fails instead (for `eprintln!`, a
+/// panic: the request is answered ERROR 8 and logged). A pipe or terminal is replaced by the
+/// log's own non-blocking descriptor. A socket gets O_NONBLOCK on the description it shares
+/// with the supervisor, which writes to it with non-blocking sends anyway.
 pub(crate) fn nonblocking_stderr_for_worker() {
     let fd = WORKER_STDERR.load(std::sync::atomic::Ordering::Relaxed);
     if fd >= 0 {
         // SAFETY: both are open descriptors of this process; dup2 replaces descriptor 2,
         // which no Rust object owns, with a copy of the log's.
         unsafe { libc::dup2(fd, 2) };
+    } else if fd == STDERR_SOCKET {
+        // SAFETY: F_GETFL/F_SETFL only read and set descriptor 2's status flags.
+        unsafe {
+            let flags = libc::fcntl(2, libc::F_GETFL);
+            if flags >= 0 {
+                libc::fcntl(2, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            }
+        }
     }
 }
 
@@ -197,11 +216,45 @@ fn stderr_line(level: Level, message: &str) -> String {
 fn send_syslog(writer: &mut SyslogWriter, level: Level, message: &str) -> syslog::Result<()> {
     // Children inherit the writer: stamp each line with the pid of the process that sends it.
     writer.formatter.pid = std::process::id();
+    if let LoggerBackend::UnixStream(stream) = &mut writer.backend {
+        return send_on_stream(stream.get_ref(), &writer.formatter, level, message);
+    }
     match level {
         Level::Error => writer.err(message),
         Level::Warn => writer.warning(message),
         Level::Info => writer.info(message),
         Level::Debug | Level::Trace => writer.debug(message),
+    }
+}
+
+/// A stream syslog socket gets each line whole (NUL-terminated) in one non-blocking send:
+/// the crate's own path buffers pieces, and a send that would wait then leaves half a line
+/// behind to go out later, garbling the stream and the count of lines dropped. A line this
+/// short is taken whole or not at all.
+fn send_on_stream(
+    stream: &std::os::unix::net::UnixStream,
+    formatter: &Formatter3164,
+    level: Level,
+    message: &str,
+) -> syslog::Result<()> {
+    use std::os::fd::AsRawFd;
+    use syslog::{LogFormat, Severity};
+    let severity = match level {
+        Level::Error => Severity::LOG_ERR,
+        Level::Warn => Severity::LOG_WARNING,
+        Level::Info => Severity::LOG_INFO,
+        Level::Debug | Level::Trace => Severity::LOG_DEBUG,
+    };
+    let mut line = Vec::with_capacity(message.len() + 64);
+    formatter.format(&mut line, severity, message)?;
+    line.push(0);
+    let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL;
+    match nix::sys::socket::send(stream.as_raw_fd(), &line, flags) {
+        Ok(n) if n == line.len() => Ok(()),
+        // Part of a line went out: the stream's framing is lost; what follows is garbled
+        // until the next connection (SIGHUP, or a restarted daemon).
+        Ok(_) => Ok(()),
+        Err(e) => Err(syslog::Error::Write(std::io::Error::from(e))),
     }
 }
 
