@@ -2,10 +2,12 @@
 //!
 //! Each exec'd child writes its stderr into a pipe whose read end the supervisor keeps in its
 //! poll loop; whatever arrives is cut into lines and logged as `stderr pid=N: text`. Reads are
-//! bounded per wake-up, and very long lines are split, so a chatty program cannot take the
-//! supervisor over or grow it.
+//! bounded per wake-up, very long lines are split, and at most 100 lines a second are logged
+//! per program (the rest counted in a `stderr pid=N suppressed=M` line), so a chatty program
+//! cannot take the supervisor over, grow it, or choose the log's volume.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::unistd::Pid;
@@ -15,10 +17,18 @@ const MAX_LINE: usize = 2048;
 /// Bytes read from one pipe per wake-up.
 const READ_BUDGET: usize = 64 * 1024;
 
+/// Lines of one program logged per second at most; the rest are counted and reported in one
+/// line when the second is over, so a program (or a client that makes it talk) cannot choose
+/// the log's volume.
+const LINES_PER_SEC: u32 = 100;
+
 /// Cuts a byte stream into log lines for one program.
 pub struct LineSplitter {
     pid: Pid,
     partial: Vec<u8>,
+    window_start: Option<Instant>,
+    lines_in_window: u32,
+    suppressed: u64,
 }
 
 impl LineSplitter {
@@ -26,6 +36,9 @@ impl LineSplitter {
         LineSplitter {
             pid,
             partial: Vec::new(),
+            window_start: None,
+            lines_in_window: 0,
+            suppressed: 0,
         }
     }
 
@@ -48,12 +61,36 @@ impl LineSplitter {
         if !self.partial.is_empty() {
             self.emit();
         }
+        self.report_suppressed();
     }
 
     fn emit(&mut self) {
-        let text = String::from_utf8_lossy(&self.partial);
-        log::info!("stderr pid={}: {}", self.pid, text.trim_end_matches('\r'));
+        let now = Instant::now();
+        let start = *self.window_start.get_or_insert(now);
+        if now.duration_since(start) >= Duration::from_secs(1) {
+            self.report_suppressed();
+            self.window_start = Some(now);
+            self.lines_in_window = 0;
+        }
+        if self.lines_in_window < LINES_PER_SEC {
+            self.lines_in_window += 1;
+            let text = String::from_utf8_lossy(&self.partial);
+            log::info!("stderr pid={}: {}", self.pid, text.trim_end_matches('\r'));
+        } else {
+            self.suppressed += 1;
+        }
         self.partial.clear();
+    }
+
+    fn report_suppressed(&mut self) {
+        if self.suppressed > 0 {
+            log::info!(
+                "stderr pid={} suppressed={} reason=\"more than {LINES_PER_SEC} lines in 1s\"",
+                self.pid,
+                self.suppressed
+            );
+            self.suppressed = 0;
+        }
     }
 }
 

@@ -1012,3 +1012,42 @@ fn a_stream_syslog_socket_that_stops_reading_gets_whole_lines_only() {
         .count();
     assert_eq!(reports, 1, "{records:?}");
 }
+
+#[test]
+fn a_chatty_program_gets_at_most_100_stderr_lines_a_second_and_the_rest_counted() {
+    let mut server = Forkd::start(&[
+        "--",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 500 ]; do echo noise $i >&2; i=$((i+1)); done",
+    ]);
+    let mut client = Client::connect(&server.addr());
+    let pid = server.child_for(client.stream());
+    let mut out = Vec::new();
+    let _ = client.stream().read_to_end(&mut out);
+    server.wait_log(&format!("pid={pid} status="));
+    let summary = server.wait_log(&format!("stderr pid={pid} suppressed="));
+    let shown = server
+        .log()
+        .iter()
+        .filter(|l| l.contains(&format!("stderr pid={pid}: noise")))
+        .count();
+    let suppressed: usize = server
+        .log()
+        .iter()
+        .filter_map(|l| {
+            l.contains(&format!("stderr pid={pid} suppressed="))
+                .then(|| field(l, "suppressed")?.parse::<usize>().ok())
+                .flatten()
+        })
+        .sum();
+    assert!(
+        shown <= 500 && shown >= 100,
+        "{shown} lines shown; {summary}"
+    );
+    assert_eq!(
+        shown + suppressed,
+        500,
+        "{shown} shown, {suppressed} suppressed"
+    );
+}
