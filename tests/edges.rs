@@ -1042,7 +1042,7 @@ fn a_chatty_program_gets_at_most_100_stderr_lines_a_second_and_the_rest_counted(
         })
         .sum();
     assert!(
-        shown <= 500 && shown >= 100,
+        (100..=500).contains(&shown),
         "{shown} lines shown; {summary}"
     );
     assert_eq!(
