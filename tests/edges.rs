@@ -122,6 +122,14 @@ fn with_unread_stderr(
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
+    // One page of pipe: a hundred conversations' lines fill it.
+    unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&stderr),
+            libc::F_SETPIPE_SZ,
+            4096,
+        )
+    };
     let child = Started(child);
     let addr: forkd::addr::Addr = addr.parse().unwrap();
     let deadline = Instant::now() + PATIENCE;
@@ -129,8 +137,8 @@ fn with_unread_stderr(
         assert!(Instant::now() < deadline, "{binary} never listened");
         std::thread::sleep(Duration::from_millis(10));
     }
-    // 64 KiB of pipe holds some 400 conversations' lines: go well past that.
-    for _ in 0..1200 {
+    // 4 KiB of pipe holds some 25 conversations' lines: go well past that.
+    for _ in 0..150 {
         converse(&addr);
     }
     (child, stderr, addr)
@@ -927,6 +935,8 @@ fn a_worker_out_of_memory_does_not_wait_on_a_stderr_socket_nobody_reads() {
     let dir = tempfile::tempdir().unwrap();
     let (_, addr) = unix_addr(dir.path(), "forkd.sock");
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    // The smallest send buffer: a few dozen conversations' lines fill it.
+    nix::sys::socket::setsockopt(&theirs, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
     let mut child = Started(
         Command::new(common::example("faults"))
             .args(["--log", "stderr", "--listen", &addr, "--rlimit-as", "256M"])
@@ -943,7 +953,7 @@ fn a_worker_out_of_memory_does_not_wait_on_a_stderr_socket_nobody_reads() {
         std::thread::sleep(Duration::from_millis(10));
     }
     // Fill the socket with log lines nobody reads.
-    for _ in 0..3000 {
+    for _ in 0..300 {
         converse(&addr);
     }
     let mut client = Client::connect(&addr);
