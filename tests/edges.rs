@@ -105,43 +105,55 @@ impl Drop for Started {
     }
 }
 
-/// `binary` (forkd's flags) logging to a stderr pipe that the caller holds and does not read,
-/// on a Unix socket; returns once it listens.
-fn with_unread_stderr(
+/// `binary` (forkd's flags) logging to `stderr`, which nobody reads, on a Unix socket;
+/// returns once it listens and enough conversations were logged to fill a page-sized buffer.
+fn start_with_stuck_stderr(
     binary: &str,
     args: &[&str],
     dir: &Path,
-) -> (Started, std::process::ChildStderr, forkd::addr::Addr) {
+    stderr: Stdio,
+) -> (Started, forkd::addr::Addr) {
     let (_, addr) = unix_addr(dir, "forkd.sock");
-    let mut child = Command::new(binary)
-        .args(["--log", "stderr", "--listen", &addr])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    // One page of pipe: a hundred conversations' lines fill it.
-    unsafe {
-        libc::fcntl(
-            std::os::fd::AsRawFd::as_raw_fd(&stderr),
-            libc::F_SETPIPE_SZ,
-            4096,
-        )
-    };
-    let child = Started(child);
+    let child = Started(
+        Command::new(binary)
+            .args(["--log", "stderr", "--listen", &addr])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap(),
+    );
     let addr: forkd::addr::Addr = addr.parse().unwrap();
     let deadline = Instant::now() + PATIENCE;
     while forkd::client::connect(&addr, PATIENCE).is_err() {
         assert!(Instant::now() < deadline, "{binary} never listened");
         std::thread::sleep(Duration::from_millis(10));
     }
-    // 4 KiB of pipe holds some 25 conversations' lines: go well past that.
+    // A page of buffer holds some 25 conversations' lines: go well past that.
     for _ in 0..150 {
         converse(&addr);
     }
-    (child, stderr, addr)
+    (child, addr)
+}
+
+/// [`start_with_stuck_stderr`] into a pipe of one page, which the caller holds.
+fn with_unread_stderr(
+    binary: &str,
+    args: &[&str],
+    dir: &Path,
+) -> (Started, std::process::ChildStderr, forkd::addr::Addr) {
+    let (read, write) = nix::unistd::pipe().unwrap();
+    // SAFETY: F_SETPIPE_SZ only sizes the pipe's buffer.
+    unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&read),
+            libc::F_SETPIPE_SZ,
+            4096,
+        )
+    };
+    let (child, addr) = start_with_stuck_stderr(binary, args, dir, Stdio::from(write));
+    (child, std::process::ChildStderr::from(read), addr)
 }
 
 /// Stops `child` with SIGTERM, reading its stderr to the end so its last lines can go.
@@ -933,29 +945,16 @@ fn frame_exec_needs_descriptors_for_its_pipes() {
 #[test]
 fn a_worker_out_of_memory_does_not_wait_on_a_stderr_socket_nobody_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, addr) = unix_addr(dir.path(), "forkd.sock");
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
     // The smallest send buffer: a few dozen conversations' lines fill it.
     nix::sys::socket::setsockopt(&theirs, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
-    let mut child = Started(
-        Command::new(common::example("faults"))
-            .args(["--log", "stderr", "--listen", &addr, "--rlimit-as", "256M"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::os::fd::OwnedFd::from(theirs))
-            .spawn()
-            .unwrap(),
+    let faults = common::example("faults");
+    let (mut child, addr) = start_with_stuck_stderr(
+        &faults,
+        &["--rlimit-as", "256M"],
+        dir.path(),
+        Stdio::from(std::os::fd::OwnedFd::from(theirs)),
     );
-    let addr: forkd::addr::Addr = addr.parse().unwrap();
-    let deadline = Instant::now() + PATIENCE;
-    while forkd::client::connect(&addr, PATIENCE).is_err() {
-        assert!(Instant::now() < deadline, "faults never listened");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    // Fill the socket with log lines nobody reads.
-    for _ in 0..300 {
-        converse(&addr);
-    }
     let mut client = Client::connect(&addr);
     client.send(Kind::Data, b"leak 1000");
     client.expect_eof();
