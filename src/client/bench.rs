@@ -1,8 +1,8 @@
 //! `forkc bench`: a load generator for protocol v1 against any address.
 //!
 //! Workloads: `churn` (connect, one request, reply, close: the cost of a connection),
-//! `persistent` (C connections sending requests back to back), `pipelined` (each keeping K
-//! requests in flight), `hold` (N idle connections, to measure memory). Every run is bounded
+//! `persistent` (C connections sending requests back to back), `pipelined` (each sending K
+//! requests per write, with at most two such batches unanswered), `hold` (N idle connections, to measure memory). Every run is bounded
 //! by a request count or a duration. Every reply is checked byte for byte: each request
 //! carries its own sequence number. Latencies go into an HdrHistogram (microseconds).
 
@@ -19,7 +19,7 @@ use hdrhistogram::Histogram;
 use crate::Stream;
 use crate::addr::Addr;
 use crate::client::connect;
-use crate::frame::{Frame, FrameReader, Kind, write_frame};
+use crate::frame::{Frame, FrameReader, HEADER_LEN, Kind, header, write_frame};
 
 /// What the load looks like.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -28,7 +28,7 @@ pub enum Workload {
     Churn,
     /// One connection each, request and reply in turn.
     Persistent,
-    /// One connection each, `depth` requests per write before reading the replies.
+    /// One connection each, `depth` requests per write, replies read as they come.
     Pipelined,
     /// Open connections and keep them, idle: the cost of a held connection.
     Hold,
@@ -278,8 +278,9 @@ fn persistent(shared: &Shared) -> Histogram<u64> {
     h
 }
 
-/// A writer keeps `depth` requests in flight (a bounded channel of send times blocks it); this
-/// thread reads the replies in order.
+/// A writer sends `depth` requests in one write, then the next `depth`, with at most two
+/// such batches unanswered (a bounded channel of send times blocks it); this thread reads the
+/// replies in order as they come.
 fn pipelined(shared: &Shared) -> Histogram<u64> {
     let mut h = new_histogram();
     let Some(mut reader) = open(shared) else {
@@ -289,15 +290,26 @@ fn pipelined(shared: &Shared) -> Histogram<u64> {
         shared.error("io");
         return h;
     };
-    let (tx, rx) = sync_channel::<(u64, Instant)>(shared.config.depth.max(1) - 1);
+    let depth = shared.config.depth.max(1);
+    // Tickets of the batch being written sit in the channel before its write: with room for
+    // two batches, a full channel always holds a batch already written, whose replies drain it.
+    let (tx, rx) = sync_channel::<(u64, Instant)>(2 * depth);
     std::thread::scope(|scope| {
         scope.spawn(move || {
-            while let Some(seq) = shared.ticket() {
-                if tx.send((seq, Instant::now())).is_err() {
-                    break;
+            let size = shared.config.size;
+            let mut batch = Vec::with_capacity(depth * (HEADER_LEN + size.max(8)));
+            'run: loop {
+                batch.clear();
+                for _ in 0..depth {
+                    let Some(seq) = shared.ticket() else { break };
+                    if tx.send((seq, Instant::now())).is_err() {
+                        break 'run;
+                    }
+                    let request = payload(seq, size);
+                    batch.extend_from_slice(&header(Kind::Data, request.len()));
+                    batch.extend_from_slice(&request);
                 }
-                let request = payload(seq, shared.config.size);
-                if write_frame(&mut writer, Kind::Data, &request).is_err() {
+                if batch.is_empty() || writer.write_all(&batch).is_err() {
                     break;
                 }
             }

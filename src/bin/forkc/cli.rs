@@ -50,7 +50,7 @@ pub enum Command {
     /// --duration (whichever ends first; 10000 requests when neither is given).
     Bench {
         /// churn: connect, one request, close; persistent: requests back to back on each
-        /// connection; pipelined: --depth requests in flight per connection; hold: idle
+        /// connection; pipelined: --depth requests per write on each connection; hold: idle
         /// connections for --duration.
         #[arg(long, value_enum, default_value = "persistent")]
         workload: forkd::client::bench::Workload,
@@ -67,7 +67,7 @@ pub enum Command {
         /// Payload bytes per request (at least 8: a sequence number).
         #[arg(long, value_name = "BYTES", default_value = "64", value_parser = parse_bytes)]
         size: u32,
-        /// pipelined: requests in flight per connection.
+        /// pipelined: requests per write (at most two writes' worth unanswered).
         #[arg(long, value_name = "K", default_value_t = 16,
               value_parser = clap::value_parser!(u64).range(1..=100_000))]
         depth: u64,
