@@ -52,6 +52,8 @@ fn per_source_limit_gets_error_4_and_counts_the_prefix() {
     let (mut third, writer) = eager_client("127.0.0.3", &server);
     third.expect_error(4);
     writer.join().unwrap();
+    // The line is written before the ERROR, but read from forkd's stderr by another thread.
+    server.wait_log(" reason=per-source ");
     assert_eq!(rejections(&server, "per-source"), 1);
     // Another /24 is another source.
     let mut elsewhere = Client::connect_from("127.0.1.1", &server.addr());
