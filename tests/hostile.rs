@@ -76,8 +76,16 @@ fn fifteen_hundred_hostile_connections_leave_nothing_behind() {
     for a in attackers {
         a.join().unwrap();
     }
-    server.wait_log_count(" end peer=", 1500);
+    // A connection reset while still in the kernel's queue may never be accepted: every
+    // one that was accepted must end.
     server.wait_no_children();
+    let accepted = server
+        .log()
+        .iter()
+        .filter(|l| l.contains(" accept peer="))
+        .count();
+    assert!(accepted >= 1400, "only {accepted} of 1500 accepted");
+    server.wait_log_count(" end peer=", accepted);
     assert_eq!(server.fd_count(), fds_before, "supervisor descriptors");
     let log = server.log();
     assert!(
