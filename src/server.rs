@@ -246,7 +246,6 @@ impl Server {
             crate::activation::take().map_err(Error)?
         };
         crate::isolation::child::prepare_allocator();
-        crate::isolation::fault::note_stack_limit();
 
         if work.runs_programs() {
             crate::isolation::groups::prepare(config.max_children as usize);

@@ -139,7 +139,6 @@ pub(crate) fn spawn_program(
 
 fn run_child(conn: Connection, setup: &ChildSetup, job: &Job<'_>) -> ! {
     signals::reset_for_child();
-    super::fault::report_stack_overflows();
     crate::logging::nonblocking_stderr_for_worker();
     for fd in setup.supervisor_fds.iter().chain(job.close) {
         // SAFETY: the supervisor's objects owning these descriptors are never dropped here

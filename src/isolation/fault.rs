@@ -4,6 +4,10 @@
 //! where the stack grows (within 1 MiB either side of its limit, which nothing else maps)
 //! logs that message first; then the default disposition takes over and the worker dies of
 //! the signal as it would have, so the supervisor's `end` line is unchanged.
+//!
+//! The handler is installed once, in the supervisor of the fork model (single-threaded, its
+//! stack the one every worker continues); workers inherit it with the fork, at no cost per
+//! connection, and a program loses it at exec.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -16,9 +20,16 @@ static GROWTH_HIGH: AtomicUsize = AtomicUsize::new(0);
 /// How far around the stack's limit a fault counts as the stack's.
 const MARGIN: usize = 1 << 20;
 
-/// Notes where the calling thread's stack may grow to: called in the supervisor, whose
-/// stack each forked worker continues.
-pub(crate) fn note_stack_limit() {
+/// In the supervisor of the fork model, before any worker starts: report stack overflows
+/// (see the module comment) in it and in every worker it forks.
+pub(crate) fn report_stack_overflows() {
+    if note_stack_limit() {
+        install();
+    }
+}
+
+/// Notes where the calling thread's stack may grow to; false where it cannot be known.
+fn note_stack_limit() -> bool {
     let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
     let mut low: *mut libc::c_void = std::ptr::null_mut();
     let mut size: libc::size_t = 0;
@@ -26,29 +37,26 @@ pub(crate) fn note_stack_limit() {
     // after success and destroyed once.
     unsafe {
         if libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) != 0 {
-            return;
+            return false;
         }
         let found = libc::pthread_attr_getstack(attr.as_ptr(), &mut low, &mut size);
         libc::pthread_attr_destroy(attr.as_mut_ptr());
         if found != 0 {
-            return;
+            return false;
         }
     }
     let limit = low as usize;
     GROWTH_LOW.store(limit.saturating_sub(MARGIN), Ordering::Relaxed);
     GROWTH_HIGH.store(limit.saturating_add(MARGIN), Ordering::Relaxed);
+    true
 }
 
-/// In a worker: report stack overflows (see the module comment).
-pub(crate) fn report_stack_overflows() {
-    if GROWTH_HIGH.load(Ordering::Relaxed) == 0 {
-        return;
-    }
+fn install() {
     let handler = on_fault as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
     for signal in [libc::SIGSEGV, libc::SIGBUS] {
         // SAFETY: a plain sigaction with a handler that is async-signal-safe; SA_ONSTACK runs
-        // it on the alternate stack Rust's runtime set up for this thread (a worker inherits
-        // it with the supervisor's memory), since the overflowed stack has no room.
+        // it on the alternate stack Rust's runtime set up for the main thread (a worker
+        // inherits it with the supervisor's memory), since the overflowed stack has no room.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = handler as libc::sighandler_t;

@@ -102,6 +102,8 @@ pub(crate) fn run(
     }
     let isolation: Box<dyn Isolation> = match config.model {
         Model::Fork => {
+            // After the signals are set up (which resets every disposition first).
+            crate::isolation::fault::report_stack_overflows();
             let mut supervisor_fds: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
             supervisor_fds.extend(signals.raw_fds());
             supervisor_fds.extend(notifier.as_ref().map(Notifier::raw_fd));
