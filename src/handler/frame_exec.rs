@@ -323,9 +323,10 @@ impl Run {
         }
     }
 
-    /// The program has exited: what it wrote is in the pipes. Take that, then end what is
-    /// left of its group (a background child holding a pipe) instead of waiting for an end of
-    /// file that child decides: the reply is what the program wrote before it exited.
+    /// The program has exited: what it wrote is in the pipes. Take that and stop waiting for
+    /// an end of file a background child holding a pipe would decide: the reply is what the
+    /// program wrote before it exited ([`Run::try_wait`], next, kills what is left of its
+    /// group).
     fn drain_after_exit(&mut self) -> Result<(), Failure> {
         self.stdin = None;
         while self.stdout.is_some() && self.read_output()? > 0 {}
@@ -335,7 +336,6 @@ impl Run {
                 break;
             }
         }
-        let _ = killpg(self.pid, Signal::SIGKILL);
         self.stdout = None;
         self.stderr = None;
         self.exited = None;

@@ -210,9 +210,7 @@ impl Supervisor {
             self.service_io(&ready);
             if ready.signals {
                 let signals = self.signals.drain();
-                let stop = [Signal::SIGTERM, Signal::SIGINT]
-                    .into_iter()
-                    .find(|s| signals.contains(*s));
+                let stop = stop_signal(&signals);
                 if signals.contains(Signal::SIGHUP) {
                     let log = crate::logging::reopen();
                     log::info!("status signal=SIGHUP log={log}");
@@ -362,27 +360,19 @@ impl Supervisor {
 
     /// Admission, then a child, or a rejection.
     fn admit(&mut self, conn: Connection, listen: Origin, at_limit: bool) {
-        let now = Instant::now();
-        let verdict = self.admission.check(&conn.peer, now).and_then(|()| {
-            if at_limit {
-                Err(Refusal {
+        match self.admission.check(&conn.peer, Instant::now()) {
+            Err(refusal) => self.reject(conn, listen, refusal),
+            Ok(()) if at_limit => {
+                // Admitted, and so charged a rate token, then refused all the same.
+                self.admission.refund(&conn.peer);
+                let refusal = Refusal {
                     code: ErrorCode::Busy,
                     reason: "overload",
                     message: format!("server at its limit of {} connections", self.max_children),
-                })
-            } else {
-                Ok(())
-            }
-        });
-        match verdict {
-            Ok(()) => self.start(conn, listen),
-            Err(refusal) => {
-                if refusal.reason == "overload" {
-                    // Admitted, and so charged a rate token, then refused all the same.
-                    self.admission.refund(&conn.peer);
-                }
+                };
                 self.reject(conn, listen, refusal)
             }
+            Ok(()) => self.start(conn, listen),
         }
     }
 
@@ -479,6 +469,13 @@ impl Supervisor {
             self.notify_status();
         }
     }
+}
+
+/// The signal among `signals` that asks forkd to stop, if any.
+fn stop_signal(signals: &nix::sys::signal::SigSet) -> Option<Signal> {
+    [Signal::SIGTERM, Signal::SIGINT]
+        .into_iter()
+        .find(|s| signals.contains(*s))
 }
 
 /// The `end` line for a worker: a process (`pid=N`) or a thread (`thread=N`).

@@ -53,10 +53,7 @@ impl Supervisor {
             let ready = self.wait(false, until);
             self.service_io(&ready);
             if ready.signals {
-                let signals = self.signals.drain();
-                let again = [Signal::SIGTERM, Signal::SIGINT]
-                    .into_iter()
-                    .find(|s| signals.contains(*s));
+                let again = super::stop_signal(&self.signals.drain());
                 self.reap();
                 if let Some(again) = again {
                     log::info!("stop signal={} grace=ended", again.as_str());
