@@ -47,25 +47,36 @@ impl IdleClock {
     }
 }
 
-/// What is left before `deadline`, or `TimedOut`; refreshes the kernel's timeout (through
-/// `set`) when the one given last is stale.
-fn time_left(
+/// Runs `io` (one read or one write on `stream`) so that it ends by `deadline`: the kernel's
+/// timeout (given through `set`, and remembered in `timeout_set`) is refreshed to what is
+/// left when the one given last is stale, and a wait the kernel ends early is resumed;
+/// `TimedOut` once the deadline has passed.
+fn within<T>(
     deadline: Instant,
     idle: Duration,
     timeout_set: &mut Option<Duration>,
-    set: impl FnOnce(Duration) -> io::Result<()>,
-) -> io::Result<()> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(io::ErrorKind::TimedOut.into());
-    }
+    stream: &mut Stream,
+    set: fn(&Stream, Option<Duration>) -> io::Result<()>,
+    mut io: impl FnMut(&mut Stream) -> io::Result<T>,
+) -> io::Result<T> {
     let slack = idle / 10;
-    let stale = timeout_set.is_none_or(|t| t > left + slack || t + slack < left);
-    if stale {
-        set(left)?;
-        *timeout_set = Some(left);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        let stale = timeout_set.is_none_or(|t| t > left + slack || t + slack < left);
+        if stale {
+            set(stream, Some(left))?;
+            *timeout_set = Some(left);
+        }
+        match io(stream) {
+            // Woken before the deadline (a timeout set for an earlier, longer wait): wait
+            // for what is left.
+            Err(e) if is_timeout(&e) => *timeout_set = None,
+            other => return other,
+        }
     }
-    Ok(())
 }
 
 /// A timeout shows as EAGAIN (or ETIMEDOUT) on a blocking socket.
@@ -81,18 +92,14 @@ impl Read for IdleClock {
         let (Some(deadline), Some(idle)) = (self.read_deadline, self.idle) else {
             return self.stream.read(buf);
         };
-        loop {
-            let stream = &self.stream;
-            time_left(deadline, idle, &mut self.read_timeout_set, |t| {
-                stream.set_read_timeout(Some(t))
-            })?;
-            match self.stream.read(buf) {
-                // Woken before the deadline (a timeout set for an earlier, longer wait):
-                // wait for what is left.
-                Err(e) if is_timeout(&e) => self.read_timeout_set = None,
-                other => return other,
-            }
-        }
+        within(
+            deadline,
+            idle,
+            &mut self.read_timeout_set,
+            &mut self.stream,
+            Stream::set_read_timeout,
+            |stream| stream.read(buf),
+        )
     }
 }
 
@@ -104,16 +111,14 @@ impl Write for IdleClock {
         let deadline = *self
             .write_deadline
             .get_or_insert_with(|| Instant::now() + idle);
-        loop {
-            let stream = &self.stream;
-            time_left(deadline, idle, &mut self.write_timeout_set, |t| {
-                stream.set_write_timeout(Some(t))
-            })?;
-            match self.stream.write(buf) {
-                Err(e) if is_timeout(&e) => self.write_timeout_set = None,
-                other => return other,
-            }
-        }
+        within(
+            deadline,
+            idle,
+            &mut self.write_timeout_set,
+            &mut self.stream,
+            Stream::set_write_timeout,
+            |stream| stream.write(buf),
+        )
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
