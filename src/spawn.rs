@@ -10,7 +10,7 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -69,29 +69,15 @@ fn fresh_process() -> io::Result<PosixSpawnAttr> {
     Ok(attributes)
 }
 
-/// As [`spawn`], for a program that must end with the thread that starts it: it is killed
-/// (SIGKILL, PR_SET_PDEATHSIG) when that thread ends, so a worker killed at
+/// Starts `command` (as [`crate::handler::program::Launch::command`] makes it, its stdio
+/// set) in a process group of its own, for a program that must end with the thread that
+/// starts it: it is killed (SIGKILL, PR_SET_PDEATHSIG) when that thread ends, so a worker killed at
 /// `--max-lifetime` or at the end of the grace period takes its program with it. That needs
 /// code between fork and exec, hence std's `Command` (which also empties the signal mask and
 /// restores SIGPIPE) rather than posix_spawn.
-pub(crate) fn spawn_tied(
-    argv: &[OsString],
-    env: &[(OsString, OsString)],
-    stdio: [OwnedFd; 3],
-) -> io::Result<Pid> {
-    let path = locate(&argv[0], env)?;
-    let [stdin, stdout, stderr] = stdio;
+pub(crate) fn spawn_tied(mut command: std::process::Command) -> io::Result<Pid> {
     let parent = std::process::id() as libc::pid_t;
-    let mut command = std::process::Command::new(path);
-    command
-        .arg0(&argv[0])
-        .args(&argv[1..])
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(stdin)
-        .stdout(stdout)
-        .stderr(stderr)
-        .process_group(0);
+    command.process_group(0);
     // SAFETY: between fork and exec the closure calls only prctl, getppid and kill, which are
     // async-signal-safe, and touches no memory but the copied `parent`.
     unsafe {

@@ -98,12 +98,12 @@ impl Runner {
         // Its own process group (so a timeout kills whatever it started too), an empty signal
         // mask and default dispositions, whichever thread starts it; killed if this worker
         // is (a worker ended at --max-lifetime or at the end of the grace period).
-        let pid = crate::spawn::spawn_tied(
-            &launch.argv,
-            &launch.env,
-            [stdin_read, stdout_write, stderr_write],
-        )
-        .map_err(cannot)?;
+        let mut command = launch.command();
+        command
+            .stdin(stdin_read)
+            .stdout(stdout_write)
+            .stderr(stderr_write);
+        let pid = crate::spawn::spawn_tied(command).map_err(cannot)?;
         // Known to the supervisor while it runs: a worker ended from outside takes the
         // program's whole group with it.
         crate::isolation::groups::program_started(pid);
