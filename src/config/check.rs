@@ -1,6 +1,8 @@
 //! Whether a configuration can be served: every setting that would doom every connection is
 //! refused here, before anything is bound, with one line naming the setting at fault.
 
+use std::time::Duration;
+
 use super::*;
 
 /// Frames of up to `max_frame` a protocol-v1 worker holds at once: the request being
@@ -76,21 +78,11 @@ impl Config {
     }
 
     fn check_durations(&self) -> Result<(), String> {
-        let rate = self.admission.rate.map(|r| r.per);
-        let durations = [
-            ("--grace", Some(self.grace)),
-            ("--idle-timeout", self.idle_timeout),
-            ("--max-lifetime", self.max_lifetime),
-            ("--rate", rate),
-        ];
-        for (flag, value) in durations {
-            let Some(value) = value else { continue };
-            check_duration(value).map_err(|why| format!("{flag} {value:?} {why}"))?;
-            if value.is_zero() && flag != "--grace" {
-                return Err(format!("{flag} of 0: None turns the limit off"));
-            }
-        }
-        Ok(())
+        // --grace 0 means no grace period; the other limits are turned off by None.
+        check_setting("--grace", Some(self.grace), true)?;
+        check_setting("--idle-timeout", self.idle_timeout, false)?;
+        check_setting("--max-lifetime", self.max_lifetime, false)?;
+        check_setting("--rate", self.admission.rate.map(|r| r.per), false)
     }
 
     /// Limits a worker could not set, or that leave no room for a frame, doom every
@@ -211,17 +203,23 @@ impl Config {
     }
 }
 
+/// A duration setting: in range, and not 0 unless `zero_allowed` (where `None` is how a
+/// limit is turned off, a 0 would end everything at once).
+fn check_setting(flag: &str, value: Option<Duration>, zero_allowed: bool) -> Result<(), String> {
+    let Some(value) = value else { return Ok(()) };
+    check_duration(value).map_err(|why| format!("{flag} {value:?} {why}"))?;
+    if value.is_zero() && !zero_allowed {
+        return Err(format!("{flag} of 0: None turns the limit off"));
+    }
+    Ok(())
+}
+
 /// A program that is not there, or that cannot be run, would fail every connection.
 fn check_program(program: &Program) -> Result<(), String> {
     let Some(name) = program.argv.first() else {
         return Err("no program to run: give it after --".to_string());
     };
-    if let Some(timeout) = program.request_timeout {
-        check_duration(timeout).map_err(|why| format!("--request-timeout {timeout:?} {why}"))?;
-        if timeout.is_zero() {
-            return Err("--request-timeout of 0: None turns the limit off".to_string());
-        }
-    }
+    check_setting("--request-timeout", program.request_timeout, false)?;
     let env = crate::handler::program::launch(program, &[]).env;
     let found = crate::spawn::locate(name, &env)
         .ok()

@@ -53,11 +53,11 @@ pub fn parse_secs(s: &str) -> Result<Duration, String> {
     }
     let parsed = match t.parse::<f64>() {
         Ok(secs) if !secs.is_finite() => return Err(not_a_duration()),
-        Ok(secs) if secs > MAX_DURATION.as_secs_f64() => return Err(too_long(s)),
+        Ok(secs) if secs > MAX_DURATION.as_secs_f64() => return Err(format!("'{s}' {TOO_LONG}")),
         // Judged before converting: a few picoseconds would round to 0, and a number that
         // parses to 0 while naming another digit underflowed (1e-400); either would be "off".
         Ok(secs) if secs < MIN_DURATION.as_secs_f64() && (secs > 0.0 || names_nonzero(t)) => {
-            return Err(too_short(s));
+            return Err(format!("'{s}' {TOO_SHORT}"));
         }
         Ok(secs) => Duration::from_secs_f64(secs),
         Err(_) => humantime::parse_duration(t).map_err(|_| {
@@ -74,24 +74,19 @@ fn names_nonzero(number: &str) -> bool {
     mantissa.contains(|c: char| ('1'..='9').contains(&c))
 }
 
-fn too_short(s: &str) -> String {
-    format!("'{s}' is shorter than 1 ms (0 turns the limit off)")
-}
+const TOO_LONG: &str = "is longer than 365 days, the longest duration forkd takes";
+const TOO_SHORT: &str = "is shorter than 1 ms (0 turns the limit off)";
 
 /// The range rule of every duration, for values given in code as well as typed: 0, or from
 /// [`MIN_DURATION`] to [`MAX_DURATION`].
 pub fn check_duration(d: Duration) -> Result<(), &'static str> {
     if d > MAX_DURATION {
-        Err("is longer than 365 days, the longest duration forkd takes")
+        Err(TOO_LONG)
     } else if !d.is_zero() && d < MIN_DURATION {
-        Err("is shorter than 1 ms (0 turns the limit off)")
+        Err(TOO_SHORT)
     } else {
         Ok(())
     }
-}
-
-fn too_long(s: &str) -> String {
-    format!("'{s}' is longer than 365 days, the longest duration forkd takes")
 }
 
 #[cfg(test)]
