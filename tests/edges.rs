@@ -29,6 +29,13 @@ fn fill_datagram_queue(path: &Path) {
     }
 }
 
+/// A datagram socket bound at `path` whose queue is full: a reader that stopped reading.
+fn stuck_datagram_socket(path: &Path) -> UnixDatagram {
+    let socket = UnixDatagram::bind(path).unwrap();
+    fill_datagram_queue(path);
+    socket
+}
+
 /// Every datagram waiting on `socket`, as text.
 fn read_datagrams(socket: &UnixDatagram) -> Vec<String> {
     socket.set_nonblocking(true).unwrap();
@@ -52,8 +59,7 @@ fn converse(addr: &forkd::addr::Addr) {
 fn a_syslog_daemon_that_stops_reading_costs_lines_not_service() {
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("log.sock");
-    let syslog = UnixDatagram::bind(&socket_path).unwrap();
-    fill_datagram_queue(&socket_path);
+    let syslog = stuck_datagram_socket(&socket_path);
     let (_, addr) = unix_addr(dir.path(), "forkd.sock");
     let mut cmd = Command::new(FORKD);
     cmd.args([
@@ -200,8 +206,7 @@ fn a_worker_out_of_memory_does_not_wait_on_a_stderr_nobody_reads() {
 fn a_notify_socket_nobody_reads_does_not_stop_forkd() {
     let dir = tempfile::tempdir().unwrap();
     let notify = dir.path().join("notify.sock");
-    let manager = UnixDatagram::bind(&notify).unwrap();
-    fill_datagram_queue(&notify);
+    let manager = stuck_datagram_socket(&notify);
     let (_, addr) = unix_addr(dir.path(), "forkd.sock");
     let mut cmd = Command::new(FORKD);
     cmd.args(["--log", "stderr", "--listen", &addr])
