@@ -178,20 +178,25 @@ fn connect_syslog(options: &LogOptions) -> Result<SyslogWriter, String> {
         Some(path) => syslog::unix_custom(formatter, path),
         None => syslog::unix(formatter),
     };
-    let mut writer = result.map_err(|e| match &options.syslog_socket {
+    let writer = result.map_err(|e| match &options.syslog_socket {
         Some(path) => format!("{}: {e}", path.display()),
         None => format!("/dev/log: {e}"),
     })?;
     // A syslog daemon that stops reading must not stop forkd: sends that would wait fail
     // with EAGAIN instead, and the line is counted as dropped.
-    let nonblocking = match &mut writer.backend {
-        LoggerBackend::Unix(socket) => socket.set_nonblocking(true),
-        LoggerBackend::UnixStream(socket) => socket.get_ref().set_nonblocking(true),
-        LoggerBackend::Udp(socket, _) => socket.set_nonblocking(true),
-        LoggerBackend::Tcp(socket) => socket.get_ref().set_nonblocking(true),
-    };
-    nonblocking.map_err(|e| format!("non-blocking syslog socket: {e}"))?;
+    crate::fds::set_nonblocking(&socket_of(&writer.backend));
     Ok(writer)
+}
+
+/// The socket a syslog backend sends on.
+fn socket_of(backend: &LoggerBackend) -> std::os::fd::BorrowedFd<'_> {
+    use std::os::fd::AsFd;
+    match backend {
+        LoggerBackend::Unix(socket) => socket.as_fd(),
+        LoggerBackend::UnixStream(socket) => socket.get_ref().as_fd(),
+        LoggerBackend::Udp(socket, _) => socket.as_fd(),
+        LoggerBackend::Tcp(socket) => socket.get_ref().as_fd(),
+    }
 }
 
 fn is_would_block(error: &syslog::Error) -> bool {
@@ -305,12 +310,7 @@ impl State {
         match &self.backend {
             Backend::Stderr => emergency::direct(self.stderr.raw_fd(), None),
             Backend::Syslog { writer, options } => {
-                let fd = match &writer.backend {
-                    LoggerBackend::Unix(socket) => socket.as_raw_fd(),
-                    LoggerBackend::UnixStream(socket) => socket.get_ref().as_raw_fd(),
-                    LoggerBackend::Udp(socket, _) => socket.as_raw_fd(),
-                    LoggerBackend::Tcp(socket) => socket.get_ref().as_raw_fd(),
-                };
+                let fd = socket_of(&writer.backend).as_raw_fd();
                 emergency::direct(fd, Some(options.facility as i32 | libc::LOG_ERR));
             }
         }
