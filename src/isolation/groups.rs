@@ -22,11 +22,17 @@ struct Slot {
 
 static SLOTS: OnceLock<&'static [Slot]> = OnceLock::new();
 
-/// Makes the shared slots, room for `workers` programs at once (one per worker). Once, in
-/// the supervisor, before any worker starts; later calls keep the first table.
+/// Slots at most: 512 KiB of table, each scanned when a worker ends. Past this many workers
+/// running programs at once, the programs of the others are still tied to their workers
+/// (PR_SET_PDEATHSIG) but what they started is not tracked.
+const MAX_SLOTS: usize = 65_536;
+
+/// Makes the shared slots, room for `workers` programs at once (one per worker, up to
+/// [`MAX_SLOTS`]). Once, in the supervisor, before any worker starts; later calls keep the
+/// first table.
 pub(crate) fn prepare(workers: usize) {
     SLOTS.get_or_init(|| {
-        let count = workers.max(1);
+        let count = workers.clamp(1, MAX_SLOTS);
         let bytes = count * std::mem::size_of::<Slot>();
         // SAFETY: a fresh anonymous mapping, zero-filled by the kernel (all-zero atomics are
         // valid: empty slots), never unmapped, so the slice lives for the process; shared,
