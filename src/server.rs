@@ -231,7 +231,8 @@ impl Server {
         self.check()?;
         let Server { config, handler } = self;
         let work = match handler {
-            Handler::Builtin(service) => Work::of(&service, config.max_frame),
+            Handler::Builtin(service) => Work::of(&service, config.max_frame)
+                .map_err(|e| Error(format!("the program: {e}")))?,
             Handler::Custom(work) => work,
         };
         if config.inetd {

@@ -26,7 +26,7 @@ pub use framed::{FramedHandler, NewFramed, Payload, Reply};
 pub(crate) use session::ProtocolSettings;
 pub use stream::StreamHandler;
 
-use crate::config::{Program, Service};
+use crate::config::Service;
 use crate::conn::Connection;
 
 /// How a conversation ended; a worker process's exit status says it to the supervisor.
@@ -51,7 +51,7 @@ pub(crate) enum Work {
     /// The connection itself, to an embedder's handler.
     Stream(Arc<dyn StreamHandler>),
     /// A program serves the connection: started by the isolation model, not run in a worker.
-    Program(Program),
+    Program(Arc<program::Prepared>),
 }
 
 impl Work {
@@ -73,20 +73,23 @@ impl Work {
     }
 
     /// forkd's own handlers; frame-exec's output is bounded by `max_frame`.
-    pub(crate) fn of(service: &Service, max_frame: u32) -> Work {
-        match service {
+    /// An error for a program whose arguments or environment hold a NUL byte.
+    pub(crate) fn of(service: &Service, max_frame: u32) -> std::io::Result<Work> {
+        Ok(match service {
             Service::Echo => Work::Framed {
                 name: "echo",
                 new: Arc::new(|_: &Connection| echo::Echo),
                 environment: false,
             },
-            Service::Exec(program) => Work::Program(program.clone()),
+            Service::Exec(program) => {
+                Work::Program(Arc::new(program::Prepared::new(program.clone())?))
+            }
             Service::FrameExec(program) => Work::Framed {
                 name: "frame-exec",
                 new: Arc::new(frame_exec::NewRunner::new(program.clone(), max_frame)),
                 environment: true,
             },
-        }
+        })
     }
 
     /// Its name in the start line.
@@ -110,10 +113,10 @@ impl Work {
         }
     }
 
-    /// The program to start for `conn`, for the exec handler.
-    pub(crate) fn program_for(&self, conn: &Connection) -> Option<program::Launch> {
+    /// The program to start for connections, for the exec handler.
+    pub(crate) fn program(&self) -> Option<&program::Prepared> {
         match self {
-            Work::Program(p) => Some(program::launch(p, &crate::ucspi::environment(conn))),
+            Work::Program(p) => Some(p),
             _ => None,
         }
     }

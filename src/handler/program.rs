@@ -3,7 +3,8 @@
 //! or one per request (frame-exec). This module builds what such a program is started with;
 //! [`crate::spawn`] starts it.
 
-use std::ffi::OsString;
+use std::ffi::{CStr, CString, OsString};
+use std::os::unix::ffi::OsStrExt;
 
 use crate::config::Program;
 
@@ -50,4 +51,114 @@ pub(crate) fn launch(program: &Program, ucspi: &[(String, String)]) -> Launch {
         argv: program.argv.clone(),
         env: environment(program, ucspi),
     }
+}
+
+/// The exec handler's program, prepared once for every connection: found on PATH, its
+/// arguments and the environment entries that do not change from one connection to the
+/// next, already in the form exec takes. A connection adds only its UCSPI variables.
+pub(crate) struct Prepared {
+    pub(crate) program: Program,
+    /// Where the program is; `None` if it was not found at start (each start then says so).
+    path: Option<CString>,
+    argv: Vec<CString>,
+    /// `KEY=value` entries of forkd's environment (PATH alone with --env-clear), with the
+    /// key, minus those --env replaces.
+    inherited: Vec<(OsString, CString)>,
+    /// --env's entries, with their keys: they replace UCSPI variables too.
+    set: Vec<(OsString, CString)>,
+}
+
+impl Prepared {
+    /// `program` prepared; an argument or variable holding a NUL byte is an error.
+    pub(crate) fn new(program: Program) -> std::io::Result<Prepared> {
+        let env = environment(&program, &[]);
+        let path = crate::spawn::locate(&program.argv[0], &env)
+            .ok()
+            .map(|p| c_string(p.as_os_str().as_bytes()))
+            .transpose()?;
+        let argv = program
+            .argv
+            .iter()
+            .map(|a| c_string(a.as_bytes()))
+            .collect::<std::io::Result<_>>()?;
+        let set: Vec<(OsString, CString)> = program
+            .env
+            .iter()
+            .map(|(k, v)| Ok((OsString::from(k), entry(k.as_bytes(), v.as_bytes())?)))
+            .collect::<std::io::Result<_>>()?;
+        let inherited = env
+            .iter()
+            .filter(|(k, _)| !set.iter().any(|(key, _)| key == k))
+            .map(|(k, v)| Ok((k.clone(), entry(k.as_bytes(), v.as_bytes())?)))
+            .collect::<std::io::Result<_>>()?;
+        Ok(Prepared {
+            program,
+            path,
+            argv,
+            inherited,
+            set,
+        })
+    }
+
+    /// The program's name, for messages.
+    pub(crate) fn name(&self) -> String {
+        self.program.argv[0].to_string_lossy().into_owned()
+    }
+
+    /// Where the program is, or why it cannot be started.
+    pub(crate) fn path(&self) -> std::io::Result<&CStr> {
+        // What execvp would have said.
+        self.path
+            .as_deref()
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))
+    }
+
+    pub(crate) fn argv(&self) -> Vec<&CStr> {
+        self.argv.iter().map(CString::as_c_str).collect()
+    }
+
+    /// The UCSPI variables `ucspi` as entries (those --env replaces left out).
+    pub(crate) fn connection_entries(
+        &self,
+        ucspi: &[(String, String)],
+    ) -> std::io::Result<Vec<CString>> {
+        ucspi
+            .iter()
+            .filter(|(k, _)| !self.set.iter().any(|(key, _)| key == k.as_str()))
+            .map(|(k, v)| entry(k.as_bytes(), v.as_bytes()))
+            .collect()
+    }
+
+    /// The whole environment for a connection whose UCSPI entries are `conn`: forkd's
+    /// (without the variables the connection or --env replace), the connection's, --env's.
+    pub(crate) fn envp<'a>(
+        &'a self,
+        ucspi: &[(String, String)],
+        conn: &'a [CString],
+    ) -> Vec<&'a CStr> {
+        self.inherited
+            .iter()
+            .filter(|(k, _)| !ucspi.iter().any(|(key, _)| k == key.as_str()))
+            .map(|(_, e)| e.as_c_str())
+            .chain(conn.iter().map(CString::as_c_str))
+            .chain(self.set.iter().map(|(_, e)| e.as_c_str()))
+            .collect()
+    }
+}
+
+fn entry(key: &[u8], value: &[u8]) -> std::io::Result<CString> {
+    let mut bytes = Vec::with_capacity(key.len() + 1 + value.len());
+    bytes.extend_from_slice(key);
+    bytes.push(b'=');
+    bytes.extend_from_slice(value);
+    c_string(&bytes)
+}
+
+fn c_string(bytes: &[u8]) -> std::io::Result<CString> {
+    CString::new(bytes).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "an argument or variable holds a NUL byte",
+        )
+    })
 }

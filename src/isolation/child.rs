@@ -23,7 +23,7 @@ use super::{EXIT_CLEAN, EXIT_FAILED, EXIT_PANIC, Job};
 use crate::config::Limits;
 use crate::conn::Connection;
 use crate::handler::Outcome;
-use crate::handler::program::Launch;
+use crate::handler::program::Prepared;
 use crate::listen::{ACCEPTED_SOCKETS_INHERIT, configure_accepted};
 use crate::signals;
 
@@ -99,7 +99,7 @@ pub(crate) unsafe fn fork_worker(
 /// is copied. Limits must be set between fork and exec, so with any of them the supervisor
 /// forks as for any child.
 pub(crate) fn spawn_program(
-    program: Launch,
+    program: &Prepared,
     conn: Connection,
     setup: &ChildSetup,
     stderr: OwnedFd,
@@ -107,17 +107,20 @@ pub(crate) fn spawn_program(
     if !ACCEPTED_SOCKETS_INHERIT {
         configure_accepted(&conn.stream, setup.keepalive)?;
     }
+    let ucspi = crate::ucspi::environment(&conn);
     let limits = setup.limits;
     if limits == Limits::default() {
         let socket = conn.stream.as_raw_fd();
-        return crate::spawn::spawn(
-            &program.argv,
-            &program.env,
+        let entries = program.connection_entries(&ucspi)?;
+        return crate::spawn::start(
+            program.path()?,
+            &program.argv(),
+            &program.envp(&ucspi, &entries),
             [socket, socket, stderr.as_raw_fd()],
         );
     }
     let socket = OwnedFd::from(conn.stream);
-    let mut command = program.command();
+    let mut command = crate::handler::program::launch(&program.program, &ucspi).command();
     command
         .stdout(socket.try_clone()?)
         .stdin(socket)

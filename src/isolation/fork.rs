@@ -48,7 +48,7 @@ impl Fork {
     /// The exec handler's program for `conn`, its stderr a pipe for the supervisor to relay.
     fn start_program(
         &mut self,
-        program: crate::handler::program::Launch,
+        program: &crate::handler::program::Prepared,
         conn: Connection,
     ) -> Result<Started, NotStarted> {
         let (read, write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
@@ -61,7 +61,6 @@ impl Fork {
                 });
             }
         };
-        let name = program.argv[0].to_string_lossy().into_owned();
         // The write end is the program's now; when the program ends, the relay sees EOF.
         match child::spawn_program(program, conn, &self.setup, write) {
             Ok(pid) => Ok(Started {
@@ -70,7 +69,7 @@ impl Fork {
             }),
             // The connection is closed: no ERROR frame, the program owns the protocol.
             Err(e) => Err(NotStarted::Lost {
-                reason: format!("cannot run {name}: {e}"),
+                reason: format!("cannot run {}: {e}", program.name()),
             }),
         }
     }
@@ -117,7 +116,7 @@ fn reap_status(pid: Pid, flags: Option<WaitPidFlag>) -> Option<Ended> {
 
 impl Isolation for Fork {
     fn start(&mut self, conn: Connection, job: &Job<'_>) -> Result<Started, NotStarted> {
-        if let Some(program) = job.work.program_for(&conn) {
+        if let Some(program) = job.work.program() {
             return self.start_program(program, conn);
         }
         // SAFETY: the fork model runs in a single-threaded supervisor: `Server::serve`
