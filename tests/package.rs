@@ -182,6 +182,45 @@ fn install_serve_upgrade_and_purge() {
     drop(client);
     drop(server);
 
+    // Static glibc (packaging/build-deb): the package names the glibc source it contains and
+    // the libc6 whose NSS modules it loads, and those modules resolve --user and --group
+    // names for the packaged binary.
+    let glibc = run_ok("dpkg-query", &["-W", "-f=${source:Version}", "libc6"]);
+    let fields = run_ok("dpkg-query", &["-W", "-f=${Built-Using}|${Depends}", "forkd"]);
+    let (built_using, depends) = fields.split_once('|').unwrap();
+    assert_eq!(built_using, format!("glibc (= {glibc})"));
+    let upstream = glibc.split('-').next().unwrap();
+    assert!(
+        depends.contains(&format!("libc6 (>= {upstream})")) && depends.contains("libc6 (<< "),
+        "{depends}"
+    );
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let nogroup = nix::unistd::Group::from_name("nogroup").unwrap().unwrap();
+    let mut cmd = Command::new("/usr/sbin/forkd");
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--log",
+        "stderr",
+        "--user",
+        "nobody",
+        "--group",
+        "nogroup",
+    ]);
+    let mut server = Forkd::start_with(&mut cmd, tempfile::tempdir().unwrap());
+    let mut client = Client::connect(&server.addr());
+    assert_eq!(client.echo(b"by name").payload, b"by name");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid)).unwrap();
+    assert!(
+        status.contains(&format!("Uid:\t{}\t", nobody.uid))
+            && status.contains(&format!("Gid:\t{}\t", nogroup.gid)),
+        "{status}"
+    );
+    let start = server.wait_log(" start version=");
+    assert!(start.contains(&format!("user={}", nobody.uid)), "{start}");
+    drop(client);
+    drop(server);
+
     // An upgrade in place keeps the admin's edit of the conffile.
     let edited = format!("{conf}\n# edited by the admin\n");
     std::fs::write("/etc/forkd/forkd.conf", &edited).unwrap();
