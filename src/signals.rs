@@ -128,10 +128,25 @@ mod imp {
             Ok(Source(fd))
         }
 
+        /// One read takes every pending signal: the handled signals are standard ones, of
+        /// which at most one each is pending, fewer than the buffer holds; one arriving after
+        /// the read makes the descriptor readable again for the next poll.
         pub fn drain(&self) -> SigSet {
+            const ROOM: usize = 8;
+            const _: () = assert!(super::HANDLED.len() < ROOM);
             let mut got = SigSet::empty();
-            // Ends at EAGAIN (Ok(None)) or on an error; EINTR cannot happen without handlers.
-            while let Ok(Some(info)) = self.0.read_signal() {
+            let mut infos = [std::mem::MaybeUninit::<libc::signalfd_siginfo>::uninit(); ROOM];
+            let size = std::mem::size_of::<libc::signalfd_siginfo>();
+            // SAFETY: reads at most the buffer's size into it; the kernel writes whole
+            // signalfd_siginfo records, and only the `n / size` written are read below.
+            let n =
+                unsafe { libc::read(self.0.as_raw_fd(), infos.as_mut_ptr().cast(), ROOM * size) };
+            // EAGAIN (nothing pending) or an error: nothing read. EINTR cannot happen
+            // without handlers.
+            let records = if n > 0 { n as usize / size } else { 0 };
+            for info in &infos[..records] {
+                // SAFETY: the first `records` entries were written by the read above.
+                let info = unsafe { info.assume_init_ref() };
                 if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
                     got.add(sig);
                 }

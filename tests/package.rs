@@ -186,7 +186,10 @@ fn install_serve_upgrade_and_purge() {
     // the libc6 whose NSS modules it loads, and those modules resolve --user and --group
     // names for the packaged binary.
     let glibc = run_ok("dpkg-query", &["-W", "-f=${source:Version}", "libc6"]);
-    let fields = run_ok("dpkg-query", &["-W", "-f=${Built-Using}|${Depends}", "forkd"]);
+    let fields = run_ok(
+        "dpkg-query",
+        &["-W", "-f=${Built-Using}|${Depends}", "forkd"],
+    );
     let (built_using, depends) = fields.split_once('|').unwrap();
     assert_eq!(built_using, format!("glibc (= {glibc})"));
     let upstream = glibc.split('-').next().unwrap();
