@@ -127,6 +127,7 @@ pub(crate) fn run(
         supervisor.admit(conn, Origin::Inetd, false);
     }
     supervisor.ready();
+    crate::isolation::child::return_startup_memory();
     supervisor.serve();
     drop(pidfile);
     Ok(())
