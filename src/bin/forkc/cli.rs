@@ -15,7 +15,7 @@ use forkd::frame::DEFAULT_MAX_FRAME;
     version,
     about = "Client for forkd's protocol v1: send DATA frames and print the replies, or ping.",
     after_help = "Examples:\n  forkc --connect 127.0.0.1:7000 send hello world\n  \
-                  printf 'a\\nb\\n' | forkc --connect unix:/run/forkd.sock send -\n  \
+                  printf 'a\\nb\\n' | forkc --connect unix:/run/forkd/forkd.sock send -\n  \
                   forkc --connect [::1]:7000 ping --count 5"
 )]
 pub struct Cli {

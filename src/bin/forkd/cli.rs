@@ -45,7 +45,7 @@ Examples:
   Echo on loopback, logging to the terminal:
     forkd --listen 127.0.0.1:7000 --log stderr
   Every address, IPv4 and IPv6, plus a Unix socket, at most 200 children:
-    forkd --listen :7000 --listen unix:/run/forkd.sock --max-children 200
+    forkd --listen :7000 --listen unix:/run/forkd/forkd.sock --max-children 200
   Talk to it:
     forkc --connect 127.0.0.1:7000 send hello
     forkc --connect 127.0.0.1:7000 ping";
