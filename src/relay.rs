@@ -75,7 +75,11 @@ impl LineSplitter {
         if self.lines_in_window < LINES_PER_SEC {
             self.lines_in_window += 1;
             let text = String::from_utf8_lossy(&self.partial);
-            log::info!("stderr pid={}: {}", self.pid, text.trim_end_matches('\r'));
+            log::info!(
+                "stderr pid={} line={}",
+                self.pid,
+                crate::logging::quote(text.trim_end_matches('\r'))
+            );
         } else {
             self.suppressed += 1;
         }

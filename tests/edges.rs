@@ -275,11 +275,11 @@ fn the_grace_period_waits_without_spinning() {
         assert!(Instant::now() < deadline, "forkd never listened");
         std::thread::sleep(Duration::from_millis(10));
     };
-    server.wait_log(": said");
+    server.wait_log(" line=said");
     // "more" arrives during the grace period, and the status changed since it was last sent.
     server.signal(libc::SIGTERM);
     server.wait_log("stop signal=SIGTERM");
-    server.wait_log(": more");
+    server.wait_log(" line=more");
     let (cpu, woke) = (cpu_ticks(server.pid), wakeups(server.pid));
     std::thread::sleep(Duration::from_secs(2));
     let (cpu, woke) = (cpu_ticks(server.pid) - cpu, wakeups(server.pid) - woke);
@@ -1040,7 +1040,7 @@ fn a_chatty_program_gets_at_most_100_stderr_lines_a_second_and_the_rest_counted(
     let shown = server
         .log()
         .iter()
-        .filter(|l| l.contains(&format!("stderr pid={pid}: noise")))
+        .filter(|l| l.contains(&format!("stderr pid={pid} line=\"noise ")))
         .count();
     let suppressed: usize = server
         .log()

@@ -143,7 +143,7 @@ fn the_program_talks_on_stdin_and_stdout_and_its_stderr_goes_to_the_log() {
         String::from_utf8(client.read_to_end()).unwrap(),
         "you said hello\n"
     );
-    let line = server.wait_log(&format!("stderr pid={pid}: complaint"));
+    let line = server.wait_log(&format!("stderr pid={pid} line=complaint"));
     assert!(!line.contains("warning:"), "{line}");
     server.wait_log(&format!("pid={pid} status=exit:0"));
 }
@@ -232,7 +232,8 @@ fn a_program_that_cannot_run_is_logged_and_the_connection_closed() {
             let client = Client::connect(&server.addr());
             let line = server.wait_log(&format!("cannot run {named}"));
             assert!(
-                line.contains("error:") && line.contains("active=0/"),
+                // At level error, which the event word says: no "warning:" before it.
+                line.contains(": error peer=") && line.contains("active=0/"),
                 "{line}"
             );
             assert!(client.read_to_end().is_empty(), "closed without a word");
@@ -319,7 +320,7 @@ fn frame_exec_failures_are_error_8_with_status_and_stderr() {
     assert_eq!((code, message.as_str()), (8, "killed by signal SIGKILL"));
     // The conversation goes on after a failed request.
     assert_eq!(client.echo(b"fine\n").payload, b"ok\n");
-    let stderr = server.wait_log(": broken");
+    let stderr = server.wait_log(" line=broken");
     assert!(stderr.contains(" stderr pid="), "{stderr}");
 }
 

@@ -51,6 +51,8 @@ fn a_panic_message_reaches_the_log_from_the_child() {
     victim.send(forkd::frame::Kind::Data, b"panic");
     let line = server.wait_log(&format!("panic pid={pid} "));
     assert!(line.contains("fault handler asked to panic"), "{line}");
+    // Every field key=value, the location too.
+    assert!(line.contains(" location=examples/faults.rs:"), "{line}");
 }
 
 #[test]

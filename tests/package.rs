@@ -230,7 +230,10 @@ fn install_serve_upgrade_and_purge() {
         "{status}"
     );
     let start = server.wait_log(" start version=");
-    assert!(start.contains(&format!("user={}", nobody.uid)), "{start}");
+    assert!(
+        start.contains(&format!(" user=nobody uid={}", nobody.uid)),
+        "{start}"
+    );
     drop(client);
     drop(server);
 

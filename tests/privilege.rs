@@ -38,7 +38,10 @@ fn binds_port_7_as_root_then_serves_as_nobody() {
         );
     }
     let start = server.wait_log(" start version=");
-    assert!(start.contains(&format!("user={}", nobody.uid)), "{start}");
+    assert!(
+        start.contains(&format!(" user=nobody uid={}", nobody.uid)),
+        "{start}"
+    );
     assert!(!server.log().iter().any(|l| l.contains("serving as root")));
 }
 

@@ -138,7 +138,7 @@ fn start_accept_and_end_reach_a_real_syslog_daemon() {
     let mut bad = Client::connect(&port.parse().unwrap());
     bad.send_raw(&[0, 0, 0, 0, 0x42]);
     assert_eq!(bad.recv().error_parts().unwrap().0, 2);
-    let error = syslog.wait_line(&["local3.info", " error peer=", "code=2"]);
+    let error = syslog.wait_line(&["local3.warning", " error peer=", "code=2"]);
     let tag_pid = error
         .split("forkd[")
         .nth(1)

@@ -68,7 +68,7 @@ impl FramedHandler for Runner {
         }
         let result = self.run(payload);
         if let Err(failure) = &result {
-            log::info!(
+            log::warn!(
                 "error peer={} pid={} reason={}",
                 self.peer,
                 std::process::id(),

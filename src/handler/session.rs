@@ -141,7 +141,7 @@ pub(crate) fn serve(
         }
         Failure::Io(op, e) => format!("reason={}", quote(&format!("{op}: {e}"))),
     };
-    log::info!("error peer={peer} pid={} {reason}", std::process::id());
+    log::warn!("error peer={peer} pid={} {reason}", std::process::id());
     Outcome::Failed
 }
 

@@ -46,7 +46,7 @@ pub(crate) fn serve(handler: &dyn StreamHandler, mut conn: Connection) -> Outcom
     match handler.handle(&mut conn) {
         Ok(()) => Outcome::Clean,
         Err(e) => {
-            log::info!(
+            log::warn!(
                 "error peer={} pid={} reason={}",
                 conn.peer,
                 std::process::id(),

@@ -104,6 +104,8 @@ pub(crate) fn init(options: LogOptions) -> Target {
             stderr::Sink::Polled | stderr::Sink::Plain => -1,
         };
         WORKER_STDERR.store(for_workers, std::sync::atomic::Ordering::Relaxed);
+        let journal = matches!(state.stderr, stderr::Sink::Socket) && stderr_is_journal();
+        STDERR_IS_JOURNAL.store(journal, std::sync::atomic::Ordering::Relaxed);
     } else {
         // The process has a logger already (an embedder's): give back the descriptors this
         // one opened.
@@ -115,6 +117,23 @@ pub(crate) fn init(options: LogOptions) -> Target {
 }
 
 static INSTALLED: std::sync::OnceLock<&'static Logger> = std::sync::OnceLock::new();
+
+/// Whether stderr is systemd's journal stream: then a line's level goes in front of it as
+/// `<N>` (sd-daemon(3)), which journald takes for its priority, and forkd's name and pid are
+/// left to journald, which adds them itself.
+static STDERR_IS_JOURNAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// systemd sets JOURNAL_STREAM to the device and inode of the stream it connects to stderr;
+/// descriptor 2 is still that stream only if they match (a shell may have redirected it).
+fn stderr_is_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stat) = nix::sys::stat::fstat(std::io::stderr()) else {
+        return false;
+    };
+    stream.to_str() == Some(&format!("{}:{}", stat.st_dev, stat.st_ino))
+}
 
 /// What a worker does to its stderr: -1 nothing (a regular file never blocks), the log's
 /// non-blocking descriptor for a pipe or terminal, or [`STDERR_SOCKET`].
@@ -208,12 +227,32 @@ fn is_would_block(error: &syslog::Error) -> bool {
     }
 }
 
+/// `forkd[PID]: line`, with `error: `, `warning: ` or `debug: ` before lines of those levels
+/// (not when the line's event word says it already: `error peer=...` at level error); to the
+/// journal, `<N>line`.
 fn stderr_line(level: Level, message: &str) -> String {
-    let prefix = match level {
-        Level::Error => "error: ",
-        Level::Warn => "warning: ",
+    if STDERR_IS_JOURNAL.load(std::sync::atomic::Ordering::Relaxed) {
+        let priority = match level {
+            Level::Error => 3,
+            Level::Warn => 4,
+            Level::Info => 6,
+            Level::Debug | Level::Trace => 7,
+        };
+        return format!("<{priority}>{message}\n");
+    }
+    let word = match level {
+        Level::Error => "error",
+        Level::Warn => "warning",
         Level::Info => "",
-        Level::Debug | Level::Trace => "debug: ",
+        Level::Debug | Level::Trace => "debug",
+    };
+    let said = message
+        .strip_prefix(word)
+        .is_some_and(|rest| rest.starts_with(' '));
+    let prefix = if word.is_empty() || said {
+        String::new()
+    } else {
+        format!("{word}: ")
     };
     format!("{PROGRAM}[{}]: {prefix}{message}\n", std::process::id())
 }
@@ -354,7 +393,7 @@ pub(crate) fn log_panics() {
     std::panic::set_hook(Box::new(|info| {
         let location = info
             .location()
-            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .map(|l| format!(" location={}:{}", l.file(), l.line()))
             .unwrap_or_default();
         let message = info
             .payload()
@@ -363,9 +402,9 @@ pub(crate) fn log_panics() {
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "(no message)".to_string());
         log::error!(
-            "panic pid={} reason={:?}{location}",
+            "panic pid={} reason={}{location}",
             std::process::id(),
-            message
+            quote(&message)
         );
     }));
 }

@@ -310,7 +310,17 @@ impl Supervisor {
                 (true, Overload::Defer) => "paused",
                 (true, Overload::Reject) => "rejecting",
             };
-            log::info!("status active={} accepting={accepting}", self.active());
+            // Reaching the limit is news for whoever watches warnings; leaving it is not.
+            let level = if at_limit {
+                log::Level::Warn
+            } else {
+                log::Level::Info
+            };
+            log::log!(
+                level,
+                "status active={} accepting={accepting}",
+                self.active()
+            );
         }
     }
 
@@ -379,7 +389,7 @@ impl Supervisor {
     fn reject(&mut self, conn: Connection, listen: Origin, refusal: Refusal) {
         let now = Instant::now();
         if self.rejects.admit_line(now) {
-            log::info!(
+            log::warn!(
                 "reject peer={} listen={} reason={} code={} active={}",
                 conn.peer,
                 self.origin(listen),

@@ -83,7 +83,7 @@ pub(crate) fn run(
     };
     log::log!(
         lifecycle,
-        "start version={} pid={} listen={} handler={} max_children={} max_frame={} grace={}s user={}",
+        "start version={} pid={} listen={} handler={} max_children={} max_frame={} grace={}s user={} uid={}",
         env!("CARGO_PKG_VERSION"),
         std::process::id(),
         if config.inetd {
@@ -95,6 +95,7 @@ pub(crate) fn run(
         config.max_children,
         config.max_frame,
         config.grace.as_secs_f64(),
+        user_name(nix::unistd::Uid::effective()),
         nix::unistd::Uid::effective(),
     );
     if nix::unistd::Uid::effective().is_root() {
@@ -131,4 +132,12 @@ pub(crate) fn run(
     supervisor.serve();
     drop(pidfile);
     Ok(())
+}
+
+/// The name of the user `uid`, or the number where it has none.
+fn user_name(uid: nix::unistd::Uid) -> String {
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(user)) => user.name,
+        _ => uid.to_string(),
+    }
 }

@@ -65,7 +65,7 @@ impl RejectLog {
 
     pub(super) fn flush_if_due(&mut self, now: Instant) {
         if self.flush_due().is_some_and(|due| due <= now) {
-            log::info!(
+            log::warn!(
                 "reject suppressed={} reason=\"more than {REJECT_LINES_PER_SEC} rejections in 1s\"",
                 self.suppressed
             );
