@@ -42,6 +42,18 @@ impl FromStr for Addr {
             }
             return Ok(Addr::Unix(PathBuf::from(path)));
         }
+        // An IPv6 address with its port and no brackets (::1:7000): the port cannot be told
+        // from the address, so say how to write it.
+        if let Some((host, port)) = s.rsplit_once(':')
+            && host.contains(':')
+            && !s.starts_with('[')
+            && host.parse::<std::net::Ipv6Addr>().is_ok()
+            && port.parse::<u16>().is_ok()
+        {
+            return Err(format!(
+                "'{s}': an IPv6 address takes its port after brackets: [{host}]:{port}"
+            ));
+        }
         if let Some(port) = s.strip_prefix(':') {
             return port
                 .parse::<u16>()
@@ -99,6 +111,21 @@ mod tests {
             let err = bad.parse::<Addr>().unwrap_err();
             assert!(err.contains(&format!("'{bad}'")), "{err}");
         }
+    }
+
+    #[test]
+    fn an_ipv6_address_without_brackets_gets_the_bracket_form() {
+        for (bad, hint) in [("::1:7000", "[::1]:7000"), ("fe80::1:80", "[fe80::1]:80")] {
+            let err = bad.parse::<Addr>().unwrap_err();
+            assert!(err.contains(hint), "{err}");
+        }
+        // A bare IPv6 address with no port is still just not an address.
+        assert!(
+            !"::1"
+                .parse::<Addr>()
+                .unwrap_err()
+                .contains("takes its port")
+        );
     }
 
     #[test]

@@ -251,6 +251,14 @@ impl Listener {
         Ok(listener)
     }
 
+    /// The TCP port as bound (the one the kernel chose, for port 0); `None` for a Unix socket.
+    pub fn port(&self) -> Option<u16> {
+        match &self.socket {
+            Socket::Tcp(l) => l.local_addr().ok().map(|a| a.port()),
+            Socket::Unix(_) => None,
+        }
+    }
+
     /// The address as bound (with the port the kernel chose for port 0), in `--listen` form.
     pub fn address(&self) -> String {
         match &self.socket {

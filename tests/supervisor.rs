@@ -5,6 +5,7 @@ mod common;
 
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Client, Forkd, field, forkd_fails, path_str, unix_addr};
@@ -346,9 +347,10 @@ fn quiet_drops_connection_lines_but_keeps_warnings() {
     let end = server.wait_log("status=signal:SIGABRT");
     assert!(end.contains("warning:"), "{end}");
     let log = server.log();
+    // Start and stop stay: -q leaves out only each connection's routine lines.
     assert!(
-        !log.iter()
-            .any(|l| l.contains(" accept ") || l.contains(" start version=")),
+        !log.iter().any(|l| l.contains(" accept "))
+            && log.iter().any(|l| l.contains(" start version=")),
         "{log:?}"
     );
 }
@@ -370,4 +372,50 @@ fn sighup_and_sigusr1_are_harmless_and_say_so() {
     assert_eq!(client.echo(b"2").payload, b"2");
     let mut other = Client::connect(&server.addr());
     assert_eq!(other.echo(b"3").payload, b"3");
+}
+
+#[test]
+fn print_port_tells_a_script_the_port_chosen_even_when_quiet() {
+    use std::io::BufRead;
+    let mut forkd = Command::new(common::FORKD)
+        .args([
+            "--listen",
+            ":0",
+            "--listen",
+            "127.0.0.2:0",
+            "--print-port",
+            "-q",
+        ])
+        .args(["--log", "stderr"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ports = std::io::BufReader::new(forkd.stdout.take().unwrap()).lines();
+    // `:0` is two listeners on one port, printed once; then 127.0.0.2's.
+    let any: u16 = ports.next().unwrap().unwrap().parse().unwrap();
+    let second: u16 = ports.next().unwrap().unwrap().parse().unwrap();
+    assert!(any != 0 && second != 0 && any != second);
+    for addr in [format!("127.0.0.1:{any}"), format!("127.0.0.2:{second}")] {
+        let mut client = Client::connect(&addr.parse().unwrap());
+        assert_eq!(client.echo(b"port").payload, b"port");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(forkd.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(forkd.wait().unwrap().success());
+    // Nothing more on stdout, and with -q the start line still names the ports.
+    assert!(ports.next().is_none());
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut forkd.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(
+        log.contains(&format!(
+            "listen=0.0.0.0:{any},[::]:{any},127.0.0.2:{second}"
+        )),
+        "{log}"
+    );
+    assert!(!log.contains(" accept peer="), "{log}");
 }

@@ -68,6 +68,10 @@ pub struct Config {
     pub log: LogOptions,
     /// Where to write the supervisor's pid; removed on exit.
     pub pidfile: Option<PathBuf>,
+    /// Once listening, write each TCP port bound to standard output, one line each (a port
+    /// shared by an IPv4 and an IPv6 listener once): how a script learns the port the kernel
+    /// chose for port 0, as with tcpserver's `-1`.
+    pub print_port: bool,
 }
 
 impl Default for Config {
@@ -93,6 +97,7 @@ impl Default for Config {
             keepalive: true,
             log: LogOptions::default(),
             pidfile: None,
+            print_port: false,
         }
     }
 }
@@ -307,6 +312,9 @@ pub struct LogOptions {
     pub syslog_socket: Option<PathBuf>,
     /// The least severe level logged.
     pub level: LevelFilter,
+    /// Whether each connection's routine lines (`accept`, and `end` when it ended well) are
+    /// logged; `-q` leaves them out and keeps the rest.
+    pub connections: bool,
 }
 
 impl Default for LogOptions {
@@ -317,6 +325,7 @@ impl Default for LogOptions {
             facility: Facility::LOG_DAEMON,
             syslog_socket: None,
             level: LevelFilter::Info,
+            connections: true,
         }
     }
 }

@@ -53,7 +53,12 @@ struct State {
 struct Logger {
     state: Mutex<State>,
     level: LevelFilter,
+    connections: bool,
 }
+
+/// The log target of a connection's routine lines (`accept`, `end` with an exit status),
+/// which [`crate::config::LogOptions::connections`] turns off.
+pub(crate) const CONNECTION: &str = "forkd::connection";
 
 /// Installs the process-wide logger and returns where lines go. With syslog asked for and no
 /// syslog socket reachable (a container without /dev/log), says so once on stderr and logs to
@@ -87,6 +92,7 @@ pub(crate) fn init(options: LogOptions) -> Target {
             dropped: Dropped::default(),
         }),
         level: options.level,
+        connections: options.connections,
     };
     // A second init (tests in one process) keeps the first logger.
     let logger: &'static Logger = Box::leak(Box::new(logger));
@@ -304,7 +310,7 @@ fn send_on_stream(
 
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= self.level
+        metadata.level() <= self.level && (self.connections || metadata.target() != CONNECTION)
     }
 
     fn log(&self, record: &Record) {

@@ -423,6 +423,7 @@ impl Supervisor {
                 let record = self.workers.get(&started.id).expect("just recorded");
                 self.admission.started(&record.peer);
                 log::info!(
+                target: crate::logging::CONNECTION,
                     "accept peer={} {} listen={} active={}",
                     record.peer,
                     started.id,
@@ -505,6 +506,7 @@ fn log_end(
             "end peer={peer} {who} status=exit:{EXIT_PANIC} reason=panic duration={duration:.3}s active={active}"
         ),
         Ended::Exit(code) => log::info!(
+            target: crate::logging::CONNECTION,
             "end peer={peer} {who} status=exit:{code} duration={duration:.3}s active={active}"
         ),
         Ended::Signal(sig, core) => log::warn!(

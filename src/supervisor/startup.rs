@@ -98,6 +98,9 @@ pub(crate) fn run(
         user_name(nix::unistd::Uid::effective()),
         nix::unistd::Uid::effective(),
     );
+    if config.print_port {
+        print_ports(&listeners);
+    }
     if nix::unistd::Uid::effective().is_root() {
         log::warn!("start user=root reason=\"serving as root: use --user to drop privileges\"");
     }
@@ -139,5 +142,43 @@ fn user_name(uid: nix::unistd::Uid) -> String {
     match nix::unistd::User::from_uid(uid) {
         Ok(Some(user)) => user.name,
         _ => uid.to_string(),
+    }
+}
+
+/// `--print-port`: each TCP port once, a line each, on stdout. A stdout nobody reads must not
+/// hold up the start for long: the write waits at most a second for room.
+fn print_ports(listeners: &[Listener]) {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    let mut ports: Vec<u16> = Vec::new();
+    for port in listeners.iter().filter_map(Listener::port) {
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    let text: String = ports.iter().map(|p| format!("{p}\n")).collect();
+    let stdout = std::io::stdout();
+    let mut ready = [nix::poll::PollFd::new(
+        stdout.as_fd(),
+        nix::poll::PollFlags::POLLOUT,
+    )];
+    let written = match nix::poll::poll(&mut ready, nix::poll::PollTimeout::from(1000u16)) {
+        Ok(1) => stdout
+            .lock()
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.lock().flush()),
+        Ok(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = written {
+        log::warn!(
+            "status print_port={} reason={}",
+            ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            crate::logging::quote(&format!("stdout: {e}"))
+        );
     }
 }

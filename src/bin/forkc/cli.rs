@@ -56,10 +56,10 @@ pub enum Command {
         workload: forkd::client::bench::Workload,
         /// Concurrent connections (one client thread each).
         #[arg(long, value_name = "C", default_value_t = 4,
-              value_parser = clap::value_parser!(u64).range(1..=100_000))]
+              value_parser = super::args::whole(1u64, Some(100_000)))]
         connections: u64,
         /// Total requests over all connections.
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, value_name = "N", value_parser = super::args::whole(1u64, None))]
         requests: Option<u64>,
         /// Stop after this long.
         #[arg(long, value_name = "DURATION", value_parser = parse_secs)]
@@ -69,7 +69,7 @@ pub enum Command {
         size: u32,
         /// pipelined: requests per write (at most two writes' worth unanswered).
         #[arg(long, value_name = "K", default_value_t = 16,
-              value_parser = clap::value_parser!(u64).range(1..=100_000))]
+              value_parser = super::args::whole(1u64, Some(100_000)))]
         depth: u64,
         /// Print the report as one JSON object.
         #[arg(long)]
@@ -79,7 +79,7 @@ pub enum Command {
     Ping {
         /// How many pings.
         #[arg(long, value_name = "N", default_value_t = 1,
-              value_parser = clap::value_parser!(u64).range(1..))]
+              value_parser = super::args::whole(1u64, None))]
         count: u64,
     },
 }

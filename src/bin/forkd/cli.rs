@@ -60,8 +60,9 @@ Examples:
 )]
 struct Cli {
     /// Address to listen on, repeatable: 127.0.0.1:7000, [::1]:7000, :7000 (every address,
-    /// IPv4 and IPv6) or unix:/path/to.sock. Port 0 lets the kernel choose; the start line
-    /// logs the port bound. Not needed under systemd socket activation or with --inetd.
+    /// IPv4 and IPv6), [::]:7000 (every IPv6 address, IPv6 only) or unix:/path/to.sock. Port
+    /// 0 lets the kernel choose; the start line logs the port bound (see --print-port). Not
+    /// needed under systemd socket activation or with --inetd.
     #[arg(long, value_name = "ADDR")]
     listen: Vec<Addr>,
 
@@ -101,13 +102,13 @@ struct Cli {
 
     /// Children alive at once. At the limit new connections wait in the kernel's backlog.
     #[arg(long, value_name = "N", default_value_t = 64, allow_negative_numbers = true,
-          value_parser = clap::value_parser!(u32).range(1..))]
+          value_parser = super::args::whole(1u32, None))]
     max_children: u32,
 
     /// Length of the kernel's queue of connections not yet accepted (capped by
     /// net.core.somaxconn).
     #[arg(long, value_name = "N", default_value_t = 1024, allow_negative_numbers = true,
-          value_parser = clap::value_parser!(i32).range(1..))]
+          value_parser = super::args::whole(1i32, None))]
     backlog: i32,
 
     /// Permission bits of a Unix socket forkd creates, in octal, as systemd's SocketMode=. With
@@ -149,7 +150,7 @@ struct Cli {
 
     /// At most N children at once per source; more get ERROR 4, without a fork.
     #[arg(long, value_name = "N", help_heading = "Admission",
-          value_parser = clap::value_parser!(u32).range(1..))]
+          value_parser = super::args::whole(1u32, None))]
     per_source: Option<u32>,
 
     /// Leading bits of an IPv4:IPv6 address that make one source, for --per-source and
@@ -184,7 +185,7 @@ struct Cli {
 
     /// CPU seconds each child may use (RLIMIT_CPU); then the kernel sends SIGXCPU.
     #[arg(long, value_name = "SECS", help_heading = "Children",
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = super::args::whole(1u64, None))]
     rlimit_cpu: Option<u64>,
 
     /// Open descriptors each child may have (RLIMIT_NOFILE).
@@ -193,7 +194,7 @@ struct Cli {
 
     /// Scheduling priority of each child, -20 (first) to 19 (last).
     #[arg(long, value_name = "N", allow_negative_numbers = true, help_heading = "Children",
-          value_parser = clap::value_parser!(i32).range(-20..=19))]
+          value_parser = super::args::whole(-20i32, Some(19)))]
     nice: Option<i32>,
 
     /// Once the listeners are bound, drop to this user (its primary group unless --group,
@@ -231,11 +232,17 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     pidfile: Option<PathBuf>,
 
+    /// Once listening, write each TCP port bound to stdout, one line each: how a script
+    /// learns the port the kernel chose for --listen 127.0.0.1:0 (as tcpserver -1).
+    #[arg(long)]
+    print_port: bool,
+
     /// More log detail (-v debug, -vv trace).
     #[arg(short, long, action = ArgAction::Count, conflicts_with = "quiet")]
     verbose: u8,
 
-    /// Less log detail (-q warnings and errors only, -qq errors only).
+    /// Less log detail: -q leaves out each connection's accept and end lines (start, stop and
+    /// everything that went wrong stay), -qq logs errors only.
     #[arg(short, long, action = ArgAction::Count)]
     quiet: u8,
 }
@@ -291,11 +298,11 @@ where
         HandlerName::Exec => Service::Exec(program()),
         HandlerName::FrameExec => Service::FrameExec(program()),
     };
+    // -q leaves out each connection's routine lines; -qq everything but errors.
     let level = match (cli.verbose, cli.quiet) {
-        (0, 0) => LevelFilter::Info,
+        (0, 0 | 1) => LevelFilter::Info,
         (1, _) => LevelFilter::Debug,
         (_, 0) => LevelFilter::Trace,
-        (_, 1) => LevelFilter::Warn,
         (_, _) => LevelFilter::Error,
     };
     let config = Config {
@@ -330,8 +337,10 @@ where
             facility: cli.syslog_facility,
             syslog_socket: cli.syslog_socket,
             level,
+            connections: cli.quiet == 0,
         },
         pidfile: cli.pidfile,
+        print_port: cli.print_port,
     };
     config.check(&service).map_err(Stop::Invalid)?;
     Ok((config, service))
@@ -432,6 +441,31 @@ mod tests {
     }
 
     #[test]
+    fn counts_out_of_range_are_said_in_words() {
+        for (args, wanted) in [
+            (
+                &["--max-children", "0"][..],
+                "'--max-children <N>': must be at least 1",
+            ),
+            (
+                &["--max-children", "99999999999"][..],
+                "must be from 1 to 4294967295",
+            ),
+            (
+                &["--nice", "20"][..],
+                "'--nice <N>': must be from -20 to 19",
+            ),
+            (&["--backlog", "many"][..], "'many' is not a whole number"),
+        ] {
+            let line = invalid(args);
+            assert!(
+                line.contains(wanted) && !line.contains(".."),
+                "{args:?}: {line}"
+            );
+        }
+    }
+
+    #[test]
     fn zero_idle_timeout_is_off() {
         assert_eq!(
             run(&["--listen", ":1", "--idle-timeout", "0"]).idle_timeout,
@@ -446,7 +480,9 @@ mod tests {
             run(&["--listen", ":1", "-vv"]).log.level,
             LevelFilter::Trace
         );
-        assert_eq!(run(&["--listen", ":1", "-q"]).log.level, LevelFilter::Warn);
+        let quiet = run(&["--listen", ":1", "-q"]).log;
+        assert_eq!((quiet.level, quiet.connections), (LevelFilter::Info, false));
+        assert!(run(&["--listen", ":1"]).log.connections);
         assert_eq!(
             run(&["--listen", ":1", "-qq"]).log.level,
             LevelFilter::Error

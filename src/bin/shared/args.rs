@@ -74,3 +74,48 @@ pub fn negative_values_named(command: clap::Command) -> clap::Command {
         command.mut_subcommand(name, negative_values_named)
     })
 }
+
+/// A whole number of the type `Self`, for [`whole`].
+pub trait Whole:
+    Copy + std::fmt::Display + std::str::FromStr + PartialOrd + Send + Sync + 'static
+{
+    const MAX: Self;
+}
+
+impl Whole for u32 {
+    const MAX: Self = u32::MAX;
+}
+
+impl Whole for u64 {
+    const MAX: Self = u64::MAX;
+}
+
+impl Whole for i32 {
+    const MAX: Self = i32::MAX;
+}
+
+/// A parser for a whole number from `min` to `max` (`None`: as large as the type holds) that
+/// says what is wanted in words: "must be at least 1", not "0 is not in 1..=4294967295".
+pub fn whole<T: Whole>(min: T, max: Option<T>) -> impl clap::builder::TypedValueParser<Value = T> {
+    let wanted = match max {
+        Some(max) => format!("must be from {min} to {max}"),
+        None => format!("must be at least {min}"),
+    };
+    move |s: &str| -> Result<T, String> {
+        let digits = s.strip_prefix('-').unwrap_or(s);
+        let Ok(n) = s.parse::<T>() else {
+            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+                // A number, but too large (or too small) for the type.
+                return Err(match max {
+                    Some(_) => wanted.clone(),
+                    None => format!("must be from {min} to {}", T::MAX),
+                });
+            }
+            return Err(format!("'{s}' is not a whole number"));
+        };
+        if n < min || max.is_some_and(|max| n > max) {
+            return Err(wanted.clone());
+        }
+        Ok(n)
+    }
+}
