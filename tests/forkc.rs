@@ -91,3 +91,50 @@ fn bad_usage_is_one_line_and_exit_2() {
         assert!(err.starts_with("forkc: "), "{err}");
     }
 }
+
+/// forkc's exit status and stdout, byte for byte, for `args` with `stdin`.
+fn forkc_bytes(args: &[&str], stdin: &[u8]) -> (i32, Vec<u8>) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_forkc"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    let feeder = std::thread::spawn(move || input.write_all(&stdin));
+    let out = child.wait_with_output().unwrap();
+    let _ = feeder.join().unwrap();
+    (out.status.code().unwrap_or(-1), out.stdout)
+}
+
+#[test]
+fn files_and_raw_output_are_binary_safe() {
+    let server = Forkd::start(&[]);
+    let addr = server.addrs[0].clone();
+    let dir = tempfile::tempdir().unwrap();
+    // Every byte value, newlines and invalid UTF-8 included.
+    let binary: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+    let path = dir.path().join("payload.bin");
+    std::fs::write(&path, &binary).unwrap();
+    let file = common::path_str(&path);
+    let (code, out) = forkc_bytes(&["--connect", &addr, "send", "--file", &file, "--raw"], b"");
+    assert_eq!(code, 0);
+    assert_eq!(out, binary, "one frame, echoed byte for byte");
+    // `--file -` is all of stdin as one frame; arguments go first, each reply on a line.
+    let (code, out) = forkc_bytes(
+        &["--connect", &addr, "send", "first", "--file", "-"],
+        b"two\nlines",
+    );
+    assert_eq!((code, out.as_slice()), (0, &b"first\ntwo\nlines\n"[..]));
+    // A file that is not there: forkc says which, and fails.
+    let (code, out, err) = forkc(
+        &["--connect", &addr, "send", "--file", "/nonexistent/payload"],
+        b"",
+    );
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert!(err.contains("/nonexistent/payload"), "{err}");
+}

@@ -39,11 +39,20 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Send each PAYLOAD as a DATA frame (pipelined) and print each reply on its own line.
-    /// `-` reads payloads from stdin, one per line.
+    /// Send DATA frames, all at once (pipelined), and print the replies in order: one frame
+    /// per PAYLOAD argument (`-`: one per line of stdin), then one per --file; each reply on
+    /// its own line, or as it is with --raw.
     Send {
-        #[arg(value_name = "PAYLOAD", required = true)]
+        #[arg(value_name = "PAYLOAD", required_unless_present = "files")]
         payloads: Vec<String>,
+        /// Also send the whole content of PATH as one frame, byte for byte (`-`: all of
+        /// stdin); repeatable.
+        #[arg(long = "file", value_name = "PATH")]
+        files: Vec<std::path::PathBuf>,
+        /// Write each reply's payload exactly as received, with no newline after it: for
+        /// binary replies, or one reply to a file.
+        #[arg(long)]
+        raw: bool,
     },
     /// Load the server and measure it: requests/s, connections/s, MB/s, latency percentiles,
     /// errors by kind. Every reply is checked byte for byte. Bounded by --requests or

@@ -73,7 +73,11 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let result = connect(&addr, cli.timeout).and_then(|stream| match &cli.command {
-        Command::Send { payloads } => send(stream, payloads, cli.max_frame),
+        Command::Send {
+            payloads,
+            files,
+            raw,
+        } => send(stream, payloads, files, *raw, cli.max_frame),
         Command::Ping { count } => ping(stream, &addr, *count, cli.max_frame),
         Command::Bench { .. } => unreachable!("bench connects by itself"),
     });
@@ -86,9 +90,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// Payloads from the command line, `-` standing for the lines of stdin.
-fn payloads<'a>(args: &'a [String]) -> impl Iterator<Item = io::Result<Vec<u8>>> + 'a {
-    args.iter()
+/// Payloads from the command line, `-` standing for the lines of stdin, then each file whole
+/// (`-`: all of stdin).
+fn payloads<'a>(
+    args: &'a [String],
+    files: &'a [std::path::PathBuf],
+) -> impl Iterator<Item = Result<Vec<u8>, String>> + 'a {
+    let from_args = args
+        .iter()
         .flat_map(|arg| -> Box<dyn Iterator<Item = io::Result<Vec<u8>>>> {
             if arg == "-" {
                 Box::new(io::stdin().lock().split(b'\n'))
@@ -96,24 +105,50 @@ fn payloads<'a>(args: &'a [String]) -> impl Iterator<Item = io::Result<Vec<u8>>>
                 Box::new(std::iter::once(Ok(arg.as_bytes().to_vec())))
             }
         })
+        .map(|line| line.map_err(|e| format!("reading stdin: {e}")));
+    let from_files = files.iter().map(|path| {
+        let whole = if path.as_os_str() == "-" {
+            let mut all = Vec::new();
+            io::Read::read_to_end(&mut io::stdin().lock(), &mut all).map(|_| all)
+        } else {
+            std::fs::read(path)
+        };
+        whole.map_err(|e| format!("{}: {e}", path.display()))
+    });
+    from_args.chain(from_files)
 }
 
 /// Writes every request from one thread while this one reads replies, so any number of
 /// pipelined frames flows without either side's buffers filling up; then half-closes, and the
 /// server's EOF after the last reply ends the conversation.
-fn send(stream: Stream, args: &[String], max_frame: u32) -> Result<(), String> {
+fn send(
+    stream: Stream,
+    args: &[String],
+    files: &[std::path::PathBuf],
+    raw: bool,
+    max_frame: u32,
+) -> Result<(), String> {
     let mut writer = clone(&stream)?;
-    let args = args.to_vec();
-    let sender = std::thread::spawn(move || -> Result<u64, String> {
+    let (args, files) = (args.to_vec(), files.to_vec());
+    // Ok(sent), or Err((whether the input failed, why)).
+    let sender = std::thread::spawn(move || -> Result<u64, (bool, String)> {
         let mut sent = 0u64;
-        for payload in payloads(&args) {
-            let payload = payload.map_err(|e| format!("reading stdin: {e}"))?;
-            write_frame(&mut writer, Kind::Data, &payload).map_err(|e| format!("sending: {e}"))?;
+        for payload in payloads(&args, &files) {
+            let payload = match payload {
+                Ok(payload) => payload,
+                Err(why) => {
+                    // What was sent is still answered; the server sees the end and closes.
+                    let _ = writer.shutdown(Shutdown::Write);
+                    return Err((true, why));
+                }
+            };
+            write_frame(&mut writer, Kind::Data, &payload)
+                .map_err(|e| (false, format!("sending: {e}")))?;
             sent += 1;
         }
         writer
             .shutdown(Shutdown::Write)
-            .map_err(|e| format!("half-closing: {e}"))?;
+            .map_err(|e| (false, format!("half-closing: {e}")))?;
         Ok(sent)
     });
     let mut reader = FrameReader::new(stream, max_frame);
@@ -124,7 +159,7 @@ fn send(stream: Stream, args: &[String], max_frame: u32) -> Result<(), String> {
             Ok(Some(frame)) if frame.kind == Kind::Data => {
                 received += 1;
                 out.write_all(&frame.payload)
-                    .and_then(|()| out.write_all(b"\n"))
+                    .and_then(|()| if raw { Ok(()) } else { out.write_all(b"\n") })
                     .and_then(|()| out.flush())
                     .map_err(|e| format!("writing stdout: {e}"))?;
             }
@@ -133,11 +168,16 @@ fn send(stream: Stream, args: &[String], max_frame: u32) -> Result<(), String> {
             Err(e) => break Err(format!("reading reply: {e}")),
         }
     };
-    // The server's ERROR explains a failed send better than the EPIPE it caused.
-    read_result?;
     let sent = sender
         .join()
-        .map_err(|_| "sender thread panicked".to_string())??;
+        .map_err(|_| "sender thread panicked".to_string())?;
+    // A payload that could not be read explains itself; otherwise the server's ERROR explains
+    // a failed send better than the EPIPE it caused.
+    if let Err((true, why)) = sent {
+        return Err(why);
+    }
+    read_result?;
+    let sent = sent.map_err(|(_, why)| why)?;
     if received != sent {
         return Err(format!(
             "connection closed by server after {received} of {sent} replies"
