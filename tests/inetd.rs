@@ -362,3 +362,59 @@ fn the_docs_show_the_examples_that_run() {
         );
     }
 }
+
+/// forkd --inetd with `args`, serving the server side of a fresh loopback connection on its
+/// descriptor 0, as inetd starts it; the client side is returned with it.
+fn inetd_forkd(args: &[&str]) -> (Child, Client) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let client = Client::connect(&addr.parse().unwrap());
+    let (served, _) = listener.accept().unwrap();
+    let forkd = Command::new(FORKD)
+        .args(["--inetd", "--log", "stderr"])
+        .args(args)
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(served)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (forkd, client)
+}
+
+#[test]
+fn under_inetd_the_connection_is_served_without_a_second_fork() {
+    let (mut forkd, mut client) = inetd_forkd(&[]);
+    assert_eq!(client.echo(b"one").payload, b"one");
+    // Served by the process inetd started: it has no child.
+    let pid = forkd.id() as i32;
+    assert!(children_of(pid).is_empty(), "{:?}", children_of(pid));
+    assert_eq!(client.echo(b"two").payload, b"two");
+    client.half_close();
+    client.expect_eof();
+    assert!(forkd.wait().unwrap().success());
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut forkd.stderr.take().unwrap(), &mut log).unwrap();
+    // Its own pid in the accept and end lines, no count of one, no warning repeated per
+    // connection (these tests run as root).
+    assert!(log.contains(&format!(" pid={pid} listen=inetd")), "{log}");
+    assert!(log.contains(&format!(" pid={pid} status=exit:0")), "{log}");
+    assert!(
+        !log.contains("active=") && !log.contains("warning"),
+        "{log}"
+    );
+}
+
+#[test]
+fn under_inetd_max_lifetime_still_ends_the_conversation() {
+    let (mut forkd, mut client) = inetd_forkd(&["--max-lifetime", "300ms"]);
+    assert_eq!(client.echo(b"alive").payload, b"alive");
+    let started = Instant::now();
+    let status = forkd.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGALRM),
+        "{status:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    client.expect_eof();
+}

@@ -29,7 +29,7 @@ use nix::sys::signal::Signal;
 pub(crate) use startup::run;
 
 use crate::admission::{Admission, Refusal};
-use crate::config::{Config, Overload};
+use crate::config::{Config, Limits, Overload};
 use crate::conn::Connection;
 use crate::drain::Drains;
 use crate::frame::{ErrorCode, Frame};
@@ -67,6 +67,19 @@ impl std::fmt::Display for Active {
     }
 }
 
+/// The ` active=N/MAX` field of a connection's lines; none under `--inetd`, where a forkd
+/// serves its one connection and a count would say nothing.
+struct ActiveField(Option<Active>);
+
+impl std::fmt::Display for ActiveField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(active) => write!(f, " active={active}"),
+            None => Ok(()),
+        }
+    }
+}
+
 struct Supervisor {
     listeners: Vec<Listener>,
     /// The listeners' names for log lines, made once.
@@ -95,6 +108,10 @@ struct Supervisor {
     notifier: Option<Notifier>,
     /// The level of the start and stop lines (debug under inetd).
     lifecycle: log::Level,
+    /// `--inetd`: the one connection is served in this process.
+    inetd: bool,
+    limits: Limits,
+    max_lifetime: Option<Duration>,
 }
 
 impl Supervisor {
@@ -132,6 +149,9 @@ impl Supervisor {
             at_limit: false,
             notifier,
             lifecycle,
+            inetd: config.inetd,
+            limits: config.limits,
+            max_lifetime: config.max_lifetime,
         }
     }
 
@@ -178,6 +198,10 @@ impl Supervisor {
 
     fn active(&self) -> Active {
         Active(self.workers.len(), self.max_children)
+    }
+
+    fn active_field(&self) -> ActiveField {
+        ActiveField((!self.inetd).then(|| self.active()))
     }
 
     /// The main loop; returns once shutdown is complete, or when there is nothing left to
@@ -390,12 +414,12 @@ impl Supervisor {
         let now = Instant::now();
         if self.rejects.admit_line(now) {
             log::warn!(
-                "reject peer={} listen={} reason={} code={} active={}",
+                "reject peer={} listen={} reason={} code={}{}",
                 conn.peer,
                 self.origin(listen),
                 refusal.reason,
                 refusal.code as u16,
-                self.active()
+                self.active_field()
             );
         }
         let error = Frame::error(refusal.code, &refusal.message);
@@ -404,6 +428,9 @@ impl Supervisor {
 
     /// Starts a worker for an admitted connection.
     fn start(&mut self, mut conn: Connection, listen: Origin) {
+        if matches!(listen, Origin::Inetd) && !self.work.is_program() {
+            return self.serve_here(conn);
+        }
         conn.from_source = self
             .admission
             .source_of(&conn.peer)
@@ -424,11 +451,11 @@ impl Supervisor {
                 self.admission.started(&record.peer);
                 log::info!(
                 target: crate::logging::CONNECTION,
-                    "accept peer={} {} listen={} active={}",
+                    "accept peer={} {} listen={}{}",
                     record.peer,
                     started.id,
                     self.origin(listen),
-                    self.active()
+                    self.active_field()
                 );
                 if let (Some(stderr), WorkerId::Process(pid)) = (started.stderr, started.id) {
                     self.relays.add(stderr, pid);
@@ -437,11 +464,38 @@ impl Supervisor {
             }
             Err(NotStarted::Refused { what, error, conn }) => self.cannot_start(conn, what, error),
             Err(NotStarted::Lost { reason }) => log::error!(
-                "error peer={peer} reason={} active={}",
+                "error peer={peer} reason={}{}",
                 quote(&reason),
-                self.active()
+                self.active_field()
             ),
         }
+    }
+
+    /// `--inetd`: the connection is served in this process, which inetd forked for it
+    /// already; a second fork would only cost. This process becomes what a worker would be
+    /// (default signals, its limits, `--max-lifetime` as a timer) and logs the same `accept`
+    /// and `end` lines. A program (`-- PROGRAM`) is still started, as a program replaces
+    /// whatever serves the connection.
+    fn serve_here(&mut self, conn: Connection) {
+        self.accepted_total += 1;
+        let record = WorkerRecord {
+            peer: conn.peer.clone(),
+            started: Instant::now(),
+        };
+        let pid = format!("pid={}", std::process::id());
+        log::info!(
+            target: crate::logging::CONNECTION,
+            "accept peer={} {pid} listen=inetd",
+            record.peer
+        );
+        let code = crate::isolation::child::serve_here(
+            conn,
+            &self.work,
+            self.settings,
+            &self.limits,
+            self.max_lifetime,
+        );
+        log_end(false, &record, &pid, Ended::Exit(code), ActiveField(None));
     }
 
     /// No worker for this connection (`what` failed): ERROR 4, best effort, and a line
@@ -451,10 +505,10 @@ impl Supervisor {
         self.admission.refund(&conn.peer);
         if self.rejects.admit_line(now) {
             log::error!(
-                "reject peer={} reason={what} code=4 error={} active={}",
+                "reject peer={} reason={what} code=4 error={}{}",
                 conn.peer,
                 quote(&error),
-                self.active()
+                self.active_field()
             );
         }
         let frame = Frame::error(ErrorCode::Busy, "server cannot start a process");
@@ -468,12 +522,14 @@ impl Supervisor {
         let admission = &mut self.admission;
         let relays = &mut self.relays;
         let max = self.max_children;
+        let inetd = self.inetd;
         self.workers.collect(|active, id, record, how| {
             admission.ended(&record.peer);
             if let WorkerId::Process(pid) = id {
                 relays.finish(pid);
             }
-            log_end(work, active, max, &record, id, how);
+            let active = ActiveField((!inetd).then_some(Active(active, max)));
+            log_end(work.is_program(), &record, &id, how, active);
             any = true;
         });
         if any {
@@ -491,26 +547,24 @@ fn stop_signal(signals: &nix::sys::signal::SigSet) -> Option<Signal> {
 
 /// The `end` line for a worker: a process (`pid=N`) or a thread (`thread=N`).
 fn log_end(
-    work: &Work,
-    active: usize,
-    max: usize,
+    is_program: bool,
     record: &WorkerRecord,
-    who: WorkerId,
+    who: &dyn std::fmt::Display,
     how: Ended,
+    active: ActiveField,
 ) {
     let duration = record.started.elapsed().as_secs_f64();
-    let active = Active(active, max);
     let peer = &record.peer;
     match how {
-        Ended::Exit(EXIT_PANIC) if !work.is_program() => log::warn!(
-            "end peer={peer} {who} status=exit:{EXIT_PANIC} reason=panic duration={duration:.3}s active={active}"
+        Ended::Exit(EXIT_PANIC) if !is_program => log::warn!(
+            "end peer={peer} {who} status=exit:{EXIT_PANIC} reason=panic duration={duration:.3}s{active}"
         ),
         Ended::Exit(code) => log::info!(
             target: crate::logging::CONNECTION,
-            "end peer={peer} {who} status=exit:{code} duration={duration:.3}s active={active}"
+            "end peer={peer} {who} status=exit:{code} duration={duration:.3}s{active}"
         ),
         Ended::Signal(sig, core) => log::warn!(
-            "end peer={peer} {who} status=signal:{} core={} duration={duration:.3}s active={active}",
+            "end peer={peer} {who} status=signal:{} core={} duration={duration:.3}s{active}",
             sig.as_str(),
             if core { "yes" } else { "no" }
         ),

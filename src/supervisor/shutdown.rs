@@ -62,11 +62,13 @@ impl Supervisor {
             }
         }
         let remaining = self.workers.len();
-        let work = self.work.clone();
+        let is_program = self.work.is_program();
+        let (max, inetd) = (self.max_children, self.inetd);
         let admission = &mut self.admission;
         let killed = self.workers.kill_all(|active, id, record, how| {
             admission.ended(&record.peer);
-            super::log_end(&work, active, self.max_children, &record, id, how);
+            let active = super::ActiveField((!inetd).then_some(super::Active(active, max)));
+            super::log_end(is_program, &record, &id, how, active);
         });
         if remaining > killed {
             // A thread cannot be killed: leaving ends the process, and every thread with it.

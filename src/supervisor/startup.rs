@@ -102,7 +102,17 @@ pub(crate) fn run(
         print_ports(&listeners);
     }
     if nix::unistd::Uid::effective().is_root() {
-        log::warn!("start user=root reason=\"serving as root: use --user to drop privileges\"");
+        // Under inetd, whose configuration names the user, it would be repeated for every
+        // connection: detail there, as the start line is.
+        let level = if config.inetd {
+            log::Level::Debug
+        } else {
+            log::Level::Warn
+        };
+        log::log!(
+            level,
+            "start user=root reason=\"serving as root: use --user to drop privileges\""
+        );
     }
     let isolation: Box<dyn Isolation> = match config.model {
         Model::Fork => {
