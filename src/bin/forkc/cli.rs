@@ -13,10 +13,7 @@ use forkd::frame::DEFAULT_MAX_FRAME;
 #[command(
     name = "forkc",
     version,
-    about = "Client for forkd's protocol v1: send DATA frames and print the replies, or ping.",
-    after_help = "Examples:\n  forkc --connect 127.0.0.1:7000 send hello world\n  \
-                  printf 'a\\nb\\n' | forkc --connect unix:/run/forkd/forkd.sock send -\n  \
-                  forkc --connect [::1]:7000 ping --count 5"
+    about = "Client for forkd's protocol v1: send DATA frames and print the replies, or ping."
 )]
 pub struct Cli {
     /// Server address (required): 127.0.0.1:7000, [::1]:7000, :7000 (this machine) or
@@ -43,6 +40,7 @@ pub enum Command {
     /// per PAYLOAD argument (`-`: one per line of stdin), then one per --file; each reply on
     /// its own line, or as it is with --raw.
     Send {
+        /// The payload of one DATA frame; `-` stands for the lines of stdin, a frame each.
         #[arg(value_name = "PAYLOAD", required_unless_present = "files")]
         payloads: Vec<String>,
         /// Also send the whole content of PATH as one frame, byte for byte (`-`: all of
@@ -94,6 +92,30 @@ pub enum Command {
 }
 
 /// The clap command, as parsed and for man pages and completions (examples/package-docs.rs).
+/// What each example does, and the commands: in --help, and as forkc(1)'s EXAMPLES.
+pub const EXAMPLES: &[(&str, &[&str])] = &[
+    (
+        "Two frames, each reply on its own line:",
+        &["forkc --connect 127.0.0.1:7000 send hello world"],
+    ),
+    (
+        "A frame per line of stdin, over a Unix socket:",
+        &["printf 'a\\nb\\n' | forkc --connect unix:/run/forkd/forkd.sock send -"],
+    ),
+    (
+        "A file as one frame, the reply byte for byte:",
+        &["forkc --connect 127.0.0.1:7000 send --file request.bin --raw > reply.bin"],
+    ),
+    (
+        "Round trips, and a load test of 10 seconds:",
+        &[
+            "forkc --connect [::1]:7000 ping --count 5",
+            "forkc --connect 127.0.0.1:7000 bench --workload churn --connections 4 --duration 10",
+        ],
+    ),
+];
+
 pub fn command() -> clap::Command {
-    super::args::negative_values_named(Cli::command())
+    let after = super::args::examples_text(EXAMPLES);
+    super::args::negative_values_named(Cli::command().after_help(after))
 }

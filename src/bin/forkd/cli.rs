@@ -37,26 +37,41 @@ impl HandlerName {
     }
 }
 
-const EXAMPLES: &str = "\
+/// How every duration and size is written: in --help after the options, and in forkd(8).
+pub const UNITS: &str = "\
 Durations (--grace, --idle-timeout, --max-lifetime, --request-timeout, --rate) are seconds
 (30, 0.5) or take units (250ms, 5m, 1h 30m), from 1 ms to 365 days; 0 turns a limit off.
+Sizes (--max-frame, --rlimit-as) are bytes or take units (64KiB, 10M, 1G).";
 
-Examples:
-  Echo on loopback, logging to the terminal:
-    forkd --listen 127.0.0.1:7000 --log stderr
-  Every address, IPv4 and IPv6, plus a Unix socket, at most 200 children:
-    forkd --listen :7000 --listen unix:/run/forkd/forkd.sock --max-children 200
-  Talk to it:
-    forkc --connect 127.0.0.1:7000 send hello
-    forkc --connect 127.0.0.1:7000 ping";
+/// What each example does, and the commands: in --help, and as forkd(8)'s EXAMPLES.
+pub const EXAMPLES: &[(&str, &[&str])] = &[
+    (
+        "Echo on loopback, logging to the terminal:",
+        &["forkd --listen 127.0.0.1:7000 --log stderr"],
+    ),
+    (
+        "Every address, IPv4 and IPv6, plus a Unix socket, at most 200 children:",
+        &["forkd --listen :7000 --listen unix:/run/forkd/forkd.sock --max-children 200"],
+    ),
+    (
+        "A program per connection, as tcpserver runs it:",
+        &["forkd --listen :7000 --max-children 40 -- /usr/bin/cat"],
+    ),
+    (
+        "Talk to it:",
+        &[
+            "forkc --connect 127.0.0.1:7000 send hello",
+            "forkc --connect 127.0.0.1:7000 ping",
+        ],
+    ),
+];
 
 #[derive(Parser, Debug)]
 #[command(
     name = "forkd",
     version,
     about = "A process-per-connection server: one forked child per connection, answering \
-             length-prefixed frames (protocol v1).",
-    after_help = EXAMPLES
+             length-prefixed frames (protocol v1)."
 )]
 struct Cli {
     /// Address to listen on, repeatable: 127.0.0.1:7000, [::1]:7000, :7000 (every address,
@@ -258,7 +273,8 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 
 /// The clap command, as parsed and for man pages and completions (examples/package-docs.rs).
 pub fn command() -> clap::Command {
-    negative_values_named(Cli::command())
+    let after = format!("{UNITS}\n\n{}", super::args::examples_text(EXAMPLES));
+    negative_values_named(Cli::command().after_help(after))
 }
 
 /// Parses argv (the program name first) into what to serve and with which handler.

@@ -119,3 +119,15 @@ pub fn whole<T: Whole>(min: T, max: Option<T>) -> impl clap::builder::TypedValue
         Ok(n)
     }
 }
+
+/// The examples as --help shows them after the options.
+pub fn examples_text(examples: &[(&str, &[&str])]) -> String {
+    let mut text = String::from("Examples:");
+    for (what, commands) in examples {
+        text.push_str(&format!("\n  {what}"));
+        for command in *commands {
+            text.push_str(&format!("\n    {command}"));
+        }
+    }
+    text
+}
