@@ -397,7 +397,11 @@ fn under_inetd_the_connection_is_served_without_a_second_fork() {
     // Its own pid in the accept and end lines, no count of one, no warning repeated per
     // connection (these tests run as root).
     assert!(log.contains(&format!(" pid={pid} listen=inetd")), "{log}");
-    assert!(log.contains(&format!(" pid={pid} status=exit:0")), "{log}");
+    assert!(
+        log.contains(&format!(" pid={pid} status=exit:0"))
+            && log.contains(" bytes_in=16 bytes_out=16"),
+        "{log}"
+    );
     assert!(
         !log.contains("active=") && !log.contains("warning"),
         "{log}"

@@ -108,3 +108,28 @@ fn to_the_journal_each_line_starts_with_its_priority() {
     assert!(next(" served=").starts_with("<6>stop served="));
     assert!(forkd.wait().unwrap().success());
 }
+
+#[test]
+fn end_lines_count_the_bytes_each_way_in_both_models_and_after_a_crash() {
+    for model in ["fork", "thread"] {
+        let mut server = Forkd::start(&["--model", model]);
+        let mut client = Client::connect(&server.addr());
+        // Two requests of 1000 and 10 bytes: 5-byte headers each way.
+        assert_eq!(client.echo(&[7; 1000]).payload.len(), 1000);
+        assert_eq!(client.echo(b"0123456789").payload, b"0123456789");
+        client.half_close();
+        client.expect_eof();
+        let end = server.wait_log(" end peer=");
+        assert!(
+            end.contains(" bytes_in=1020 bytes_out=1020 "),
+            "{model}: {end}"
+        );
+    }
+    // A child that aborts still has what it read counted; what it never wrote is not.
+    let mut server = Forkd::start_faults(&[]);
+    let mut victim = Client::connect(&server.addr());
+    assert_eq!(victim.echo(b"hi").payload, b"hi");
+    victim.send(Kind::Data, b"abort");
+    let end = server.wait_log("status=signal:SIGABRT");
+    assert!(end.contains(" bytes_in=17 bytes_out=7 "), "{end}");
+}

@@ -14,6 +14,7 @@ use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use crate::conn::Stream;
+use crate::isolation::tally::Counter;
 
 /// The connection with its idle clock.
 pub(crate) struct IdleClock {
@@ -26,11 +27,19 @@ pub(crate) struct IdleClock {
     write_deadline: Option<Instant>,
     read_timeout_set: Option<Duration>,
     write_timeout_set: Option<Duration>,
+    /// Where the bytes read and written are counted.
+    tally: Option<&'static Counter>,
 }
 
 impl IdleClock {
     /// `preset`: the timeout the socket came with from its listener (both directions).
-    pub(crate) fn new(stream: Stream, idle: Option<Duration>, preset: Option<Duration>) -> Self {
+    /// `tally`: where to count the bytes read and written.
+    pub(crate) fn new(
+        stream: Stream,
+        idle: Option<Duration>,
+        preset: Option<Duration>,
+        tally: Option<&'static Counter>,
+    ) -> Self {
         IdleClock {
             stream,
             idle,
@@ -38,6 +47,7 @@ impl IdleClock {
             write_deadline: None,
             read_timeout_set: preset,
             write_timeout_set: preset,
+            tally,
         }
     }
 
@@ -89,36 +99,46 @@ fn is_timeout(e: &io::Error) -> bool {
 
 impl Read for IdleClock {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let (Some(deadline), Some(idle)) = (self.read_deadline, self.idle) else {
-            return self.stream.read(buf);
+        let read = match (self.read_deadline, self.idle) {
+            (Some(deadline), Some(idle)) => within(
+                deadline,
+                idle,
+                &mut self.read_timeout_set,
+                &mut self.stream,
+                Stream::set_read_timeout,
+                |stream| stream.read(buf),
+            ),
+            _ => self.stream.read(buf),
         };
-        within(
-            deadline,
-            idle,
-            &mut self.read_timeout_set,
-            &mut self.stream,
-            Stream::set_read_timeout,
-            |stream| stream.read(buf),
-        )
+        if let (Ok(n), Some(tally)) = (&read, self.tally) {
+            tally.add_read(*n);
+        }
+        read
     }
 }
 
 impl Write for IdleClock {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let Some(idle) = self.idle else {
-            return self.stream.write(buf);
+        let written = match self.idle {
+            Some(idle) => {
+                let deadline = *self
+                    .write_deadline
+                    .get_or_insert_with(|| Instant::now() + idle);
+                within(
+                    deadline,
+                    idle,
+                    &mut self.write_timeout_set,
+                    &mut self.stream,
+                    Stream::set_write_timeout,
+                    |stream| stream.write(buf),
+                )
+            }
+            None => self.stream.write(buf),
         };
-        let deadline = *self
-            .write_deadline
-            .get_or_insert_with(|| Instant::now() + idle);
-        within(
-            deadline,
-            idle,
-            &mut self.write_timeout_set,
-            &mut self.stream,
-            Stream::set_write_timeout,
-            |stream| stream.write(buf),
-        )
+        if let (Ok(n), Some(tally)) = (&written, self.tally) {
+            tally.add_written(*n);
+        }
+        written
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {

@@ -15,6 +15,7 @@ use super::clock::IdleClock;
 use super::framed::{FramedHandler, Reply, append_error, write_out};
 use crate::conn::Connection;
 use crate::frame::{Decoder, ErrorCode, Kind, header};
+use crate::isolation::tally::Counter;
 use crate::logging::quote;
 
 /// Settings every protocol-v1 conversation shares, taken when it starts.
@@ -23,6 +24,8 @@ pub(crate) struct ProtocolSettings {
     pub max_frame: u32,
     /// How long a complete request may take to arrive after the last reply; `None`: forever.
     pub idle_timeout: Option<Duration>,
+    /// Where this conversation counts the bytes it reads and writes, for its `end` line.
+    pub tally: Option<&'static Counter>,
 }
 
 /// Runs the conversation to its end: every complete request in what has arrived is answered,
@@ -40,7 +43,7 @@ pub(crate) fn serve(
     } = conn;
     // What the socket came with from its listener, if it is the idle limit.
     let preset = timeout.filter(|t| Some(*t) == settings.idle_timeout);
-    let mut timed = IdleClock::new(stream, settings.idle_timeout, preset);
+    let mut timed = IdleClock::new(stream, settings.idle_timeout, preset, settings.tally);
     let mut decoder = Decoder::new(settings.max_frame);
     let mut out: Vec<u8> = Vec::new();
     // The clock starts at connect, then again after each batch of replies.

@@ -16,6 +16,7 @@ pub(crate) mod child;
 pub(crate) mod fault;
 mod fork;
 pub(crate) mod groups;
+pub(crate) mod tally;
 mod thread;
 
 use std::fmt;

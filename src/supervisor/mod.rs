@@ -34,6 +34,7 @@ use crate::conn::Connection;
 use crate::drain::Drains;
 use crate::frame::{ErrorCode, Frame};
 use crate::handler::{ProtocolSettings, Work};
+use crate::isolation::tally::Tally;
 use crate::isolation::{EXIT_PANIC, Ended, Isolation, Job, NotStarted, WorkerId};
 use crate::listen::Listener;
 use crate::logging::quote;
@@ -64,6 +65,32 @@ struct Active(usize, usize);
 impl std::fmt::Display for Active {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.0, self.1)
+    }
+}
+
+/// The ` bytes_in=N bytes_out=N` fields of an `end` line: what a protocol-v1 conversation read
+/// from its peer and wrote to it. None for a program or a stream handler, whose bytes forkd
+/// does not carry.
+struct Bytes(Option<(u64, u64)>);
+
+impl Bytes {
+    /// The counts of `record`'s slot, which is free again.
+    fn of(tally: &mut Option<Tally>, record: &WorkerRecord) -> Bytes {
+        Bytes(
+            tally
+                .as_mut()
+                .zip(record.tally)
+                .map(|(t, slot)| t.give_back(slot)),
+        )
+    }
+}
+
+impl std::fmt::Display for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some((read, written)) => write!(f, " bytes_in={read} bytes_out={written}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -112,6 +139,8 @@ struct Supervisor {
     inetd: bool,
     limits: Limits,
     max_lifetime: Option<Duration>,
+    /// The bytes of each protocol-v1 conversation, for its `end` line.
+    tally: Option<Tally>,
 }
 
 impl Supervisor {
@@ -126,6 +155,9 @@ impl Supervisor {
         notifier: Option<Notifier>,
         lifecycle: log::Level,
     ) -> Supervisor {
+        let tally = work
+            .is_framed()
+            .then(|| Tally::new(config.max_children as usize));
         Supervisor {
             listener_names: listeners.iter().map(Listener::local_name).collect(),
             listeners,
@@ -152,6 +184,7 @@ impl Supervisor {
             inetd: config.inetd,
             limits: config.limits,
             max_lifetime: config.max_lifetime,
+            tally,
         }
     }
 
@@ -439,12 +472,20 @@ impl Supervisor {
         self.close_in_child.extend(self.drains.raw_fds());
         self.close_in_child.extend(self.relays.raw_fds());
         let peer = conn.peer.clone();
+        let taken = self.tally.as_mut().and_then(Tally::take);
         let job = Job {
             work: &self.work,
-            settings: self.settings,
+            settings: ProtocolSettings {
+                tally: taken.map(|(_, counter)| counter),
+                ..self.settings
+            },
             close: &self.close_in_child,
         };
-        match self.workers.start(conn, &job) {
+        let started = self.workers.start(conn, &job, taken.map(|(slot, _)| slot));
+        if let (Err(_), Some(tally), Some((slot, _))) = (&started, &mut self.tally, taken) {
+            tally.give_back(slot);
+        }
+        match started {
             Ok(started) => {
                 self.accepted_total += 1;
                 let record = self.workers.get(&started.id).expect("just recorded");
@@ -478,9 +519,15 @@ impl Supervisor {
     /// whatever serves the connection.
     fn serve_here(&mut self, conn: Connection) {
         self.accepted_total += 1;
+        let taken = self.tally.as_mut().and_then(Tally::take);
         let record = WorkerRecord {
             peer: conn.peer.clone(),
             started: Instant::now(),
+            tally: taken.map(|(slot, _)| slot),
+        };
+        let settings = ProtocolSettings {
+            tally: taken.map(|(_, counter)| counter),
+            ..self.settings
         };
         let pid = format!("pid={}", std::process::id());
         log::info!(
@@ -491,11 +538,19 @@ impl Supervisor {
         let code = crate::isolation::child::serve_here(
             conn,
             &self.work,
-            self.settings,
+            settings,
             &self.limits,
             self.max_lifetime,
         );
-        log_end(false, &record, &pid, Ended::Exit(code), ActiveField(None));
+        let bytes = Bytes::of(&mut self.tally, &record);
+        log_end(
+            false,
+            &record,
+            &pid,
+            Ended::Exit(code),
+            bytes,
+            ActiveField(None),
+        );
     }
 
     /// No worker for this connection (`what` failed): ERROR 4, best effort, and a line
@@ -523,13 +578,15 @@ impl Supervisor {
         let relays = &mut self.relays;
         let max = self.max_children;
         let inetd = self.inetd;
+        let tally = &mut self.tally;
         self.workers.collect(|active, id, record, how| {
             admission.ended(&record.peer);
             if let WorkerId::Process(pid) = id {
                 relays.finish(pid);
             }
             let active = ActiveField((!inetd).then_some(Active(active, max)));
-            log_end(work.is_program(), &record, &id, how, active);
+            let bytes = Bytes::of(tally, &record);
+            log_end(work.is_program(), &record, &id, how, bytes, active);
             any = true;
         });
         if any {
@@ -551,20 +608,21 @@ fn log_end(
     record: &WorkerRecord,
     who: &dyn std::fmt::Display,
     how: Ended,
+    bytes: Bytes,
     active: ActiveField,
 ) {
     let duration = record.started.elapsed().as_secs_f64();
     let peer = &record.peer;
     match how {
         Ended::Exit(EXIT_PANIC) if !is_program => log::warn!(
-            "end peer={peer} {who} status=exit:{EXIT_PANIC} reason=panic duration={duration:.3}s{active}"
+            "end peer={peer} {who} status=exit:{EXIT_PANIC} reason=panic duration={duration:.3}s{bytes}{active}"
         ),
         Ended::Exit(code) => log::info!(
             target: crate::logging::CONNECTION,
-            "end peer={peer} {who} status=exit:{code} duration={duration:.3}s{active}"
+            "end peer={peer} {who} status=exit:{code} duration={duration:.3}s{bytes}{active}"
         ),
         Ended::Signal(sig, core) => log::warn!(
-            "end peer={peer} {who} status=signal:{} core={} duration={duration:.3}s{active}",
+            "end peer={peer} {who} status=signal:{} core={} duration={duration:.3}s{bytes}{active}",
             sig.as_str(),
             if core { "yes" } else { "no" }
         ),

@@ -65,10 +65,12 @@ impl Supervisor {
         let is_program = self.work.is_program();
         let (max, inetd) = (self.max_children, self.inetd);
         let admission = &mut self.admission;
+        let tally = &mut self.tally;
         let killed = self.workers.kill_all(|active, id, record, how| {
             admission.ended(&record.peer);
             let active = super::ActiveField((!inetd).then_some(super::Active(active, max)));
-            super::log_end(is_program, &record, &id, how, active);
+            let bytes = super::Bytes::of(tally, &record);
+            super::log_end(is_program, &record, &id, how, bytes, active);
         });
         if remaining > killed {
             // A thread cannot be killed: leaving ends the process, and every thread with it.

@@ -131,6 +131,7 @@ pub(crate) fn run(
         Model::Thread => Box::new(Threads::new(signals.waker(), config.keepalive)),
     };
     let settings = ProtocolSettings {
+        tally: None,
         max_frame: config.max_frame,
         idle_timeout: config.idle_timeout,
     };

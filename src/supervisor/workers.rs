@@ -10,6 +10,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::conn::{Connection, Peer};
+use crate::isolation::tally::Slot;
 use crate::isolation::{
     Ended, Isolation, Job, NotStarted, Running, Started, Termination, WorkerId,
 };
@@ -21,6 +22,8 @@ const LIFETIME_KILL_DELAY: Duration = Duration::from_secs(1);
 pub(super) struct WorkerRecord {
     pub peer: Peer,
     pub started: Instant,
+    /// Where its bytes are counted, for a protocol-v1 conversation.
+    pub tally: Option<Slot>,
 }
 
 pub(super) struct Workers {
@@ -50,16 +53,25 @@ impl Workers {
         self.table.len()
     }
 
-    /// Starts a worker for `conn` and records it.
-    pub(super) fn start(&mut self, conn: Connection, job: &Job<'_>) -> Result<Started, NotStarted> {
+    /// Starts a worker for `conn` and records it, with the slot its bytes are counted in.
+    pub(super) fn start(
+        &mut self,
+        conn: Connection,
+        job: &Job<'_>,
+        tally: Option<Slot>,
+    ) -> Result<Started, NotStarted> {
         let peer = conn.peer.clone();
         let started = self.isolation.start(conn, job)?;
         let now = Instant::now();
         if self.max_lifetime.is_some() {
             self.lifetimes.insert((now, started.id));
         }
-        self.table
-            .insert(started.id, WorkerRecord { peer, started: now });
+        let record = WorkerRecord {
+            peer,
+            started: now,
+            tally,
+        };
+        self.table.insert(started.id, record);
         Ok(started)
     }
 

@@ -1,0 +1,89 @@
+//! The bytes each protocol-v1 conversation read from its peer and wrote to it, for the `end`
+//! line: counters in memory the supervisor shares with every worker (`MAP_SHARED`, made before
+//! the first fork), one slot per running worker. The supervisor hands a worker a zeroed slot
+//! when it starts it and reads the slot when it collects the worker, so the figures are there
+//! however the worker ended (a crash included: they count up to its last read or write).
+//! Nothing a worker does here allocates or locks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One worker's counts.
+#[derive(Debug, Default)]
+pub(crate) struct Counter {
+    read: AtomicU64,
+    written: AtomicU64,
+}
+
+impl Counter {
+    pub(crate) fn add_read(&self, bytes: usize) {
+        self.read.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_written(&self, bytes: usize) {
+        self.written.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+/// Slots at most (1 MiB of table). Past this many conversations at once, the others' `end`
+/// lines go without their byte counts.
+const MAX_SLOTS: usize = 65_536;
+
+/// The supervisor's side: the shared slots and which are free.
+pub(crate) struct Tally {
+    slots: &'static [Counter],
+    free: Vec<u32>,
+}
+
+/// A slot handed to a worker.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Slot(u32);
+
+impl Tally {
+    /// Room for `workers` conversations at once (up to [`MAX_SLOTS`]); an empty table if the
+    /// memory cannot be had.
+    pub(crate) fn new(workers: usize) -> Tally {
+        let count = workers.clamp(1, MAX_SLOTS);
+        let bytes = count * std::mem::size_of::<Counter>();
+        // SAFETY: a fresh anonymous mapping, zero-filled by the kernel (zero atomics are valid
+        // counters), never unmapped, so the slice lives for the process; shared, so a forked
+        // worker's counts reach the supervisor.
+        let slots: &'static [Counter] = unsafe {
+            let memory = libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if memory == libc::MAP_FAILED {
+                &[]
+            } else {
+                std::slice::from_raw_parts(memory.cast::<Counter>(), count)
+            }
+        };
+        Tally {
+            free: (0..slots.len() as u32).rev().collect(),
+            slots,
+        }
+    }
+
+    /// A zeroed slot for a worker about to start, and its counter; `None` when all are taken.
+    pub(crate) fn take(&mut self) -> Option<(Slot, &'static Counter)> {
+        let index = self.free.pop()?;
+        let counter = &self.slots[index as usize];
+        counter.read.store(0, Ordering::Relaxed);
+        counter.written.store(0, Ordering::Relaxed);
+        Some((Slot(index), counter))
+    }
+
+    /// The bytes read and written through `slot`, which is free again.
+    pub(crate) fn give_back(&mut self, slot: Slot) -> (u64, u64) {
+        let counter = &self.slots[slot.0 as usize];
+        self.free.push(slot.0);
+        (
+            counter.read.load(Ordering::Relaxed),
+            counter.written.load(Ordering::Relaxed),
+        )
+    }
+}
