@@ -9,26 +9,21 @@ pub fn parse_bytes(s: &str) -> Result<u32, String> {
     u32::try_from(n).map_err(|_| format!("'{s}' is more than {} bytes", u32::MAX))
 }
 
-/// `1048576`, `64K`, `1M`, `1G` (powers of 1024; `KiB`, `MiB`, `GiB` too).
+/// `1048576`, `64K`, `1M`, `1.5G`, `64KiB`, `10 MB`: K, M and G are powers of 1024, whatever
+/// the spelling, as for memory limits elsewhere (ulimit, systemd's MemoryMax=). Parsed by the
+/// parse-size crate.
 pub fn parse_bytes_u64(s: &str) -> Result<u64, String> {
     let t = s.trim();
     if t.starts_with('-') {
         return Err(format!("'{s}' is not a byte count: give 0 or more bytes"));
     }
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        _ => return Err(format!("'{s}': unit must be K, M or G")),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{s}' is not a byte count"))?;
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("'{s}' is too many bytes"))
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(t)
+        .map_err(|e| match e {
+            parse_size::Error::PosOverflow => format!("'{s}' is too many bytes"),
+            _ => format!("'{s}' is not a byte count (bytes, or with K, M or G: 64K, 10M, 1G)"),
+        })
 }
 
 /// The longest duration any setting takes: 365 days. Longer values are refused when parsed,
@@ -99,9 +94,22 @@ mod tests {
         assert_eq!(parse_bytes("64K"), Ok(65536));
         assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
         assert_eq!(parse_bytes("3g"), Ok(3 << 30));
+        assert_eq!(parse_bytes("64KiB"), Ok(65536));
+        assert_eq!(parse_bytes("10 MB"), Ok(10 << 20));
+        assert_eq!(parse_bytes("1.5G"), Ok(3 << 29));
         assert!(parse_bytes("4G").is_err());
         assert!(parse_bytes("-1").is_err());
         assert!(parse_bytes("").is_err());
+        assert!(
+            parse_bytes("12 parsecs")
+                .unwrap_err()
+                .contains("not a byte count")
+        );
+        assert!(
+            parse_bytes_u64("99999999999T")
+                .unwrap_err()
+                .contains("too many")
+        );
     }
 
     #[test]
