@@ -362,10 +362,32 @@ impl Listener {
         &mut self,
         keepalive: bool,
         timeout: Option<Duration>,
+        defer_accept: Option<Duration>,
     ) -> io::Result<()> {
         if let Socket::Tcp(l) = &self.socket {
             socket::setsockopt(l, sockopt::TcpNoDelay, &true)?;
             socket::setsockopt(l, sockopt::KeepAlive, &keepalive)?;
+            #[cfg(target_os = "linux")]
+            if let Some(wait) = defer_accept {
+                // Whole seconds, rounded up: the kernel's unit.
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                let secs = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
+                // SAFETY: a plain setsockopt on our listener with an int it reads.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        l.as_raw_fd(),
+                        libc::IPPROTO_TCP,
+                        libc::TCP_DEFER_ACCEPT,
+                        (&secs as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                if rc != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            #[cfg(not(target_os = "linux"))]
+            let _ = defer_accept;
             if let Some(t) = timeout.filter(|_| ACCEPTED_SOCKETS_INHERIT) {
                 let tv = nix::sys::time::TimeVal::new(
                     t.as_secs() as libc::time_t,

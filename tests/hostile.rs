@@ -105,3 +105,26 @@ fn fifteen_hundred_hostile_connections_leave_nothing_behind() {
     let mut client = Client::connect(&addr);
     assert_eq!(client.echo(b"still answering").payload, b"still answering");
 }
+
+#[test]
+fn with_defer_accept_a_silent_client_costs_no_fork() {
+    let mut server = Forkd::start(&["--defer-accept", "30"]);
+    let mut silent = Client::connect(&server.addr());
+    let mut speaking = Client::connect(&server.addr());
+    assert_eq!(speaking.echo(b"first").payload, b"first");
+    // The speaking client was handed over; the silent one still waits in the kernel.
+    server.wait_log_count(" accept peer=", 1);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(server.children().len(), 1, "{:?}", server.log());
+    assert_eq!(
+        server
+            .log()
+            .iter()
+            .filter(|l| l.contains(" accept peer="))
+            .count(),
+        1
+    );
+    // Once it speaks, it is served as any other.
+    assert_eq!(silent.echo(b"late").payload, b"late");
+    server.wait_log_count(" accept peer=", 2);
+}

@@ -82,6 +82,18 @@ impl Config {
         check_setting("--grace", Some(self.grace), true)?;
         check_setting("--idle-timeout", self.idle_timeout, false)?;
         check_setting("--max-lifetime", self.max_lifetime, false)?;
+        check_setting("--defer-accept", self.defer_accept, false)?;
+        if let Some(wait) = self.defer_accept {
+            if !cfg!(target_os = "linux") {
+                return Err(
+                    "--defer-accept is Linux's TCP_DEFER_ACCEPT: not on this system".into(),
+                );
+            }
+            // The kernel counts it in SYN-ACK retransmissions; an hour is far past any.
+            if wait > Duration::from_secs(3600) {
+                return Err(format!("--defer-accept {wait:?} is more than 1h"));
+            }
+        }
         check_setting("--rate", self.admission.rate.map(|r| r.per), false)
     }
 

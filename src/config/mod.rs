@@ -64,6 +64,10 @@ pub struct Config {
     pub group: Option<String>,
     /// SO_KEEPALIVE on accepted TCP connections.
     pub keepalive: bool,
+    /// TCP listeners hand a connection over only once its first bytes have arrived
+    /// (TCP_DEFER_ACCEPT, Linux), so a client that connects and says nothing costs no worker;
+    /// one still silent after this long is handed over all the same. `None`: at once.
+    pub defer_accept: Option<Duration>,
     /// Where the log goes.
     pub log: LogOptions,
     /// Where to write the supervisor's pid; removed on exit.
@@ -89,6 +93,7 @@ impl Default for Config {
             grace: Duration::from_secs(10),
             idle_timeout: Some(Duration::from_secs(60)),
             max_lifetime: None,
+            defer_accept: None,
             admission: Policy::default(),
             overload: Overload::Defer,
             limits: Limits::default(),

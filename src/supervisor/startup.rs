@@ -58,7 +58,7 @@ pub(crate) fn run(
     // A program run by the exec handler owns its socket: no timeouts for it.
     let timeout = config.idle_timeout.filter(|_| !work.is_program());
     let refused = listeners.iter_mut().find_map(|listener| {
-        let set = listener.pass_on_options(config.keepalive, timeout);
+        let set = listener.pass_on_options(config.keepalive, timeout, config.defer_accept);
         set.err()
             .map(|e| format!("cannot set options on {}: {e}", listener.local_name()))
     });

@@ -221,6 +221,13 @@ struct Cli {
     #[arg(long, value_name = "NAME", help_heading = "Children")]
     group: Option<String>,
 
+    /// Hand a TCP connection to a child only once its first bytes have arrived
+    /// (TCP_DEFER_ACCEPT), waiting at most this long (1s to 1h; 0 or unset: at once): a client
+    /// that connects and says nothing costs no fork. For protocols where the client speaks
+    /// first, as protocol v1's does.
+    #[arg(long, value_name = "DURATION", value_parser = parse_secs, help_heading = "Children")]
+    defer_accept: Option<Duration>,
+
     /// Do not set SO_KEEPALIVE on accepted TCP connections (set by default, so a peer that
     /// vanished is noticed even without --idle-timeout).
     #[arg(long, help_heading = "Children")]
@@ -332,6 +339,7 @@ where
         grace: cli.grace,
         idle_timeout: Some(cli.idle_timeout).filter(|d| !d.is_zero()),
         max_lifetime: cli.max_lifetime.filter(|d| !d.is_zero()),
+        defer_accept: cli.defer_accept.filter(|d| !d.is_zero()),
         admission: Policy {
             rules,
             per_source: cli.per_source,
@@ -479,6 +487,19 @@ mod tests {
                 "{args:?}: {line}"
             );
         }
+    }
+
+    #[test]
+    fn defer_accept_is_whole_seconds_up_to_an_hour() {
+        assert_eq!(
+            run(&["--listen", ":1", "--defer-accept", "5s"]).defer_accept,
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            run(&["--listen", ":1", "--defer-accept", "0"]).defer_accept,
+            None
+        );
+        assert!(invalid(&["--listen", ":1", "--defer-accept", "2h"]).contains("--defer-accept"));
     }
 
     #[test]
