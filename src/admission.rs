@@ -27,7 +27,7 @@ pub(crate) fn source_of(prefix: &SourcePrefix, peer: &Peer) -> Option<Cidr> {
 pub(crate) struct Refusal {
     pub code: ErrorCode,
     /// For the log, one word: `denied`, `per-source`, `rate`, `rate-table`, `overload`,
-    /// `fork`, `shutdown`.
+    /// `early-drop`, `fork`, `shutdown`.
     pub reason: &'static str,
     /// For the peer, in the ERROR frame.
     pub message: String,

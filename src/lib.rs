@@ -43,6 +43,7 @@ mod admission;
 mod cidr;
 mod conn;
 mod drain;
+mod early_drop;
 mod fds;
 mod handler;
 mod isolation;

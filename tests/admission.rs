@@ -149,3 +149,50 @@ fn many_rejected_peers_that_never_close_cannot_pin_the_supervisor() {
     }
     drop(held);
 }
+
+#[test]
+fn early_drop_refuses_on_a_slope_below_the_limit() {
+    // 100% from one child running: the second connection is refused while the first is held.
+    let mut server = Forkd::start(&["--max-children", "4", "--early-drop", "1:100"]);
+    let mut held = Client::connect(&server.addr());
+    assert_eq!(held.echo(b"first").payload, b"first");
+    let mut second = Client::connect(&server.addr());
+    second.send(Kind::Data, b"second");
+    let message = second.expect_error(4);
+    assert!(message.contains("server busy: 1 of 4"), "{message}");
+    let line = server.wait_log("reason=early-drop");
+    assert!(
+        line.contains("warning: reject peer=") && line.contains("code=4"),
+        "{line}"
+    );
+    drop(held);
+    server.wait_no_children();
+    // Below START nothing is dropped.
+    let mut alone = Client::connect(&server.addr());
+    assert_eq!(alone.echo(b"alone").payload, b"alone");
+    drop(alone);
+    server.wait_no_children();
+
+    // 50% from one running: with one held, some later connections get through and some do not.
+    let mut server = Forkd::start(&["--max-children", "10", "--early-drop", "1:50"]);
+    let mut held = Client::connect(&server.addr());
+    assert_eq!(held.echo(b"held").payload, b"held");
+    let (mut served, mut refused) = (0, 0);
+    for _ in 0..60 {
+        let mut client = Client::connect(&server.addr());
+        client.send(Kind::Data, b"try");
+        let reply = client.recv();
+        if reply.kind == Kind::Data {
+            served += 1;
+        } else {
+            refused += 1;
+        }
+        drop(client);
+        server.wait_no_children_but(1);
+    }
+    assert!(
+        served > 0 && refused > 0,
+        "served {served}, refused {refused}"
+    );
+    drop(held);
+}

@@ -83,6 +83,14 @@ impl Config {
         check_setting("--idle-timeout", self.idle_timeout, false)?;
         check_setting("--max-lifetime", self.max_lifetime, false)?;
         check_setting("--defer-accept", self.defer_accept, false)?;
+        if let Some(drop) = self.early_drop
+            && drop.start >= self.max_children
+        {
+            return Err(format!(
+                "--early-drop {drop}: START must be below --max-children ({})",
+                self.max_children
+            ));
+        }
         if let Some(wait) = self.defer_accept {
             if !cfg!(target_os = "linux") {
                 return Err(

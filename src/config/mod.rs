@@ -17,6 +17,7 @@ pub use syslog::Facility;
 
 use crate::addr::Addr;
 pub use crate::cidr::Cidr;
+pub use crate::early_drop::EarlyDrop;
 use crate::frame::DEFAULT_MAX_FRAME;
 
 mod check;
@@ -56,6 +57,8 @@ pub struct Config {
     pub admission: Policy,
     /// What a connection arriving at [`Config::max_children`] gets.
     pub overload: Overload,
+    /// Random early drop below the limit (`START:PERCENT`, as sshd's MaxStartups).
+    pub early_drop: Option<EarlyDrop>,
     /// Resource limits of each worker process.
     pub limits: Limits,
     /// The user to serve as, once the listeners are bound.
@@ -96,6 +99,7 @@ impl Default for Config {
             defer_accept: None,
             admission: Policy::default(),
             overload: Overload::Defer,
+            early_drop: None,
             limits: Limits::default(),
             user: None,
             group: None,

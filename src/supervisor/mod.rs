@@ -32,6 +32,7 @@ use crate::admission::{Admission, Refusal};
 use crate::config::{Config, Limits, Overload};
 use crate::conn::Connection;
 use crate::drain::Drains;
+use crate::early_drop::{Dice, EarlyDrop};
 use crate::frame::{ErrorCode, Frame};
 use crate::handler::{ProtocolSettings, Work};
 use crate::isolation::tally::Tally;
@@ -141,6 +142,8 @@ struct Supervisor {
     max_lifetime: Option<Duration>,
     /// The bytes of each protocol-v1 conversation, for its `end` line.
     tally: Option<Tally>,
+    early_drop: Option<EarlyDrop>,
+    dice: Dice,
 }
 
 impl Supervisor {
@@ -185,6 +188,8 @@ impl Supervisor {
             limits: config.limits,
             max_lifetime: config.max_lifetime,
             tally,
+            early_drop: config.early_drop,
+            dice: Dice::new(),
         }
     }
 
@@ -439,8 +444,30 @@ impl Supervisor {
                 };
                 self.reject(conn, listen, refusal)
             }
+            Ok(()) if self.dropped_early() => {
+                self.admission.refund(&conn.peer);
+                let refusal = Refusal {
+                    code: ErrorCode::Busy,
+                    reason: "early-drop",
+                    message: format!(
+                        "server busy: {} of {} connections",
+                        self.workers.len(),
+                        self.max_children
+                    ),
+                };
+                self.reject(conn, listen, refusal)
+            }
             Ok(()) => self.start(conn, listen),
         }
+    }
+
+    /// `--early-drop`: whether this connection is one the slope refuses.
+    fn dropped_early(&mut self) -> bool {
+        let Some(drop) = self.early_drop else {
+            return false;
+        };
+        let chance = drop.chance(self.workers.len(), self.max_children);
+        chance > 0 && self.dice.roll(chance)
     }
 
     fn reject(&mut self, conn: Connection, listen: Origin, refusal: Refusal) {

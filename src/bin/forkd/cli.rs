@@ -194,6 +194,12 @@ struct Cli {
     )]
     overload: Overload,
 
+    /// Random early drop, as sshd's MaxStartups: from START children running, refuse a new
+    /// connection (ERROR 4) with probability PERCENT, rising linearly to 100% at
+    /// --max-children, instead of a cliff at the limit.
+    #[arg(long, value_name = "START:PERCENT", help_heading = "Admission")]
+    early_drop: Option<forkd::config::EarlyDrop>,
+
     /// Address-space limit of each child (RLIMIT_AS), K, M, G suffixes.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes_u64, help_heading = "Children")]
     rlimit_as: Option<u64>,
@@ -347,6 +353,7 @@ where
             rate: cli.rate,
         },
         overload: cli.overload,
+        early_drop: cli.early_drop,
         limits: Limits {
             address_space: cli.rlimit_as,
             cpu_seconds: cli.rlimit_cpu,
