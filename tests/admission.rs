@@ -174,7 +174,7 @@ fn early_drop_refuses_on_a_slope_below_the_limit() {
     server.wait_no_children();
 
     // 50% from one running: with one held, some later connections get through and some do not.
-    let mut server = Forkd::start(&["--max-children", "10", "--early-drop", "1:50"]);
+    let server = Forkd::start(&["--max-children", "10", "--early-drop", "1:50"]);
     let mut held = Client::connect(&server.addr());
     assert_eq!(held.echo(b"held").payload, b"held");
     let (mut served, mut refused) = (0, 0);
