@@ -31,27 +31,9 @@ const MAX_SLOTS: usize = 65_536;
 /// [`MAX_SLOTS`]). Once, in the supervisor, before any worker starts; later calls keep the
 /// first table.
 pub(crate) fn prepare(workers: usize) {
-    SLOTS.get_or_init(|| {
-        let count = workers.clamp(1, MAX_SLOTS);
-        let bytes = count * std::mem::size_of::<Slot>();
-        // SAFETY: a fresh anonymous mapping, zero-filled by the kernel (all-zero atomics are
-        // valid: empty slots), never unmapped, so the slice lives for the process; shared,
-        // so a forked worker's writes reach the supervisor.
-        unsafe {
-            let memory = libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            if memory == libc::MAP_FAILED {
-                return &[];
-            }
-            std::slice::from_raw_parts(memory.cast::<Slot>(), count)
-        }
-    });
+    // SAFETY: a slot is two atomics, all zero an empty slot; shared, so a forked worker's
+    // writes reach the supervisor.
+    SLOTS.get_or_init(|| unsafe { super::shared_table(workers.clamp(1, MAX_SLOTS)) });
 }
 
 /// The calling worker thread's id (a worker process's pid).

@@ -129,3 +129,31 @@ pub(crate) trait Running {
     /// Worker `id` has ended.
     fn ended(&mut self, id: WorkerId, how: Ended);
 }
+
+/// A table of `count` zeroed `T`s in memory shared with every process forked after this call
+/// (`MAP_SHARED`), never unmapped; empty if the memory cannot be had.
+///
+/// # Safety
+///
+/// All-zero bytes must be a valid `T` (atomics are), and `T` must be usable from several
+/// processes at once through shared memory (atomics, not locks or pointers).
+pub(crate) unsafe fn shared_table<T>(count: usize) -> &'static [T] {
+    let bytes = count * std::mem::size_of::<T>();
+    // SAFETY: a fresh anonymous mapping, zero-filled by the kernel, which the caller says is
+    // a valid T; never unmapped, so the slice lives for the process.
+    unsafe {
+        let memory = libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if memory == libc::MAP_FAILED {
+            &[]
+        } else {
+            std::slice::from_raw_parts(memory.cast::<T>(), count)
+        }
+    }
+}

@@ -42,26 +42,9 @@ impl Tally {
     /// Room for `workers` conversations at once (up to [`MAX_SLOTS`]); an empty table if the
     /// memory cannot be had.
     pub(crate) fn new(workers: usize) -> Tally {
-        let count = workers.clamp(1, MAX_SLOTS);
-        let bytes = count * std::mem::size_of::<Counter>();
-        // SAFETY: a fresh anonymous mapping, zero-filled by the kernel (zero atomics are valid
-        // counters), never unmapped, so the slice lives for the process; shared, so a forked
+        // SAFETY: a counter is two atomics, all zero a zero count; shared, so a forked
         // worker's counts reach the supervisor.
-        let slots: &'static [Counter] = unsafe {
-            let memory = libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            if memory == libc::MAP_FAILED {
-                &[]
-            } else {
-                std::slice::from_raw_parts(memory.cast::<Counter>(), count)
-            }
-        };
+        let slots: &'static [Counter] = unsafe { super::shared_table(workers.clamp(1, MAX_SLOTS)) };
         Tally {
             free: (0..slots.len() as u32).rev().collect(),
             slots,

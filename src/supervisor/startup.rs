@@ -75,12 +75,15 @@ pub(crate) fn run(
         privilege::drop_to(id).map_err(|e| cleanup(&listeners, e))?;
     }
     let names: Vec<String> = listeners.iter().map(Listener::local_name).collect();
-    // Under inetd every connection starts a forkd: its start line is detail, not news.
-    let lifecycle = if config.inetd {
-        log::Level::Debug
-    } else {
-        log::Level::Info
+    // Under inetd every connection starts a forkd: what it says at start is detail, not news.
+    let at_start = |level| {
+        if config.inetd {
+            log::Level::Debug
+        } else {
+            level
+        }
     };
+    let lifecycle = at_start(log::Level::Info);
     log::log!(
         lifecycle,
         "start version={} pid={} listen={} handler={} max_children={} max_frame={} grace={}s user={} uid={}",
@@ -102,15 +105,9 @@ pub(crate) fn run(
         print_ports(&listeners);
     }
     if nix::unistd::Uid::effective().is_root() {
-        // Under inetd, whose configuration names the user, it would be repeated for every
-        // connection: detail there, as the start line is.
-        let level = if config.inetd {
-            log::Level::Debug
-        } else {
-            log::Level::Warn
-        };
+        // Under inetd (whose configuration names the user) repeated for every connection.
         log::log!(
-            level,
+            at_start(log::Level::Warn),
             "start user=root reason=\"serving as root: use --user to drop privileges\""
         );
     }
