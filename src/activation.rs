@@ -87,13 +87,29 @@ pub fn check_agreement(inherited: &[Listener], asked: &[Addr]) -> Result<(), Str
     }
 }
 
-/// inetd hands a "nowait" service the socket as descriptors 0, 1 and 2: when stderr is a
-/// socket, point it at /dev/null before anything (the log's own fallback, a panic message)
-/// can write into the conversation. Call before the log is set up.
+/// inetd hands a "nowait" service the socket as descriptors 0, 1 and 2: when stderr is that
+/// connection, point it at /dev/null before anything (an error at start, the log's own
+/// fallback, a panic message) can write into the conversation. A stderr of its own (the
+/// journal's stream under systemd's Accept=yes, a file) is kept. Call as early as possible.
 pub fn protect_inetd_stderr() {
-    if is_socket(2) {
+    if stderr_is_the_connection() {
         let _ = point_at_dev_null(&[2]);
     }
+}
+
+/// Whether descriptor 2 is the very socket on descriptor 0 (the same device and inode).
+fn stderr_is_the_connection() -> bool {
+    let identity = |fd: RawFd| {
+        let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: fstat writes the stat of `fd` (raw: it may be closed, and then fails) into
+        // the buffer, which is read only when it succeeded.
+        (unsafe { libc::fstat(fd, stat.as_mut_ptr()) } == 0).then(|| {
+            // SAFETY: filled by the successful fstat above.
+            let stat = unsafe { stat.assume_init() };
+            (stat.st_dev, stat.st_ino)
+        })
+    };
+    is_socket(2) && identity(0).is_some() && identity(0) == identity(2)
 }
 
 /// Makes each of `targets` a duplicate of /dev/null.
@@ -137,7 +153,11 @@ pub fn take_inetd_connection() -> Result<Connection, String> {
         }
         other => return Err(format!("--inetd: unsupported address family {other:?}")),
     };
-    let targets: &[RawFd] = if is_socket(2) { &[0, 1, 2] } else { &[0, 1] };
+    let targets: &[RawFd] = if stderr_is_the_connection() {
+        &[0, 1, 2]
+    } else {
+        &[0, 1]
+    };
     point_at_dev_null(targets).map_err(|e| format!("--inetd: /dev/null: {e}"))?;
     Ok(Connection {
         stream,

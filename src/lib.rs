@@ -59,6 +59,7 @@ mod spawn;
 mod supervisor;
 mod ucspi;
 
+pub use activation::protect_inetd_stderr;
 pub use addr::Addr;
 pub use config::{Config, Model, Service};
 pub use conn::{Connection, Peer, Stream};

@@ -178,14 +178,12 @@ fn run_child(conn: Connection, setup: &ChildSetup, job: &Job<'_>) -> ! {
 
 /// Serves `conn` in this process, as a forked child would but without the fork (`--inetd`,
 /// where inetd forked this process for the connection): default signals and an empty mask,
-/// the resource limits, `max_lifetime` as a timer whose SIGALRM ends the process. Returns the
-/// exit status a child would have had.
+/// and the resource limits. Returns the exit status a child would have had.
 pub(crate) fn serve_here(
     conn: Connection,
     work: &crate::handler::Work,
     settings: crate::handler::ProtocolSettings,
     limits: &Limits,
-    max_lifetime: Option<std::time::Duration>,
 ) -> i32 {
     signals::reset_for_child();
     crate::logging::nonblocking_stderr_for_worker();
@@ -197,21 +195,6 @@ pub(crate) fn serve_here(
             crate::logging::quote(&reason)
         );
         return EXIT_FAILED;
-    }
-    if let Some(lifetime) = max_lifetime {
-        // SIGALRM's default action ends the process, whatever the handler is doing.
-        let timer = libc::itimerval {
-            it_interval: libc::timeval {
-                tv_sec: 0,
-                tv_usec: 0,
-            },
-            it_value: libc::timeval {
-                tv_sec: lifetime.as_secs() as libc::time_t,
-                tv_usec: lifetime.subsec_micros() as libc::suseconds_t,
-            },
-        };
-        // SAFETY: setitimer reads the timer given and writes nothing back (null old value).
-        unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) };
     }
     match panic::catch_unwind(AssertUnwindSafe(|| work.serve(conn, settings))) {
         Ok(Outcome::Clean) => EXIT_CLEAN,

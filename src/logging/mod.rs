@@ -415,11 +415,31 @@ pub(crate) fn log_panics() {
     }));
 }
 
-/// Quotes a value for a `key=value` field when it holds spaces or quotes.
+/// Quotes a value for a `key=value` field when it holds spaces, quotes, `=`, a backslash or a
+/// control character, as a Rust string literal.
 pub(crate) fn quote(value: &str) -> String {
-    if !value.is_empty() && !value.contains([' ', '"', '=', '\\']) {
+    // A control character (NUL, TAB, CR, ESC...) is escaped too: raw, it would split the line
+    // into records of a sink's own (a NUL ends a journald or syslog record) or drive a
+    // terminal.
+    let plain = |c: char| !matches!(c, ' ' | '"' | '=' | '\\') && !c.is_control();
+    if !value.is_empty() && value.chars().all(plain) {
         value.to_string()
     } else {
         format!("{value:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quote;
+
+    #[test]
+    fn a_value_that_could_break_its_line_or_field_is_quoted() {
+        assert_eq!(quote("plain"), "plain");
+        assert_eq!(quote(""), "\"\"");
+        assert_eq!(quote("a b"), "\"a b\"");
+        assert_eq!(quote("x\0<0>forged"), "\"x\\0<0>forged\"");
+        assert_eq!(quote("tab\there"), "\"tab\\there\"");
+        assert_eq!(quote("\u{1b}[31m"), "\"\\u{1b}[31m\"");
     }
 }

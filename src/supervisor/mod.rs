@@ -139,6 +139,7 @@ struct Supervisor {
     /// `--inetd`: the one connection is served in this process.
     inetd: bool,
     limits: Limits,
+    /// `--max-lifetime`, which under `--inetd` means a forked worker after all.
     max_lifetime: Option<Duration>,
     /// The bytes of each protocol-v1 conversation, for its `end` line.
     tally: Option<Tally>,
@@ -488,7 +489,10 @@ impl Supervisor {
 
     /// Starts a worker for an admitted connection.
     fn start(&mut self, mut conn: Connection, listen: Origin) {
-        if matches!(listen, Origin::Inetd) && !self.work.is_program() {
+        // --max-lifetime needs a supervisor outside the conversation to end it (and what it
+        // started): then the worker is forked as from a listener.
+        if matches!(listen, Origin::Inetd) && !self.work.is_program() && self.max_lifetime.is_none()
+        {
             return self.serve_here(conn);
         }
         conn.from_source = self
@@ -541,9 +545,8 @@ impl Supervisor {
 
     /// `--inetd`: the connection is served in this process, which inetd forked for it
     /// already; a second fork would only cost. This process becomes what a worker would be
-    /// (default signals, its limits, `--max-lifetime` as a timer) and logs the same `accept`
-    /// and `end` lines. A program (`-- PROGRAM`) is still started, as a program replaces
-    /// whatever serves the connection.
+    /// (default signals, its limits) and logs the same `accept` and `end` lines. A program
+    /// (`-- PROGRAM`) is still started, as a program replaces whatever serves the connection.
     fn serve_here(&mut self, conn: Connection) {
         self.accepted_total += 1;
         let taken = self.tally.as_mut().and_then(Tally::take);
@@ -562,13 +565,7 @@ impl Supervisor {
             "accept peer={} {pid} listen=inetd",
             record.peer
         );
-        let code = crate::isolation::child::serve_here(
-            conn,
-            &self.work,
-            settings,
-            &self.limits,
-            self.max_lifetime,
-        );
+        let code = crate::isolation::child::serve_here(conn, &self.work, settings, &self.limits);
         let bytes = Bytes::of(&mut self.tally, &record);
         log_end(
             false,

@@ -9,9 +9,15 @@
 mod args;
 mod cli;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Under inetd, descriptor 2 may be the connection itself: before anything can be said on
+    // it (a bad flag, a refused setting), it must point elsewhere.
+    if std::env::args_os().any(|a| a == "--inetd") {
+        forkd::protect_inetd_stderr();
+    }
     let (config, service) = match cli::parse(std::env::args_os()) {
         Ok(parsed) => parsed,
         Err(stop) => return stop.finish("forkd"),
@@ -21,7 +27,8 @@ fn main() -> ExitCode {
         Err(line) => {
             // Always on stderr, where whoever started forkd looks (the library has logged it
             // to syslog too if that is where the rest of the log goes).
-            eprintln!("forkd: {line}");
+            // Not eprintln!: a stderr that is gone must not turn the error into a panic.
+            let _ = writeln!(std::io::stderr(), "forkd: {line}");
             ExitCode::from(1)
         }
     }

@@ -1,6 +1,8 @@
 //! What both programs do with a command line that does not run them: `--help` and
 //! `--version` printed whole, anything else one line naming the flag, and exit status 2.
 
+use std::io::Write;
+
 /// A command line that does not run the program.
 #[derive(Debug)]
 pub enum Stop {
@@ -14,12 +16,13 @@ impl Stop {
     /// Prints what is due and gives the exit status.
     pub fn finish(self, program: &str) -> std::process::ExitCode {
         match self {
+            // Written, not print!ed: a stdout or stderr that is gone must not become a panic.
             Stop::Print(text) => {
-                print!("{text}");
+                let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
                 std::process::ExitCode::SUCCESS
             }
             Stop::Invalid(line) => {
-                eprintln!("{program}: {line}");
+                let _ = writeln!(std::io::stderr(), "{program}: {line}");
                 std::process::ExitCode::from(2)
             }
         }
