@@ -68,6 +68,9 @@ impl Config {
             ));
         }
         self.check_durations()?;
+        if self.max_frame == 0 {
+            return Err("--max-frame 0 would refuse every request: at least 1".into());
+        }
         if self.max_frame > MAX_FRAME {
             return Err(format!(
                 "--max-frame {} is more than 1G, the largest frame forkd takes",
@@ -83,6 +86,12 @@ impl Config {
         check_setting("--idle-timeout", self.idle_timeout, false)?;
         check_setting("--max-lifetime", self.max_lifetime, false)?;
         check_setting("--defer-accept", self.defer_accept, false)?;
+        if self.print_port
+            && !self.listen.is_empty()
+            && self.listen.iter().all(|a| matches!(a, crate::addr::Addr::Unix(_)))
+        {
+            return Err("--print-port prints TCP ports, and every --listen is unix:".into());
+        }
         if let Some(drop) = self.early_drop
             && drop.start >= self.max_children
         {

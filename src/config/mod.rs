@@ -238,7 +238,7 @@ pub struct Rule {
     pub net: Cidr,
 }
 
-/// `--rate N/SECS`: at most N new connections per SECS seconds from one source.
+/// `--rate N/DURATION`: at most N new connections per DURATION from one source.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Rate {
     /// Connections per period.
@@ -295,7 +295,7 @@ impl FromStr for SourcePrefix {
 /// Where log lines go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogTarget {
-    /// The system log (or [`LogOptions::syslog_socket`]).
+    /// The system log: /dev/log, or the socket --syslog-socket names.
     Syslog,
     /// Standard error, one line per event.
     Stderr,

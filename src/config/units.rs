@@ -17,6 +17,10 @@ pub fn parse_bytes_u64(s: &str) -> Result<u64, String> {
     if t.starts_with('-') {
         return Err(format!("'{s}' is not a byte count: give 0 or more bytes"));
     }
+    // A fraction of a byte would be rounded without a word: fractions need a unit (1.5K).
+    if t.contains('.') && t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(format!("'{s}' is not a whole number of bytes"));
+    }
     parse_size::Config::new()
         .with_binary()
         .parse_size(t)
@@ -100,6 +104,8 @@ mod tests {
         assert!(parse_bytes("4G").is_err());
         assert!(parse_bytes("-1").is_err());
         assert!(parse_bytes("").is_err());
+        assert!(parse_bytes("0.5").unwrap_err().contains("whole number"));
+        assert_eq!(parse_bytes("1.5K"), Ok(1536));
         assert!(
             parse_bytes("12 parsecs")
                 .unwrap_err()

@@ -69,9 +69,10 @@ impl FramedHandler for Runner {
         let result = self.run(payload);
         if let Err(failure) = &result {
             log::warn!(
-                "error peer={} pid={} reason={}",
+                "error peer={} pid={} code={} reason={}",
                 self.peer,
                 std::process::id(),
+                failure.0 as u16,
                 crate::logging::quote(&failure.1)
             );
         }

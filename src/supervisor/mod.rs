@@ -220,7 +220,7 @@ impl Supervisor {
             self.accepted_total,
             self.drains.count(),
             self.relays.count(),
-            self.listener_names.join(",")
+            quote(&self.listener_names.join(","))
         );
     }
 
@@ -426,7 +426,8 @@ impl Supervisor {
     /// allocates nothing, since every page it writes after a fork is a copy-on-write fault.
     fn origin(&self, origin: Origin) -> String {
         match origin {
-            Origin::Listener(index) => self.listener_names[index].clone(),
+            // A Unix socket's path may hold spaces or `=`.
+            Origin::Listener(index) => quote(&self.listener_names[index]),
             Origin::Inetd => "inetd".to_string(),
         }
     }
@@ -535,11 +536,16 @@ impl Supervisor {
                 self.notify_status();
             }
             Err(NotStarted::Refused { what, error, conn }) => self.cannot_start(conn, what, error),
-            Err(NotStarted::Lost { reason }) => log::error!(
-                "error peer={peer} reason={}{}",
-                quote(&reason),
-                self.active_field()
-            ),
+            // Bounded per second as refusals are: a program gone makes every connection fail.
+            Err(NotStarted::Lost { reason }) => {
+                if self.rejects.admit_line(Instant::now()) {
+                    log::error!(
+                        "error peer={peer} reason={}{}",
+                        quote(&reason),
+                        self.active_field()
+                    );
+                }
+            }
         }
     }
 

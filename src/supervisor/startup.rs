@@ -92,7 +92,7 @@ pub(crate) fn run(
         if config.inetd {
             "inetd".to_string()
         } else {
-            names.join(",")
+            crate::logging::quote(&names.join(","))
         },
         work.name(),
         config.max_children,

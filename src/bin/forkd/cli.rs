@@ -178,8 +178,8 @@ struct Cli {
     )]
     per_source_prefix: SourcePrefix,
 
-    /// At most N new connections per SECS seconds per source (a token bucket, e.g. 20/1);
-    /// more get ERROR 6, without a fork.
+    /// At most N new connections per DURATION per source (a token bucket, e.g. 20/1 or
+    /// 5/500ms); more get ERROR 6, without a fork.
     #[arg(long, value_name = "N/DURATION", help_heading = "Admission")]
     rate: Option<Rate>,
 
