@@ -385,3 +385,30 @@ fn a_programs_socket_has_no_idle_timeout() {
         "got late\n"
     );
 }
+
+#[test]
+fn the_program_found_at_start_runs_with_limits_and_without() {
+    // PROGRAM is looked up on PATH once, at start: one installed later earlier on PATH is not
+    // picked up, whether forkd forks for --nice or not.
+    for limits in [&[][..], &["--nice", "1"][..]] {
+        let first = tempfile::tempdir().unwrap();
+        let second = tempfile::tempdir().unwrap();
+        let script = |dir: &std::path::Path, word: &str| {
+            let path = dir.join("which-one");
+            std::fs::write(&path, format!("#!/bin/sh\necho {word}\n")).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        };
+        script(second.path(), "second");
+        let path = format!(
+            "PATH={}:{}",
+            first.path().display(),
+            second.path().display()
+        );
+        let args: Vec<&str> =
+            [&["--env", path.as_str()][..], limits, &["--", "which-one"]].concat();
+        let server = Forkd::start(&args);
+        script(first.path(), "first");
+        assert_eq!(output_of(&server.addrs[0]), "second\n", "{limits:?}");
+    }
+}

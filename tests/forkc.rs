@@ -137,4 +137,8 @@ fn files_and_raw_output_are_binary_safe() {
     );
     assert_eq!((code, out.as_str()), (1, ""));
     assert!(err.contains("/nonexistent/payload"), "{err}");
+    // stdin is read once: asking for it twice is refused, not answered with an empty frame.
+    let (code, out, err) = forkc(&["--connect", &addr, "send", "-", "--file", "-"], b"x\n");
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert!(err.contains("stdin can be read once"), "{err}");
 }

@@ -88,7 +88,10 @@ impl Config {
         check_setting("--defer-accept", self.defer_accept, false)?;
         if self.print_port
             && !self.listen.is_empty()
-            && self.listen.iter().all(|a| matches!(a, crate::addr::Addr::Unix(_)))
+            && self
+                .listen
+                .iter()
+                .all(|a| matches!(a, crate::addr::Addr::Unix(_)))
         {
             return Err("--print-port prints TCP ports, and every --listen is unix:".into());
         }

@@ -113,6 +113,11 @@ impl Prepared {
             .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))
     }
 
+    /// [`Prepared::path`] as a path.
+    pub(crate) fn path_os(&self) -> std::io::Result<&std::ffi::OsStr> {
+        Ok(std::ffi::OsStr::from_bytes(self.path()?.to_bytes()))
+    }
+
     pub(crate) fn argv(&self) -> Vec<&CStr> {
         self.argv.iter().map(CString::as_c_str).collect()
     }

@@ -120,7 +120,14 @@ pub(crate) fn spawn_program(
         );
     }
     let socket = OwnedFd::from(conn.stream);
-    let mut command = crate::handler::program::launch(&program.program, &ucspi).command();
+    // The program found on PATH at start, as without limits; argv[0] as given.
+    let launch = crate::handler::program::launch(&program.program, &ucspi);
+    let mut command = std::process::Command::new(program.path_os()?);
+    command
+        .arg0(&launch.argv[0])
+        .args(&launch.argv[1..])
+        .env_clear()
+        .envs(launch.env);
     command
         .stdout(socket.try_clone()?)
         .stdin(socket)

@@ -128,6 +128,11 @@ fn send(
     raw: bool,
     max_frame: u32,
 ) -> Result<(), String> {
+    let from_stdin = args.iter().filter(|a| *a == "-").count()
+        + files.iter().filter(|f| f.as_os_str() == "-").count();
+    if from_stdin > 1 {
+        return Err("stdin can be read once: give - or --file - once".to_string());
+    }
     let mut writer = clone(&stream)?;
     let (args, files) = (args.to_vec(), files.to_vec());
     // Ok(sent), or Err((whether the input failed, why)).
