@@ -114,5 +114,7 @@ fn a_stack_overflow_is_named_in_the_log() {
     victim.send(forkd::frame::Kind::Data, b"stack-overflow");
     let line = server.wait_log(&format!("error pid={pid} "));
     assert!(line.contains("has overflowed its stack"), "{line}");
+    // Written as every line: the level not said twice.
+    assert!(line.contains(&format!("]: error pid={pid} ")), "{line}");
     server.wait_log(&format!("pid={pid} status=signal:"));
 }

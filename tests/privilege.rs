@@ -87,3 +87,29 @@ fn unknown_user_or_group_is_one_line() {
     assert_eq!(code, 1);
     assert_eq!(err.trim(), "forkd: --group no-such-group-x: no such group");
 }
+
+#[test]
+fn a_program_the_user_cannot_run_is_refused_at_start() {
+    assert!(nix::unistd::Uid::effective().is_root(), "needs root");
+    let dir = tempfile::tempdir().unwrap();
+    // The directory open to all: it is the file that nobody may not run.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let program = dir.path().join("root-only");
+    std::fs::copy("/bin/true", &program).unwrap();
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let path = common::path_str(&program);
+    let (code, err) = forkd_fails(&["--listen", "127.0.0.1:0", "--user", "nobody", "--", &path]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot run") && err.contains("Permission denied"),
+        "{err}"
+    );
+}

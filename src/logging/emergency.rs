@@ -27,15 +27,22 @@ pub(crate) fn error(reason: &[u8]) {
     let priority = PRIORITY.load(Ordering::Relaxed);
     // SAFETY: getpid is async-signal-safe and cannot fail.
     let pid = unsafe { libc::getpid() };
+    // As every line on that sink: syslog's `<N>forkd[PID]: `, the journal's `<3>`, or stderr's
+    // `forkd[PID]: ` (the event word says "error" already).
+    let journal = priority < 0 && super::STDERR_IS_JOURNAL.load(Ordering::Relaxed);
     if priority >= 0 {
         buf.push(b"<");
         buf.push_number(priority as u64);
         buf.push(b">");
+    } else if journal {
+        buf.push(b"<3>");
     }
-    buf.push(PROGRAM);
-    buf.push(b"[");
-    buf.push_number(pid as u64);
-    buf.push(if priority >= 0 { b"]: " } else { b"]: error: " });
+    if !journal {
+        buf.push(PROGRAM);
+        buf.push(b"[");
+        buf.push_number(pid as u64);
+        buf.push(b"]: ");
+    }
     buf.push(b"error pid=");
     buf.push_number(pid as u64);
     buf.push(b" reason=\"");

@@ -73,6 +73,19 @@ pub(crate) fn run(
         .map_err(|e| cleanup(&listeners, format!("cannot install signal handlers: {e}")))?;
     if let Some(id) = &identity {
         privilege::drop_to(id).map_err(|e| cleanup(&listeners, e))?;
+        // The check at start ran as root: the program must be runnable by whom it runs as.
+        if let Some(program) = work.program() {
+            let runnable = program.path_os().and_then(|path| {
+                nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).map_err(Into::into)
+            });
+            if let Err(e) = runnable {
+                let why = format!(
+                    "cannot run {} as the user it serves as: {e}",
+                    program.name()
+                );
+                return Err(cleanup(&listeners, why));
+            }
+        }
     }
     let names: Vec<String> = listeners.iter().map(Listener::local_name).collect();
     // Under inetd every connection starts a forkd: what it says at start is detail, not news.
