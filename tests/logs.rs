@@ -81,6 +81,7 @@ fn to_the_journal_each_line_starts_with_its_priority() {
         .stdout(Stdio::null())
         .stderr(Stdio::from(OwnedFd::from(theirs)))
         .spawn()
+        .map(common::KillOnDrop)
         .unwrap();
     ours.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut lines = BufReader::new(ours).lines();
@@ -97,16 +98,16 @@ fn to_the_journal_each_line_starts_with_its_priority() {
     };
     // journald adds the name and pid itself: the line is the priority and the event.
     assert!(next(" version=").starts_with("<6>start version="));
-    refuse_one_and_break_one(&addr.parse().unwrap(), forkd.id() as i32);
+    refuse_one_and_break_one(&addr.parse().unwrap(), forkd.0.id() as i32);
     assert!(next("reject peer=").starts_with("<4>reject peer="));
     assert!(next("error peer=").starts_with("<4>error peer="));
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(forkd.id() as i32),
+        nix::unistd::Pid::from_raw(forkd.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
     assert!(next(" served=").starts_with("<6>stop served="));
-    assert!(forkd.wait().unwrap().success());
+    assert!(forkd.0.wait().unwrap().success());
 }
 
 #[test]

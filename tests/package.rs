@@ -247,6 +247,27 @@ fn install_serve_upgrade_and_purge() {
     );
     assert!(user_exists("forkd"), "the user survives an upgrade");
 
+    // An instance the admin enabled goes with the purge, its links included.
+    std::fs::write(
+        "/etc/forkd/purged.conf",
+        "FORKD_OPTS=\"--listen 127.0.0.1:7199\"\n",
+    )
+    .unwrap();
+    run_ok(
+        "systemctl",
+        &[
+            "--root=/",
+            "enable",
+            "forkd@purged.socket",
+            "forkd@purged.service",
+        ],
+    );
+    let links = [
+        "/etc/systemd/system/sockets.target.wants/forkd@purged.socket",
+        "/etc/systemd/system/multi-user.target.wants/forkd@purged.service",
+    ];
+    assert!(links.iter().all(|l| Path::new(l).is_symlink()), "{links:?}");
+
     // Remove keeps configuration and user; purge removes the configuration.
     run_ok("apt-get", &["remove", "-y", "-q", "forkd"]);
     assert!(!Path::new("/usr/sbin/forkd").exists());
@@ -255,6 +276,10 @@ fn install_serve_upgrade_and_purge() {
         "remove keeps /etc/forkd"
     );
     let purge = run_ok("apt-get", &["purge", "-y", "-q", "forkd"]);
+    assert!(
+        !links.iter().any(|l| Path::new(l).is_symlink()),
+        "{links:?}"
+    );
     assert!(!Path::new("/usr/sbin/forkd").exists());
     assert!(!Path::new("/etc/forkd").exists());
     // Debian keeps system users on purge (files they own may remain), and says nothing of it.

@@ -391,8 +391,9 @@ fn print_port_tells_a_script_the_port_chosen_even_when_quiet() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
+        .map(common::KillOnDrop)
         .unwrap();
-    let mut ports = std::io::BufReader::new(forkd.stdout.take().unwrap()).lines();
+    let mut ports = std::io::BufReader::new(forkd.0.stdout.take().unwrap()).lines();
     // `:0` is two listeners on one port, printed once; then 127.0.0.2's.
     let any: u16 = ports.next().unwrap().unwrap().parse().unwrap();
     let second: u16 = ports.next().unwrap().unwrap().parse().unwrap();
@@ -402,15 +403,15 @@ fn print_port_tells_a_script_the_port_chosen_even_when_quiet() {
         assert_eq!(client.echo(b"port").payload, b"port");
     }
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(forkd.id() as i32),
+        nix::unistd::Pid::from_raw(forkd.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    assert!(forkd.wait().unwrap().success());
+    assert!(forkd.0.wait().unwrap().success());
     // Nothing more on stdout, and with -q the start line still names the ports.
     assert!(ports.next().is_none());
     let mut log = String::new();
-    std::io::Read::read_to_string(&mut forkd.stderr.take().unwrap(), &mut log).unwrap();
+    std::io::Read::read_to_string(&mut forkd.0.stderr.take().unwrap(), &mut log).unwrap();
     assert!(
         log.contains(&format!(
             "listen=0.0.0.0:{any},[::]:{any},127.0.0.2:{second}"

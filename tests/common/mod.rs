@@ -508,3 +508,14 @@ pub fn unix_addr(dir: &Path, name: &str) -> (PathBuf, String) {
     let addr = format!("unix:{}", path.display());
     (path, addr)
 }
+
+/// A process a test started outside [`Forkd`], killed (SIGKILL) and collected when the test
+/// ends, passed or not.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
