@@ -64,4 +64,5 @@ pub use addr::Addr;
 pub use config::{Config, Model, Service};
 pub use conn::{Connection, Peer, Stream};
 pub use handler::{FramedHandler, NewFramed, Payload, Reply, StreamHandler};
+pub use logging::stderr_is_journal;
 pub use server::{Error, Server};

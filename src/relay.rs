@@ -14,6 +14,27 @@ use nix::unistd::Pid;
 
 /// Longest piece of a line logged at once; longer lines continue in further log lines.
 const MAX_LINE: usize = 2048;
+
+/// Where `bytes` may be cut so that no UTF-8 sequence is split: before a sequence that the end
+/// leaves incomplete (at most 3 bytes back), else at the end. Bytes that are not UTF-8 at all
+/// are cut anywhere.
+fn utf8_boundary(bytes: &[u8]) -> usize {
+    let end = bytes.len();
+    for back in 1..=3.min(end) {
+        let byte = bytes[end - back];
+        if byte & 0b1100_0000 == 0b1000_0000 {
+            continue; // a continuation byte: look further back for its lead
+        }
+        let wanted = match byte {
+            b if b & 0b1110_0000 == 0b1100_0000 => 2,
+            b if b & 0b1111_0000 == 0b1110_0000 => 3,
+            b if b & 0b1111_1000 == 0b1111_0000 => 4,
+            _ => return end,
+        };
+        return if back < wanted { end - back } else { end };
+    }
+    end
+}
 /// Bytes read from one pipe per wake-up.
 const READ_BUDGET: usize = 64 * 1024;
 
@@ -46,11 +67,14 @@ impl LineSplitter {
     pub fn feed(&mut self, bytes: &[u8]) {
         for &b in bytes {
             if b == b'\n' {
-                self.emit();
+                self.emit(self.partial.len(), false);
             } else {
                 self.partial.push(b);
                 if self.partial.len() >= MAX_LINE {
-                    self.emit();
+                    // Cut between characters, not inside one: a UTF-8 sequence begun at the
+                    // end goes on to the next piece.
+                    let cut = utf8_boundary(&self.partial);
+                    self.emit(cut, true);
                 }
             }
         }
@@ -59,12 +83,14 @@ impl LineSplitter {
     /// Logs what is left at end of stream.
     pub fn finish(&mut self) {
         if !self.partial.is_empty() {
-            self.emit();
+            self.emit(self.partial.len(), false);
         }
         self.report_suppressed();
     }
 
-    fn emit(&mut self) {
+    /// Logs the first `len` bytes kept as one line (`continued=yes` when the line goes on in
+    /// the next piece) and keeps the rest.
+    fn emit(&mut self, len: usize, continued: bool) {
         let now = Instant::now();
         let start = *self.window_start.get_or_insert(now);
         if now.duration_since(start) >= Duration::from_secs(1) {
@@ -74,16 +100,17 @@ impl LineSplitter {
         }
         if self.lines_in_window < LINES_PER_SEC {
             self.lines_in_window += 1;
-            let text = String::from_utf8_lossy(&self.partial);
+            let text = String::from_utf8_lossy(&self.partial[..len]);
             log::info!(
-                "stderr pid={} line={}",
+                "stderr pid={} line={}{}",
                 self.pid,
-                crate::logging::quote(text.trim_end_matches('\r'))
+                crate::logging::quote(text.trim_end_matches('\r')),
+                if continued { " continued=yes" } else { "" }
             );
         } else {
             self.suppressed += 1;
         }
-        self.partial.clear();
+        self.partial.drain(..len);
     }
 
     fn report_suppressed(&mut self) {
@@ -191,4 +218,27 @@ fn read_some(relay: &mut Relay) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utf8_boundary;
+
+    #[test]
+    fn pieces_are_cut_between_characters() {
+        let e_acute = "é".as_bytes(); // 2 bytes
+        let mut bytes = b"ab".to_vec();
+        bytes.push(e_acute[0]);
+        assert_eq!(
+            utf8_boundary(&bytes),
+            2,
+            "the lead of é waits for the next piece"
+        );
+        bytes.push(e_acute[1]);
+        assert_eq!(utf8_boundary(&bytes), 4, "é whole");
+        let euro = "€".as_bytes(); // 3 bytes
+        assert_eq!(utf8_boundary(&[b'x', euro[0], euro[1]]), 1);
+        assert_eq!(utf8_boundary(b"plain"), 5);
+        assert_eq!(utf8_boundary(&[0xff, 0xfe]), 2, "not UTF-8: anywhere");
+    }
 }

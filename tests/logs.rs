@@ -134,3 +134,29 @@ fn end_lines_count_the_bytes_each_way_in_both_models_and_after_a_crash() {
     let end = server.wait_log("status=signal:SIGABRT");
     assert!(end.contains(" bytes_in=17 bytes_out=7 "), "{end}");
 }
+
+#[test]
+fn to_the_journal_a_refusal_to_start_is_an_error() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    for args in [
+        &["--listen", addr.as_str()][..],
+        &["--listen", ":1", "--bogus"][..],
+    ] {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let stat = nix::sys::stat::fstat(&theirs).unwrap();
+        let status = Command::new(FORKD)
+            .args(["--log", "stderr"])
+            .args(args)
+            .env("JOURNAL_STREAM", format!("{}:{}", stat.st_dev, stat.st_ino))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(OwnedFd::from(theirs)))
+            .status()
+            .unwrap();
+        assert!(!status.success(), "{args:?}");
+        ours.set_read_timeout(Some(PATIENCE)).unwrap();
+        let line = BufReader::new(ours).lines().next().unwrap().unwrap();
+        assert!(line.starts_with("<3>forkd: "), "{args:?}: {line}");
+    }
+}

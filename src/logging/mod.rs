@@ -73,9 +73,12 @@ pub(crate) fn init(options: LogOptions) -> Target {
                 options: options.clone(),
             },
             Err(reason) => {
+                let priority = if stderr_is_journal() { "<4>" } else { "" };
                 stderr.write(
-                    format!("{PROGRAM}: syslog unavailable ({reason}); logging to stderr\n")
-                        .as_bytes(),
+                    format!(
+                        "{priority}{PROGRAM}: syslog unavailable ({reason}); logging to stderr\n"
+                    )
+                    .as_bytes(),
                 );
                 Backend::Stderr
             }
@@ -129,9 +132,11 @@ static INSTALLED: std::sync::OnceLock<&'static Logger> = std::sync::OnceLock::ne
 /// left to journald, which adds them itself.
 static STDERR_IS_JOURNAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// systemd sets JOURNAL_STREAM to the device and inode of the stream it connects to stderr;
-/// descriptor 2 is still that stream only if they match (a shell may have redirected it).
-fn stderr_is_journal() -> bool {
+/// Whether standard error is systemd's journal stream: systemd sets JOURNAL_STREAM to the
+/// device and inode of the stream it connects to stderr, and descriptor 2 is still that
+/// stream only if they match (a shell may have redirected it). A line written there may then
+/// start with its priority (`<3>` for an error, sd-daemon(3)).
+pub fn stderr_is_journal() -> bool {
     let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
         return false;
     };

@@ -22,7 +22,12 @@ impl Stop {
                 std::process::ExitCode::SUCCESS
             }
             Stop::Invalid(line) => {
-                let _ = writeln!(std::io::stderr(), "{program}: {line}");
+                let priority = if forkd::stderr_is_journal() {
+                    "<3>"
+                } else {
+                    ""
+                };
+                let _ = writeln!(std::io::stderr(), "{priority}{program}: {line}");
                 std::process::ExitCode::from(2)
             }
         }
