@@ -13,6 +13,7 @@
 //! accept, admit, start, reap), [`workers`] (the table of what runs, and lifetimes),
 //! [`shutdown`], [`poll`] (the poll set) and [`throttle`] (bounded repeated log lines).
 
+mod lines;
 mod poll;
 mod shutdown;
 mod startup;
@@ -36,12 +37,13 @@ use crate::early_drop::{Dice, EarlyDrop};
 use crate::frame::{ErrorCode, Frame};
 use crate::handler::{ProtocolSettings, Work};
 use crate::isolation::tally::Tally;
-use crate::isolation::{EXIT_PANIC, Ended, Isolation, Job, NotStarted, WorkerId};
+use crate::isolation::{Ended, Isolation, Job, NotStarted, WorkerId};
 use crate::listen::Listener;
 use crate::logging::quote;
 use crate::notify::Notifier;
 use crate::relay::Relays;
 use crate::signals::Signals;
+use lines::{Active, ActiveField, Bytes, log_end};
 use poll::{PollSet, Ready, poll_timeout};
 use throttle::{LogThrottle, RejectLog};
 use workers::{WorkerRecord, Workers};
@@ -58,54 +60,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 enum Origin {
     Listener(usize),
     Inetd,
-}
-
-/// Connections being served out of the limit, `active=N/MAX` in log lines.
-struct Active(usize, usize);
-
-impl std::fmt::Display for Active {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.0, self.1)
-    }
-}
-
-/// The ` bytes_in=N bytes_out=N` fields of an `end` line: what a protocol-v1 conversation read
-/// from its peer and wrote to it. None for a program or a stream handler, whose bytes forkd
-/// does not carry.
-struct Bytes(Option<(u64, u64)>);
-
-impl Bytes {
-    /// The counts of `record`'s slot, which is free again.
-    fn of(tally: &mut Option<Tally>, record: &WorkerRecord) -> Bytes {
-        Bytes(
-            tally
-                .as_mut()
-                .zip(record.tally)
-                .map(|(t, slot)| t.give_back(slot)),
-        )
-    }
-}
-
-impl std::fmt::Display for Bytes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some((read, written)) => write!(f, " bytes_in={read} bytes_out={written}"),
-            None => Ok(()),
-        }
-    }
-}
-
-/// The ` active=N/MAX` field of a connection's lines; none under `--inetd`, where a forkd
-/// serves its one connection and a count would say nothing.
-struct ActiveField(Option<Active>);
-
-impl std::fmt::Display for ActiveField {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.0 {
-            Some(active) => write!(f, " active={active}"),
-            None => Ok(()),
-        }
-    }
 }
 
 struct Supervisor {
@@ -614,7 +568,7 @@ impl Supervisor {
             if let WorkerId::Process(pid) = id {
                 relays.finish(pid);
             }
-            let active = ActiveField((!inetd).then_some(Active(active, max)));
+            let active = ActiveField::unless_inetd(inetd, active, max);
             let bytes = Bytes::of(tally, &record);
             log_end(work.is_program(), &record, &id, how, bytes, active);
             any = true;
@@ -630,31 +584,4 @@ fn stop_signal(signals: &nix::sys::signal::SigSet) -> Option<Signal> {
     [Signal::SIGTERM, Signal::SIGINT]
         .into_iter()
         .find(|s| signals.contains(*s))
-}
-
-/// The `end` line for a worker: a process (`pid=N`) or a thread (`thread=N`).
-fn log_end(
-    is_program: bool,
-    record: &WorkerRecord,
-    who: &dyn std::fmt::Display,
-    how: Ended,
-    bytes: Bytes,
-    active: ActiveField,
-) {
-    let duration = record.started.elapsed().as_secs_f64();
-    let peer = &record.peer;
-    match how {
-        Ended::Exit(EXIT_PANIC) if !is_program => log::warn!(
-            "end peer={peer} {who} status=exit:{EXIT_PANIC} reason=panic duration={duration:.3}s{bytes}{active}"
-        ),
-        Ended::Exit(code) => log::info!(
-            target: crate::logging::CONNECTION,
-            "end peer={peer} {who} status=exit:{code} duration={duration:.3}s{bytes}{active}"
-        ),
-        Ended::Signal(sig, core) => log::warn!(
-            "end peer={peer} {who} status=signal:{} core={} duration={duration:.3}s{bytes}{active}",
-            sig.as_str(),
-            if core { "yes" } else { "no" }
-        ),
-    }
 }

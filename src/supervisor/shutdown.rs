@@ -68,9 +68,9 @@ impl Supervisor {
         let tally = &mut self.tally;
         let killed = self.workers.kill_all(|active, id, record, how| {
             admission.ended(&record.peer);
-            let active = super::ActiveField((!inetd).then_some(super::Active(active, max)));
-            let bytes = super::Bytes::of(tally, &record);
-            super::log_end(is_program, &record, &id, how, bytes, active);
+            let active = super::lines::ActiveField::unless_inetd(inetd, active, max);
+            let bytes = super::lines::Bytes::of(tally, &record);
+            super::lines::log_end(is_program, &record, &id, how, bytes, active);
         });
         if remaining > killed {
             // A thread cannot be killed: leaving ends the process, and every thread with it.
