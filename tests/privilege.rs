@@ -74,7 +74,8 @@ fn unknown_user_or_group_is_one_line() {
         "--user",
         "no-such-user-x",
     ]);
-    assert_eq!(code, 1);
+    // Refused with the rest of the command line, before anything is bound.
+    assert_eq!(code, 2);
     assert_eq!(err.trim(), "forkd: --user no-such-user-x: no such user");
     let (code, err) = forkd_fails(&[
         "--log",
@@ -84,7 +85,7 @@ fn unknown_user_or_group_is_one_line() {
         "--group",
         "no-such-group-x",
     ]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert_eq!(err.trim(), "forkd: --group no-such-group-x: no such group");
 }
 

@@ -420,3 +420,46 @@ fn print_port_tells_a_script_the_port_chosen_even_when_quiet() {
     );
     assert!(!log.contains(" accept peer="), "{log}");
 }
+
+#[test]
+fn check_says_ok_or_why_without_serving() {
+    let run = |args: &[&str]| {
+        Command::new(common::FORKD)
+            .args(["--log", "stderr", "--check"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // A port already taken is not a check's business: nothing is bound.
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = busy.local_addr().unwrap().to_string();
+    let out = run(&["--listen", &taken, "--max-children", "8", "--", "cat"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (args, why) in [
+        (
+            &["--listen", ":0", "--user", "no-such-user-x"][..],
+            "no such user",
+        ),
+        (
+            &["--listen", ":0", "--", "no-such-program-x"][..],
+            "no-such-program-x",
+        ),
+        (&["--listen", ":0", "--rlimit-as", "1M"][..], "--rlimit-as"),
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.lines().count() == 1 && err.contains(why),
+            "{args:?}: {err}"
+        );
+    }
+}

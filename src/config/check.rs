@@ -29,6 +29,8 @@ impl Config {
             Service::FrameExec(program) => (FRAMES_HELD_BY_HANDLER + 2, Some(program)),
         };
         self.check_settings(frames_held)?;
+        // A name that does not resolve would end the start after binding; said now instead.
+        crate::privilege::resolve(self.user.as_deref(), self.group.as_deref())?;
         if let Some(program) = program {
             check_program(program)?;
         }

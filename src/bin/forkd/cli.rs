@@ -260,6 +260,12 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     pidfile: Option<PathBuf>,
 
+    /// Check the command line as a start would (addresses, limits, the program on PATH, the
+    /// user and group) without serving: print ok and exit 0, or the error and exit 2, as
+    /// sshd -t and nginx -t do.
+    #[arg(long)]
+    check: bool,
+
     /// Once listening, write each TCP port bound to stdout, one line each: how a script
     /// learns the port the kernel chose for --listen 127.0.0.1:0 (as tcpserver -1).
     #[arg(long)]
@@ -290,8 +296,16 @@ pub fn command() -> clap::Command {
     negative_values_named(Cli::command().after_help(after))
 }
 
-/// Parses argv (the program name first) into what to serve and with which handler.
-pub fn parse<I, T>(args: I) -> Result<(Config, Service), Stop>
+/// What the command line asks: to serve, or only to check what serving would take.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Intent {
+    Serve,
+    Check,
+}
+
+/// Parses argv (the program name first) into what to serve, with which handler, and whether
+/// to serve it or only check it.
+pub fn parse<I, T>(args: I) -> Result<(Config, Service, Intent), Stop>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
@@ -374,7 +388,12 @@ where
         print_port: cli.print_port,
     };
     config.check(&service).map_err(Stop::Invalid)?;
-    Ok((config, service))
+    let intent = if cli.check {
+        Intent::Check
+    } else {
+        Intent::Serve
+    };
+    Ok((config, service, intent))
 }
 
 /// --allow and --deny as one list in command-line order, since the first match wins.
