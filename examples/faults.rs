@@ -87,10 +87,14 @@ fn recurse(depth: u64) -> u64 {
 }
 
 fn main() -> ExitCode {
-    let (config, service) = match cli::parse(std::env::args_os()) {
+    let (config, service, intent) = match cli::parse(std::env::args_os()) {
         Ok(parsed) => parsed,
         Err(stop) => return stop.finish("faults"),
     };
+    if intent == cli::Intent::Check {
+        println!("ok");
+        return ExitCode::SUCCESS;
+    }
     if service != Service::Echo {
         eprintln!("faults: serves its own handler; --handler and PROGRAM do not apply");
         return ExitCode::from(2);
