@@ -476,14 +476,17 @@ impl Supervisor {
                 self.accepted_total += 1;
                 let record = self.workers.get(&started.id).expect("just recorded");
                 self.admission.started(&record.peer);
-                log::info!(
-                target: crate::logging::CONNECTION,
-                    "accept peer={} {} listen={}{}",
-                    record.peer,
-                    started.id,
-                    self.origin(listen),
-                    self.active_field()
-                );
+                // Asked first: with -q the line is off, and naming the listener allocates.
+                if log::log_enabled!(target: crate::logging::CONNECTION, log::Level::Info) {
+                    log::info!(
+                        target: crate::logging::CONNECTION,
+                        "accept peer={} {} listen={}{}",
+                        record.peer,
+                        started.id,
+                        self.origin(listen),
+                        self.active_field()
+                    );
+                }
                 if let (Some(stderr), WorkerId::Process(pid)) = (started.stderr, started.id) {
                     self.relays.add(stderr, pid);
                 }

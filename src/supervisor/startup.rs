@@ -152,7 +152,7 @@ pub(crate) fn run(
         supervisor.admit(conn, Origin::Inetd, false);
     }
     supervisor.ready();
-    crate::isolation::child::return_startup_memory();
+    crate::isolation::child::prime_allocator();
     supervisor.serve();
     drop(pidfile);
     Ok(())
