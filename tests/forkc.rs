@@ -4,7 +4,7 @@ mod common;
 
 use std::net::TcpListener;
 
-use common::{Forkd, forkc, unix_addr};
+use common::{Forkd, forkc, forkc_bytes, unix_addr};
 
 #[test]
 fn send_prints_each_reply_on_its_own_line() {
@@ -92,25 +92,6 @@ fn bad_usage_is_one_line_and_exit_2() {
     }
 }
 
-/// forkc's exit status and stdout, byte for byte, for `args` with `stdin`.
-fn forkc_bytes(args: &[&str], stdin: &[u8]) -> (i32, Vec<u8>) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_forkc"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let stdin = stdin.to_vec();
-    let feeder = std::thread::spawn(move || input.write_all(&stdin));
-    let out = child.wait_with_output().unwrap();
-    let _ = feeder.join().unwrap();
-    (out.status.code().unwrap_or(-1), out.stdout)
-}
-
 #[test]
 fn files_and_raw_output_are_binary_safe() {
     let server = Forkd::start(&[]);
@@ -121,11 +102,11 @@ fn files_and_raw_output_are_binary_safe() {
     let path = dir.path().join("payload.bin");
     std::fs::write(&path, &binary).unwrap();
     let file = common::path_str(&path);
-    let (code, out) = forkc_bytes(&["--connect", &addr, "send", "--file", &file, "--raw"], b"");
+    let (code, out, _) = forkc_bytes(&["--connect", &addr, "send", "--file", &file, "--raw"], b"");
     assert_eq!(code, 0);
     assert_eq!(out, binary, "one frame, echoed byte for byte");
     // `--file -` is all of stdin as one frame; arguments go first, each reply on a line.
-    let (code, out) = forkc_bytes(
+    let (code, out, _) = forkc_bytes(
         &["--connect", &addr, "send", "first", "--file", "-"],
         b"two\nlines",
     );

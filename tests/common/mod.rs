@@ -446,6 +446,16 @@ impl Client {
 
 /// Runs forkc with `args` (and `stdin`), returning (exit code, stdout, stderr).
 pub fn forkc(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
+    let (code, stdout, stderr) = forkc_bytes(args, stdin);
+    (
+        code,
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+/// forkc with `args` and `stdin`: (exit code, stdout and stderr byte for byte).
+pub fn forkc_bytes(args: &[&str], stdin: &[u8]) -> (i32, Vec<u8>, Vec<u8>) {
     let mut child = Command::new(FORKC)
         .args(args)
         .stdin(Stdio::piped())
@@ -460,11 +470,7 @@ pub fn forkc(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
     });
     let out = child.wait_with_output().unwrap();
     feeder.join().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code().unwrap_or(-1), out.stdout, out.stderr)
 }
 
 /// Runs forkd expecting it to refuse to start: (exit code, stderr).
