@@ -137,10 +137,10 @@ mod imp {
             let mut got = SigSet::empty();
             let mut infos = [std::mem::MaybeUninit::<libc::signalfd_siginfo>::uninit(); ROOM];
             let size = std::mem::size_of::<libc::signalfd_siginfo>();
+            let buffer = infos.as_mut_ptr().cast();
             // SAFETY: reads at most the buffer's size into it; the kernel writes whole
             // signalfd_siginfo records, and only the `n / size` written are read below.
-            let n =
-                unsafe { libc::read(self.0.as_raw_fd(), infos.as_mut_ptr().cast(), ROOM * size) };
+            let n = unsafe { libc::read(self.0.as_raw_fd(), buffer, ROOM * size) };
             // EAGAIN (nothing pending) or an error: nothing read. EINTR cannot happen
             // without handlers.
             let records = if n > 0 { n as usize / size } else { 0 };

@@ -1,7 +1,8 @@
-//! Starting a program: [`spawn`], for the supervisor, with a vfork-style clone (the new
+//! Starting a program: [`start`], for the supervisor, with a vfork-style clone (the new
 //! process shares its parent's memory until it execs, so nothing of the supervisor is copied
-//! and the caller waits only until the exec; posix_spawn where there is no clone), and [`spawn_tied`], for a program a
-//! worker runs per request, which must not outlive that worker.
+//! and the caller waits only until the exec; posix_spawn where there is no clone), and
+//! [`spawn_tied`], for a program a worker runs per request, which must not outlive that
+//! worker.
 //!
 //! The program gets what a fresh process expects: its own process group, an empty signal
 //! mask (the supervisor blocks the signals it reads from its signalfd), default dispositions

@@ -190,16 +190,21 @@ fn a_stderr_pipe_nobody_reads_costs_lines_not_service() {
     stop_reading(child, stderr);
 }
 
+/// Rust writes "memory allocation of ... failed" to stderr, then aborts: a worker out of
+/// memory ends though nobody reads that stderr.
+fn out_of_memory_with_unread_stderr(child: Started, stderr: impl Read, addr: &forkd::addr::Addr) {
+    let mut client = Client::connect(addr);
+    client.send(Kind::Data, b"leak 1000");
+    client.expect_eof();
+    stop_reading(child, stderr);
+}
+
 #[test]
 fn a_worker_out_of_memory_does_not_wait_on_a_stderr_nobody_reads() {
     let dir = tempfile::tempdir().unwrap();
     let faults = common::example("faults");
     let (child, stderr, addr) = with_unread_stderr(&faults, &["--rlimit-as", "256M"], dir.path());
-    // Rust writes "memory allocation of ... failed" to stderr, then aborts.
-    let mut client = Client::connect(&addr);
-    client.send(Kind::Data, b"leak 1000");
-    client.expect_eof();
-    stop_reading(child, stderr);
+    out_of_memory_with_unread_stderr(child, stderr, &addr);
 }
 
 #[test]
@@ -960,10 +965,7 @@ fn a_worker_out_of_memory_does_not_wait_on_a_stderr_socket_nobody_reads() {
         dir.path(),
         Stdio::from(std::os::fd::OwnedFd::from(theirs)),
     );
-    let mut client = Client::connect(&addr);
-    client.send(Kind::Data, b"leak 1000");
-    client.expect_eof();
-    stop_reading(child, ours);
+    out_of_memory_with_unread_stderr(child, ours, &addr);
 }
 
 #[test]

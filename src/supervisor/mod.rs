@@ -36,7 +36,7 @@ use crate::drain::Drains;
 use crate::early_drop::{Dice, EarlyDrop};
 use crate::frame::{ErrorCode, Frame};
 use crate::handler::{ProtocolSettings, Work};
-use crate::isolation::tally::Tally;
+use crate::isolation::tally::{Slot, Tally};
 use crate::isolation::{Ended, Isolation, Job, NotStarted, WorkerId};
 use crate::listen::Listener;
 use crate::logging::quote;
@@ -194,7 +194,17 @@ impl Supervisor {
     }
 
     fn active_field(&self) -> ActiveField {
-        ActiveField((!self.inetd).then(|| self.active()))
+        ActiveField::unless_inetd(self.inetd, self.workers.len(), self.max_children)
+    }
+
+    /// A byte-count slot for a conversation about to start, and its settings counting there.
+    fn settings_with_tally(&mut self) -> (Option<Slot>, ProtocolSettings) {
+        let taken = self.tally.as_mut().and_then(Tally::take);
+        let settings = ProtocolSettings {
+            tally: taken.map(|(_, counter)| counter),
+            ..self.settings
+        };
+        (taken.map(|(slot, _)| slot), settings)
     }
 
     /// The main loop; returns once shutdown is complete, or when there is nothing left to
@@ -458,17 +468,14 @@ impl Supervisor {
         self.close_in_child.extend(self.drains.raw_fds());
         self.close_in_child.extend(self.relays.raw_fds());
         let peer = conn.peer.clone();
-        let taken = self.tally.as_mut().and_then(Tally::take);
+        let (slot, settings) = self.settings_with_tally();
         let job = Job {
             work: &self.work,
-            settings: ProtocolSettings {
-                tally: taken.map(|(_, counter)| counter),
-                ..self.settings
-            },
+            settings,
             close: &self.close_in_child,
         };
-        let started = self.workers.start(conn, &job, taken.map(|(slot, _)| slot));
-        if let (Err(_), Some(tally), Some((slot, _))) = (&started, &mut self.tally, taken) {
+        let started = self.workers.start(conn, &job, slot);
+        if let (Err(_), Some(tally), Some(slot)) = (&started, &mut self.tally, slot) {
             tally.give_back(slot);
         }
         match started {
@@ -512,15 +519,11 @@ impl Supervisor {
     /// (`-- PROGRAM`) is still started, as a program replaces whatever serves the connection.
     fn serve_here(&mut self, conn: Connection) {
         self.accepted_total += 1;
-        let taken = self.tally.as_mut().and_then(Tally::take);
+        let (slot, settings) = self.settings_with_tally();
         let record = WorkerRecord {
             peer: conn.peer.clone(),
             started: Instant::now(),
-            tally: taken.map(|(slot, _)| slot),
-        };
-        let settings = ProtocolSettings {
-            tally: taken.map(|(_, counter)| counter),
-            ..self.settings
+            tally: slot,
         };
         let pid = format!("pid={}", std::process::id());
         log::info!(

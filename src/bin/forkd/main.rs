@@ -32,14 +32,7 @@ fn main() -> ExitCode {
         Err(line) => {
             // Always on stderr, where whoever started forkd looks (the library has logged it
             // to syslog too if that is where the rest of the log goes).
-            // Not eprintln!: a stderr that is gone must not turn the error into a panic.
-            // To the journal with its priority, so that `journalctl -p err` shows why.
-            let priority = if forkd::stderr_is_journal() {
-                "<3>"
-            } else {
-                ""
-            };
-            let _ = writeln!(std::io::stderr(), "{priority}forkd: {line}");
+            args::say_error("forkd", &line.to_string());
             ExitCode::from(1)
         }
     }

@@ -18,20 +18,27 @@ impl Stop {
         match self {
             // Written, not print!ed: a stdout or stderr that is gone must not become a panic.
             Stop::Print(text) => {
-                let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+                let _ = std::io::stdout().write_all(text.as_bytes());
                 std::process::ExitCode::SUCCESS
             }
             Stop::Invalid(line) => {
-                let priority = if forkd::stderr_is_journal() {
-                    "<3>"
-                } else {
-                    ""
-                };
-                let _ = writeln!(std::io::stderr(), "{priority}{program}: {line}");
+                say_error(program, &line);
                 std::process::ExitCode::from(2)
             }
         }
     }
+}
+
+/// `PROGRAM: line` on stderr, as an error: to the journal with its priority (`<3>`), so that
+/// `journalctl -p err` shows why the program stopped. Written, not eprintln!ed: a stderr that
+/// is gone must not turn the error into a panic.
+pub fn say_error(program: &str, line: &str) {
+    let priority = if forkd::stderr_is_journal() {
+        "<3>"
+    } else {
+        ""
+    };
+    let _ = writeln!(std::io::stderr(), "{priority}{program}: {line}");
 }
 
 /// Help and version are printed whole; any other clap error becomes one line: its first
