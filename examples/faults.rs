@@ -9,12 +9,19 @@
 //! | `spin`           | loops forever without reading or writing           |
 //! | `spin-deaf`      | ignores SIGTERM, then loops forever                |
 //! | `leak MIB`       | allocates and touches MIB mebibytes, never frees, answers `leaked MIB` |
+//! | `open PATH`      | opens PATH for reading                             |
+//! | `connect HOST:PORT` | opens a TCP connection to HOST:PORT             |
+//! | `exec PROGRAM`   | runs PROGRAM (no arguments) and waits for it       |
 //!
-//! It takes forkd's own flags (`--listen`, `--model`, `--max-lifetime`, `--rlimit-*`, `--log`,
-//! ...), parsed by forkd's command-line code, and serves with the library:
+//! The last three answer `ok` or `denied: ERRNO` (`denied: EACCES`, `denied: EPERM`): what a
+//! conversation taken over by an attacker could reach, with and without `--sandbox`.
+//!
+//! It takes forkd's own flags (`--listen`, `--model`, `--max-lifetime`, `--rlimit-*`,
+//! `--sandbox`, `--log`, ...), parsed by forkd's command-line code, and serves with the
+//! library:
 //!
 //! ```sh
-//! cargo run --release --example faults -- --listen 127.0.0.1:7000 --log stderr
+//! cargo run --release --example faults -- --listen 127.0.0.1:7000 --log stderr --sandbox
 //! ```
 
 #[path = "../src/bin/shared/args.rs"]
@@ -50,10 +57,19 @@ impl FramedHandler for Faults {
                 };
                 spin()
             }
-            other => match other.strip_prefix(b"leak ") {
-                Some(mib) => self.leak(mib, reply),
-                None => reply.data(payload),
-            },
+            other => {
+                let text = std::str::from_utf8(other).unwrap_or("");
+                let (command, argument) = text.split_once(' ').unwrap_or((text, ""));
+                match command {
+                    "leak" => self.leak(argument.as_bytes(), reply),
+                    "open" => reply.data(reached(std::fs::File::open(argument)).as_bytes()),
+                    "connect" => {
+                        reply.data(reached(std::net::TcpStream::connect(argument)).as_bytes())
+                    }
+                    "exec" => reply.data(reached(run(argument)).as_bytes()),
+                    _ => reply.data(payload),
+                }
+            }
         }
     }
 }
@@ -70,6 +86,28 @@ impl Faults {
         self.leaked.push(vec![0xa5; mib << 20]);
         reply.data(format!("leaked {mib}").as_bytes());
     }
+}
+
+/// `ok`, or `denied: ERRNO` with the error's name.
+fn reached<T>(attempt: std::io::Result<T>) -> String {
+    match attempt {
+        Ok(_) => "ok".to_string(),
+        Err(e) => match e.raw_os_error() {
+            Some(errno) => format!("denied: {:?}", nix::errno::Errno::from_raw(errno)),
+            None => format!("denied: {e}"),
+        },
+    }
+}
+
+/// Runs `program` and waits for it. Its standard descriptors are pipes, not /dev/null, whose
+/// opening the sandbox would refuse before the exec is tried.
+fn run(program: &str) -> std::io::Result<std::process::ExitStatus> {
+    use std::process::Stdio;
+    std::process::Command::new(program)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .status()
 }
 
 fn spin() -> ! {

@@ -53,6 +53,7 @@ mod notify;
 mod pidfile;
 mod privilege;
 mod relay;
+mod sandbox;
 mod server;
 mod signals;
 mod spawn;
@@ -61,7 +62,7 @@ mod ucspi;
 
 pub use activation::protect_inetd_stderr;
 pub use addr::Addr;
-pub use config::{Config, Model, Service};
+pub use config::{Config, Model, Sandbox, Service};
 pub use conn::{Connection, Peer, Stream};
 pub use handler::{FramedHandler, NewFramed, Payload, Reply, StreamHandler};
 pub use logging::stderr_is_journal;

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::addr::Addr;
-use crate::config::{Cidr, Config, Limits, LogOptions, Model, Overload, Rate, Rule, Service};
+use crate::config::{
+    Cidr, Config, Limits, LogOptions, Model, Overload, Rate, Rule, Sandbox, Service,
+};
 use crate::handler::{NewFramed, StreamHandler, Work};
 
 /// A forking (or threaded) server: where it listens, its limits, and its handler.
@@ -87,6 +89,7 @@ impl Server {
             name: "framed",
             new: Arc::new(new),
             environment: false,
+            runs: None,
         });
         self
     }
@@ -179,6 +182,21 @@ impl Server {
     /// Where and how much to log (default: stderr, info).
     pub fn log(mut self, log: LogOptions) -> Server {
         self.config.log = log;
+        self
+    }
+
+    /// Confines each worker process before it reads a byte (see [`Sandbox`]): no_new_privs,
+    /// Landlock and, for a handler of the embedder's, seccomp. The handler declares the paths
+    /// it needs with [`Sandbox::read`] and [`Sandbox::write`]; anything else on the
+    /// filesystem, every new socket, exec and fork are refused to it:
+    ///
+    /// ```no_run
+    /// # use forkd::{Sandbox, Server};
+    /// let server = Server::new()
+    ///     .sandbox(Sandbox::new().read("/usr/share/zoneinfo").write("/var/spool/upper"));
+    /// ```
+    pub fn sandbox(mut self, sandbox: Sandbox) -> Server {
+        self.config.sandbox = Some(sandbox);
         self
     }
 

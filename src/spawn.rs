@@ -29,8 +29,9 @@ use nix::unistd::Pid;
 use crate::signals::HANDLED;
 
 /// Starts the program at `path` with the arguments `argv` and exactly the environment
-/// `envp` (`KEY=value` entries), `stdio` as its descriptors 0, 1 and 2. The error is the
-/// exec's for a program that is not there or cannot be run.
+/// `envp` (`KEY=value` entries), `stdio` as its descriptors 0, 1 and 2, confined by
+/// `sandbox` if given. The error is the exec's for a program that is not there or cannot be
+/// run.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub(crate) use vfork::start;
 
@@ -49,13 +50,14 @@ mod vfork {
 
     use nix::unistd::Pid;
 
+    use crate::sandbox::Prepared;
     use crate::signals::HANDLED;
 
     /// The child's own stack; it only makes system calls, so a small one will do.
     const STACK: usize = 32 * 1024;
 
     /// What the child needs, prepared by the parent: it must not allocate.
-    struct Plan {
+    struct Plan<'a> {
         path: *const libc::c_char,
         argv: *const *const libc::c_char,
         envp: *const *const libc::c_char,
@@ -64,6 +66,7 @@ mod vfork {
         reset: [libc::c_int; 3 + HANDLED.len()],
         /// The errno of the step that failed, written by the child before it exits.
         error: AtomicI32,
+        sandbox: Option<&'a Prepared>,
     }
 
     pub(crate) fn start(
@@ -71,6 +74,7 @@ mod vfork {
         argv: &[&CStr],
         envp: &[&CStr],
         stdio: [RawFd; 3],
+        sandbox: Option<&Prepared>,
     ) -> io::Result<Pid> {
         let argv_ptrs = null_terminated(argv);
         let envp_ptrs = null_terminated(envp);
@@ -87,6 +91,7 @@ mod vfork {
             stdio,
             reset,
             error: AtomicI32::new(0),
+            sandbox,
         };
         let mut stack = Vec::<u8>::with_capacity(STACK);
         // The stack grows down from its end, which must be 16-byte aligned.
@@ -185,6 +190,11 @@ mod vfork {
             }
             let empty: libc::sigset_t = std::mem::zeroed();
             libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            // Last: the sandbox makes system calls only, and the steps above need none of it.
+            if let Some(Err((_, errno))) = plan.sandbox.map(Prepared::apply) {
+                errno.set();
+                fail(plan);
+            }
             libc::execve(plan.path, plan.argv, plan.envp);
         }
         fail(plan)
@@ -197,7 +207,13 @@ pub(crate) fn start(
     argv: &[&CStr],
     envp: &[&CStr],
     stdio: [RawFd; 3],
+    sandbox: Option<&crate::sandbox::Prepared>,
 ) -> io::Result<Pid> {
+    if sandbox.is_some() {
+        // The sandbox needs code between fork and exec, which posix_spawn has no room for;
+        // and there is no Landlock or seccomp outside Linux.
+        return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+    }
     let mut actions = PosixSpawnFileActions::init()?;
     for (target, fd) in stdio.into_iter().enumerate() {
         actions.add_dup2(fd, target as RawFd)?;

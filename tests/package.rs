@@ -192,16 +192,23 @@ fn install_serve_upgrade_and_purge() {
     drop(client);
     drop(server);
 
-    // Static glibc (packaging/build-deb): the package names the glibc source it contains and
-    // the libc6 whose NSS modules it loads, and those modules resolve --user and --group
-    // names for the packaged binary.
+    // Static glibc and libseccomp (packaging/build-deb): the package names the sources it
+    // contains and the libc6 whose NSS modules it loads, and those modules resolve --user and
+    // --group names for the packaged binary.
     let glibc = run_ok("dpkg-query", &["-W", "-f=${source:Version}", "libc6"]);
+    let seccomp = run_ok(
+        "dpkg-query",
+        &["-W", "-f=${source:Version}", "libseccomp-dev"],
+    );
     let fields = run_ok(
         "dpkg-query",
         &["-W", "-f=${Built-Using}|${Depends}", "forkd"],
     );
     let (built_using, depends) = fields.split_once('|').unwrap();
-    assert_eq!(built_using, format!("glibc (= {glibc})"));
+    assert_eq!(
+        built_using,
+        format!("glibc (= {glibc}), libseccomp (= {seccomp})")
+    );
     let upstream = glibc.split('-').next().unwrap();
     assert!(
         depends.contains(&format!("libc6 (>= {upstream})")) && depends.contains("libc6 (<< "),

@@ -192,8 +192,12 @@ impl Config {
         Ok(())
     }
 
-    /// What the thread model cannot honour.
+    /// What the isolation model cannot honour; the sandbox's paths, and its parts where it
+    /// is required. `service`: Echo for any handler that serves in-process.
     pub(crate) fn check_model(&self, service: &Service) -> Result<(), String> {
+        if let Some(sandbox) = &self.sandbox {
+            sandbox.check(matches!(service, Service::Echo))?;
+        }
         if self.model == Model::Fork {
             return Ok(());
         }
@@ -223,6 +227,11 @@ impl Config {
                 limits.nice.is_some(),
                 "--nice",
                 "priority is per process here",
+            ),
+            (
+                self.sandbox.is_some(),
+                "--sandbox",
+                "a thread shares forkd's own process, which it cannot confine",
             ),
             (
                 matches!(service, Service::Exec(_)),

@@ -19,6 +19,7 @@ use crate::addr::Addr;
 pub use crate::cidr::Cidr;
 pub use crate::early_drop::EarlyDrop;
 use crate::frame::DEFAULT_MAX_FRAME;
+pub use crate::sandbox::Sandbox;
 
 mod check;
 mod units;
@@ -61,6 +62,8 @@ pub struct Config {
     pub early_drop: Option<EarlyDrop>,
     /// Resource limits of each worker process.
     pub limits: Limits,
+    /// Confine each worker process (`--sandbox`): Landlock, seccomp, no_new_privs.
+    pub sandbox: Option<Sandbox>,
     /// The user to serve as, once the listeners are bound.
     pub user: Option<String>,
     /// The group to serve as, once the listeners are bound.
@@ -101,6 +104,7 @@ impl Default for Config {
             overload: Overload::Defer,
             early_drop: None,
             limits: Limits::default(),
+            sandbox: None,
             user: None,
             group: None,
             keepalive: true,

@@ -20,6 +20,7 @@ pub(crate) mod program;
 mod session;
 mod stream;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use framed::{FramedHandler, NewFramed, Payload, Reply};
@@ -28,6 +29,7 @@ pub use stream::StreamHandler;
 
 use crate::config::Service;
 use crate::conn::Connection;
+use crate::sandbox::Confined;
 
 /// How a conversation ended; a worker process's exit status says it to the supervisor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +49,9 @@ pub(crate) enum Work {
         new: Arc<dyn NewFramed>,
         /// Whether the handler passes the UCSPI environment on (TCPCONNNUM needs counting).
         environment: bool,
+        /// frame-exec: the program run per request, as found on PATH at start (`None` if it
+        /// was not), for the rights the sandbox gives its worker.
+        runs: Option<Option<PathBuf>>,
     },
     /// The connection itself, to an embedder's handler.
     Stream(Arc<dyn StreamHandler>),
@@ -63,13 +68,21 @@ impl Work {
     /// Whether a worker runs a program per request (frame-exec), whose process group must end
     /// with the worker.
     pub(crate) fn runs_programs(&self) -> bool {
-        matches!(
-            self,
+        matches!(self, Work::Framed { runs: Some(_), .. })
+    }
+
+    /// Who its workers are, for what the sandbox lets them do.
+    pub(crate) fn confined(&self) -> Confined<'_> {
+        match self {
             Work::Framed {
-                name: "frame-exec",
+                runs: Some(program),
                 ..
+            } => Confined::Programs(program.as_deref()),
+            Work::Program(program) => {
+                Confined::Programs(program.path_os().ok().map(std::path::Path::new))
             }
-        )
+            Work::Framed { .. } | Work::Stream(_) => Confined::Handler,
+        }
     }
 
     /// forkd's own handlers; frame-exec's output is bounded by `max_frame`.
@@ -80,6 +93,7 @@ impl Work {
                 name: "echo",
                 new: Arc::new(|_: &Connection| echo::Echo),
                 environment: false,
+                runs: None,
             },
             Service::Exec(program) => {
                 Work::Program(Arc::new(program::Prepared::new(program.clone())?))
@@ -88,6 +102,7 @@ impl Work {
                 name: "frame-exec",
                 new: Arc::new(frame_exec::NewRunner::new(program.clone(), max_frame)),
                 environment: true,
+                runs: Some(program::locate(program)),
             },
         })
     }

@@ -44,6 +44,11 @@ fn environment(program: &Program, ucspi: &[(String, String)]) -> Vec<(OsString, 
     env
 }
 
+/// Where `program` is, as its environment's PATH finds it now; `None` if it is not there.
+pub(crate) fn locate(program: &Program) -> Option<std::path::PathBuf> {
+    crate::spawn::locate(&program.argv[0], &environment(program, &[])).ok()
+}
+
 /// `program` for a connection with the UCSPI variables `ucspi`, its environment as
 /// [`environment`] says. Shared by exec and frame-exec.
 pub(crate) fn launch(program: &Program, ucspi: &[(String, String)]) -> Launch {
@@ -72,8 +77,7 @@ impl Prepared {
     /// `program` prepared; an argument or variable holding a NUL byte is an error.
     pub(crate) fn new(program: Program) -> std::io::Result<Prepared> {
         let env = environment(&program, &[]);
-        let path = crate::spawn::locate(&program.argv[0], &env)
-            .ok()
+        let path = locate(&program)
             .map(|p| c_string(p.as_os_str().as_bytes()))
             .transpose()?;
         let argv = program

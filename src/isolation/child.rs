@@ -15,6 +15,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::unistd::{ForkResult, Pid};
@@ -23,8 +24,9 @@ use super::{EXIT_CLEAN, EXIT_FAILED, EXIT_PANIC, Job};
 use crate::config::Limits;
 use crate::conn::Connection;
 use crate::handler::Outcome;
-use crate::handler::program::Prepared;
+use crate::handler::program::Prepared as PreparedProgram;
 use crate::listen::{ACCEPTED_SOCKETS_INHERIT, configure_accepted};
+use crate::sandbox::Prepared;
 use crate::signals;
 
 /// Applies `limits` to this process. Soft and hard limits are set alike, so a handler cannot
@@ -67,6 +69,19 @@ pub(crate) struct ChildSetup {
     pub supervisor_fds: Vec<RawFd>,
     pub limits: Limits,
     pub keepalive: bool,
+    /// `--sandbox`, prepared at start; applied last, right before serving (or the exec).
+    pub sandbox: Option<Arc<Prepared>>,
+}
+
+/// Applies `setup`'s sandbox to this process, a new worker or a program's child: the error is
+/// the line to log.
+fn confine(setup: &ChildSetup) -> Result<(), String> {
+    match &setup.sandbox {
+        Some(sandbox) => sandbox
+            .apply()
+            .map_err(|(step, e)| format!("--sandbox: {step}: {e}")),
+        None => Ok(()),
+    }
 }
 
 /// Forks a child to serve `conn` with `job`'s work. In the supervisor: the child's pid (the
@@ -99,7 +114,7 @@ pub(crate) unsafe fn fork_worker(
 /// is copied. Limits must be set between fork and exec, so with any of them the supervisor
 /// forks as for any child.
 pub(crate) fn spawn_program(
-    program: &Prepared,
+    program: &PreparedProgram,
     conn: Connection,
     setup: &ChildSetup,
     stderr: OwnedFd,
@@ -117,6 +132,7 @@ pub(crate) fn spawn_program(
             &program.argv(),
             &program.envp(&ucspi, &entries),
             [socket, socket, stderr.as_raw_fd()],
+            setup.sandbox.as_deref(),
         );
     }
     let socket = OwnedFd::from(conn.stream);
@@ -133,13 +149,18 @@ pub(crate) fn spawn_program(
         .stdin(socket)
         .stderr(stderr)
         .process_group(0);
+    let sandbox = setup.sandbox.clone();
     // SAFETY: runs in the forked child before exec; only system calls (and a message
     // formatted on failure, in a copy of a single-threaded supervisor).
     unsafe {
         command.pre_exec(move || {
             signals::reset_for_child();
             signals::default_sigpipe();
-            apply_limits(&limits).map_err(io::Error::other)
+            apply_limits(&limits).map_err(io::Error::other)?;
+            match &sandbox {
+                Some(sandbox) => sandbox.apply().map_err(|(_, e)| e.into()),
+                None => Ok(()),
+            }
         });
     }
     let child = command.spawn()?;
@@ -159,13 +180,22 @@ fn run_child(conn: Connection, setup: &ChildSetup, job: &Job<'_>) -> ! {
     // Out of the supervisor's process group: a Ctrl-C at the terminal reaches the supervisor,
     // which then grants the grace period, instead of killing every conversation at once.
     let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
-    let prepared = apply_limits(&setup.limits).and_then(|()| {
-        if ACCEPTED_SOCKETS_INHERIT {
-            return Ok(());
-        }
-        configure_accepted(&conn.stream, setup.keepalive)
-            .map_err(|e| format!("socket options: {e}"))
-    });
+    let prepared = apply_limits(&setup.limits)
+        .and_then(|()| {
+            if ACCEPTED_SOCKETS_INHERIT {
+                return Ok(());
+            }
+            configure_accepted(&conn.stream, setup.keepalive)
+                .map_err(|e| format!("socket options: {e}"))
+        })
+        .and_then(|()| {
+            let confined = confine(setup);
+            if let Some(fd) = setup.sandbox.as_ref().and_then(|s| s.ruleset_fd()) {
+                // SAFETY: as the supervisor's descriptors above.
+                unsafe { libc::close(fd) };
+            }
+            confined
+        });
     if let Err(reason) = prepared {
         log::error!(
             "error peer={} pid={} reason={}",
@@ -185,16 +215,16 @@ fn run_child(conn: Connection, setup: &ChildSetup, job: &Job<'_>) -> ! {
 
 /// Serves `conn` in this process, as a forked child would but without the fork (`--inetd`,
 /// where inetd forked this process for the connection): default signals and an empty mask,
-/// and the resource limits. Returns the exit status a child would have had.
+/// the resource limits and the sandbox. Returns the exit status a child would have had.
 pub(crate) fn serve_here(
     conn: Connection,
     work: &crate::handler::Work,
     settings: crate::handler::ProtocolSettings,
-    limits: &Limits,
+    setup: &ChildSetup,
 ) -> i32 {
     signals::reset_for_child();
     crate::logging::nonblocking_stderr_for_worker();
-    if let Err(reason) = apply_limits(limits) {
+    if let Err(reason) = apply_limits(&setup.limits).and_then(|()| confine(setup)) {
         log::error!(
             "error peer={} pid={} reason={}",
             conn.peer,

@@ -20,6 +20,24 @@ pub(super) fn direct(fd: i32, syslog_priority: Option<i32>) {
 /// Writes `error pid=N reason="REASON"` as one line. Async-signal-safe: no lock, no
 /// allocation, one non-blocking send (or write); a line that does not fit 512 bytes is cut.
 pub(crate) fn error(reason: &[u8]) {
+    line(Severity::Error, b"error", &[b" reason=\"", reason, b"\""]);
+}
+
+/// Writes `sandbox pid=N refused=CALL` as one warning line, as [`error`] writes its line: a
+/// system call a sandboxed worker made and its seccomp filter refused.
+pub(crate) fn refused(call: &[u8]) {
+    line(Severity::Warning, b"sandbox", &[b" refused=", call]);
+}
+
+/// Syslog severities of the lines written here.
+#[derive(Clone, Copy)]
+enum Severity {
+    Error = 3,
+    Warning = 4,
+}
+
+/// `EVENT pid=N` and then `fields`, with the sink's prefix.
+fn line(severity: Severity, event: &[u8], fields: &[&[u8]]) {
     let mut buf = Buffer {
         bytes: [0; 512],
         len: 0,
@@ -27,15 +45,17 @@ pub(crate) fn error(reason: &[u8]) {
     let priority = PRIORITY.load(Ordering::Relaxed);
     // SAFETY: getpid is async-signal-safe and cannot fail.
     let pid = unsafe { libc::getpid() };
-    // As every line on that sink: syslog's `<N>forkd[PID]: `, the journal's `<3>`, or stderr's
-    // `forkd[PID]: ` (the event word says "error" already).
+    // As every line on that sink: syslog's `<N>forkd[PID]: `, the journal's `<N>`, or stderr's
+    // `forkd[PID]: ` (the event word says what it is).
     let journal = priority < 0 && super::STDERR_IS_JOURNAL.load(Ordering::Relaxed);
     if priority >= 0 {
         buf.push(b"<");
-        buf.push_number(priority as u64);
+        buf.push_number((priority & !7 | severity as i32) as u64);
         buf.push(b">");
     } else if journal {
-        buf.push(b"<3>");
+        buf.push(b"<");
+        buf.push_number(severity as u64);
+        buf.push(b">");
     }
     if !journal {
         buf.push(PROGRAM);
@@ -43,11 +63,12 @@ pub(crate) fn error(reason: &[u8]) {
         buf.push_number(pid as u64);
         buf.push(b"]: ");
     }
-    buf.push(b"error pid=");
+    buf.push(event);
+    buf.push(b" pid=");
     buf.push_number(pid as u64);
-    buf.push(b" reason=\"");
-    buf.push(reason);
-    buf.push(b"\"");
+    for field in fields {
+        buf.push(field);
+    }
     if priority < 0 {
         buf.push(b"\n");
     }
@@ -107,6 +128,13 @@ mod tests {
         assert_eq!(
             text,
             format!("<27>forkd[{pid}]: error pid={pid} reason=\"x\"")
+        );
+        refused(b"socket");
+        let n = theirs.recv(&mut got).unwrap();
+        let text = String::from_utf8_lossy(&got[..n]).into_owned();
+        assert_eq!(
+            text,
+            format!("<28>forkd[{pid}]: sandbox pid={pid} refused=socket")
         );
         direct(2, None);
     }

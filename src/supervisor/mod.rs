@@ -30,12 +30,13 @@ use nix::sys::signal::Signal;
 pub(crate) use startup::run;
 
 use crate::admission::{Admission, Refusal};
-use crate::config::{Config, Limits, Overload};
+use crate::config::{Config, Overload};
 use crate::conn::Connection;
 use crate::drain::Drains;
 use crate::early_drop::{Dice, EarlyDrop};
 use crate::frame::{ErrorCode, Frame};
 use crate::handler::{ProtocolSettings, Work};
+use crate::isolation::child::ChildSetup;
 use crate::isolation::tally::{Slot, Tally};
 use crate::isolation::{Ended, Isolation, Job, NotStarted, WorkerId};
 use crate::listen::Listener;
@@ -92,7 +93,8 @@ struct Supervisor {
     lifecycle: log::Level,
     /// `--inetd`: the one connection is served in this process.
     inetd: bool,
-    limits: Limits,
+    /// What a worker gets, for the connection `--inetd` serves in this process.
+    in_place: ChildSetup,
     /// `--max-lifetime`, which under `--inetd` means a forked worker after all.
     max_lifetime: Option<Duration>,
     /// The bytes of each protocol-v1 conversation, for its `end` line.
@@ -112,6 +114,7 @@ impl Supervisor {
         isolation: Box<dyn Isolation>,
         notifier: Option<Notifier>,
         lifecycle: log::Level,
+        in_place: ChildSetup,
     ) -> Supervisor {
         let tally = work
             .is_framed()
@@ -140,7 +143,7 @@ impl Supervisor {
             notifier,
             lifecycle,
             inetd: config.inetd,
-            limits: config.limits,
+            in_place,
             max_lifetime: config.max_lifetime,
             tally,
             early_drop: config.early_drop,
@@ -531,7 +534,7 @@ impl Supervisor {
             "accept peer={} {pid} listen=inetd",
             record.peer
         );
-        let code = crate::isolation::child::serve_here(conn, &self.work, settings, &self.limits);
+        let code = crate::isolation::child::serve_here(conn, &self.work, settings, &self.in_place);
         let bytes = Bytes::of(&mut self.tally, &record);
         log_end(
             false,

@@ -15,6 +15,7 @@ use crate::listen::{self, Listener};
 use crate::notify::Notifier;
 use crate::pidfile::Pidfile;
 use crate::privilege;
+use crate::sandbox::Prepared;
 use crate::signals::Signals;
 
 /// Serves `config` with `work` until SIGTERM/SIGINT (or, with `--inetd`, until its connection
@@ -124,19 +125,37 @@ pub(crate) fn run(
             "start user=root reason=\"serving as root: use --user to drop privileges\""
         );
     }
+    // After the signals are set up (which resets every disposition first): the sandbox may
+    // install a handler; and after the privilege drop, so that its paths are opened as the
+    // user that serves.
+    let sandbox = match &config.sandbox {
+        Some(sandbox) => Some(std::sync::Arc::new(
+            Prepared::new(sandbox, work.confined()).map_err(|e| cleanup(&listeners, e))?,
+        )),
+        None => None,
+    };
+    if let Some(sandbox) = &sandbox {
+        let level = if sandbox.is_partial() {
+            log::Level::Warn
+        } else {
+            log::Level::Info
+        };
+        log::log!(at_start(level), "sandbox {sandbox}");
+    }
+    let mut supervisor_fds: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
+    supervisor_fds.extend(signals.raw_fds());
+    supervisor_fds.extend(notifier.as_ref().map(Notifier::raw_fd));
+    supervisor_fds.extend(pidfile.as_ref().map(Pidfile::raw_fd));
+    let setup = ChildSetup {
+        supervisor_fds,
+        limits: config.limits,
+        keepalive: config.keepalive,
+        sandbox,
+    };
     let isolation: Box<dyn Isolation> = match config.model {
         Model::Fork => {
-            // After the signals are set up (which resets every disposition first).
             crate::isolation::fault::report_stack_overflows();
-            let mut supervisor_fds: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
-            supervisor_fds.extend(signals.raw_fds());
-            supervisor_fds.extend(notifier.as_ref().map(Notifier::raw_fd));
-            supervisor_fds.extend(pidfile.as_ref().map(Pidfile::raw_fd));
-            Box::new(Fork::new(ChildSetup {
-                supervisor_fds,
-                limits: config.limits,
-                keepalive: config.keepalive,
-            }))
+            Box::new(Fork::new(setup.clone()))
         }
         Model::Thread => Box::new(Threads::new(signals.waker(), config.keepalive)),
     };
@@ -146,7 +165,7 @@ pub(crate) fn run(
         idle_timeout: config.idle_timeout,
     };
     let mut supervisor = Supervisor::new(
-        config, listeners, signals, work, settings, isolation, notifier, lifecycle,
+        config, listeners, signals, work, settings, isolation, notifier, lifecycle, setup,
     );
     if let Some(conn) = inetd_connection {
         supervisor.admit(conn, Origin::Inetd, false);

@@ -1,0 +1,324 @@
+//! The sandbox of each connection (`--sandbox`): what a conversation taken over by an attacker
+//! can still reach.
+//!
+//! A worker that serves its connection in-process (echo, an embedder's handler) gets, after
+//! the fork and before the first byte from its client:
+//!
+//! 1. no_new_privs (nothing it execs can gain privileges);
+//! 2. a Landlock domain ([`landlock`]): every filesystem access the kernel mediates denied
+//!    but for the declared paths, every TCP bind and connect denied, and no signal or
+//!    abstract Unix socket reaching outside its own domain (the supervisor, the other
+//!    workers);
+//! 3. a seccomp filter ([`seccomp`]): the system calls a protocol session needs, and the rest
+//!    refused with EPERM and named once in the log ([`trap`]); calls that change credentials
+//!    kill the worker instead, since code that ignores a failed setuid carries on with the
+//!    privileges it meant to drop.
+//!
+//! A program (`-- PROGRAM`, and the programs of frame-exec, whose worker is confined as they
+//! are) gets the first two, plus read and execute rights on itself, its `#!` interpreter and
+//! the directories the dynamic loader reads. No seccomp: what a program needs is not known.
+//!
+//! Everything is prepared once, in the supervisor at start ([`Prepared::new`]: the ruleset's
+//! descriptor, the compiled filters); each child applies it with a handful of system calls
+//! that allocate nothing ([`Prepared::apply`]), so that a vfork-style child can too.
+
+#[cfg(target_os = "linux")]
+mod landlock;
+#[cfg(target_os = "linux")]
+mod seccomp;
+#[cfg(target_os = "linux")]
+mod trap;
+
+use std::fmt;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// What `--sandbox` asks of each worker; see the module documentation of what it confines.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sandbox {
+    /// Refuse to start where a part of the sandbox is missing (`--sandbox=required`), rather
+    /// than apply what the kernel offers and say what is missing.
+    pub required: bool,
+    /// Files and directories (and what is beneath them) the worker may read, list and run.
+    pub read: Vec<PathBuf>,
+    /// Files and directories the worker may also write, create in and remove from.
+    pub write: Vec<PathBuf>,
+}
+
+impl Sandbox {
+    /// A sandbox with no path open to the worker, applied as far as the kernel allows.
+    pub fn new() -> Sandbox {
+        Sandbox::default()
+    }
+
+    /// Refuse to serve where any part is missing.
+    pub fn required(mut self) -> Sandbox {
+        self.required = true;
+        self
+    }
+
+    /// Lets the worker read `path` (and everything beneath a directory).
+    pub fn read(mut self, path: impl Into<PathBuf>) -> Sandbox {
+        self.read.push(path.into());
+        self
+    }
+
+    /// Lets the worker read and write `path` (and everything beneath a directory).
+    pub fn write(mut self, path: impl Into<PathBuf>) -> Sandbox {
+        self.write.push(path.into());
+        self
+    }
+
+    /// Whether it can be applied here as asked: every declared path is there, and with
+    /// `required` every part is available. `in_process`: whether workers serve in-process
+    /// (and so get seccomp too).
+    pub(crate) fn check(&self, in_process: bool) -> Result<(), String> {
+        for (flag, paths) in [
+            ("--sandbox-read", &self.read),
+            ("--sandbox-write", &self.write),
+        ] {
+            for path in paths {
+                if let Err(e) = std::fs::metadata(path) {
+                    return Err(format!("{flag} {}: {e}", path.display()));
+                }
+            }
+        }
+        let missing = Support::probe().missing(in_process);
+        if self.required && !missing.is_empty() {
+            return Err(format!(
+                "--sandbox=required: this system lacks {}",
+                missing.join(", ")
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Who the workers are, for what they are allowed.
+pub(crate) enum Confined<'a> {
+    /// Workers serving in-process: Landlock and seccomp.
+    Handler,
+    /// Programs (and the frame-exec workers that start them): Landlock, with the rights
+    /// `program` needs to be executed; `None` for a program not found at start.
+    Programs(Option<&'a Path>),
+}
+
+/// The parts of the sandbox and the kernel each needs, in the order the start line names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    NoNewPrivs,
+    LandlockFiles,
+    LandlockTcp,
+    LandlockScopes,
+    Seccomp,
+}
+
+impl Part {
+    const ALL: [Part; 5] = [
+        Part::NoNewPrivs,
+        Part::LandlockFiles,
+        Part::LandlockTcp,
+        Part::LandlockScopes,
+        Part::Seccomp,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Part::NoNewPrivs => "no_new_privs",
+            Part::LandlockFiles => "landlock-files",
+            Part::LandlockTcp => "landlock-tcp",
+            Part::LandlockScopes => "landlock-scopes",
+            Part::Seccomp => "seccomp",
+        }
+    }
+
+    /// What a kernel needs for it, when it lacks it.
+    fn needs(self) -> &'static str {
+        match self {
+            Part::NoNewPrivs => "Linux",
+            Part::LandlockFiles => "Landlock, Linux 5.13",
+            Part::LandlockTcp => "Landlock ABI 4, Linux 6.7",
+            Part::LandlockScopes => "Landlock ABI 6, Linux 6.12",
+            Part::Seccomp => "seccomp filters",
+        }
+    }
+}
+
+/// What this kernel offers, found once at start.
+#[derive(Clone, Copy, Debug)]
+struct Support {
+    /// The Landlock ABI version; 0 without Landlock.
+    landlock_abi: i32,
+    /// seccomp filters with the actions the filters use.
+    seccomp: bool,
+}
+
+impl Support {
+    #[cfg(target_os = "linux")]
+    fn probe() -> Support {
+        Support {
+            landlock_abi: landlock::abi(),
+            seccomp: seccomp::available(),
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn probe() -> Support {
+        Support {
+            landlock_abi: 0,
+            seccomp: false,
+        }
+    }
+
+    fn has(self, part: Part) -> bool {
+        match part {
+            Part::NoNewPrivs => cfg!(target_os = "linux"),
+            Part::LandlockFiles => self.landlock_abi >= 1,
+            Part::LandlockTcp => self.landlock_abi >= 4,
+            Part::LandlockScopes => self.landlock_abi >= 6,
+            Part::Seccomp => self.seccomp,
+        }
+    }
+
+    /// The parts that apply to these workers.
+    fn parts(in_process: bool) -> impl Iterator<Item = Part> {
+        Part::ALL
+            .into_iter()
+            .filter(move |p| in_process || *p != Part::Seccomp)
+    }
+
+    /// The parts that apply and this kernel lacks, each with what it needs.
+    fn missing(self, in_process: bool) -> Vec<String> {
+        Support::parts(in_process)
+            .filter(|p| !self.has(*p))
+            .map(|p| format!("{} ({})", p.name(), p.needs()))
+            .collect()
+    }
+}
+
+/// A sandbox ready to be applied in each new worker.
+pub(crate) struct Prepared {
+    /// The Landlock ruleset (close-on-exec); `None` where the kernel has no Landlock.
+    ruleset: Option<OwnedFd>,
+    /// The seccomp filter; `None` for programs.
+    #[cfg(target_os = "linux")]
+    filter: Option<seccomp::Filter>,
+    /// What was applied and what is missing, for the start line.
+    applied: Vec<Part>,
+    missing: Vec<String>,
+    in_process: bool,
+}
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Prepared({self})")
+    }
+}
+
+/// The start line's fields: `for=handler applied="..."` and, if any, `missing="..."`.
+impl fmt::Display for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let applied: Vec<&str> = self.applied.iter().map(|p| p.name()).collect();
+        write!(
+            f,
+            "for={} applied={}",
+            if self.in_process {
+                "handler"
+            } else {
+                "programs"
+            },
+            crate::logging::quote(&applied.join(" "))
+        )?;
+        if !self.missing.is_empty() {
+            write!(
+                f,
+                " missing={}",
+                crate::logging::quote(&self.missing.join(", "))
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Prepared {
+    /// Builds the ruleset and the filters for `who`, in the supervisor at start. With seccomp,
+    /// installs the handler that turns a refused call into EPERM and a log line, in this
+    /// process, so that every worker forked from it has it.
+    pub(crate) fn new(sandbox: &Sandbox, who: Confined<'_>) -> Result<Prepared, String> {
+        let in_process = matches!(who, Confined::Handler);
+        sandbox.check(in_process)?;
+        let support = Support::probe();
+        let applied = Support::parts(in_process)
+            .filter(|p| support.has(*p))
+            .collect();
+        let missing = support.missing(in_process);
+        #[cfg(target_os = "linux")]
+        {
+            let ruleset = if support.landlock_abi >= 1 {
+                let mut read = sandbox.read.clone();
+                if let Confined::Programs(program) = who {
+                    read.extend(landlock::needed_to_exec(program));
+                }
+                Some(landlock::ruleset(&read, &sandbox.write)?)
+            } else {
+                None
+            };
+            let filter = if in_process && support.seccomp {
+                trap::install()?;
+                Some(seccomp::filter()?)
+            } else {
+                None
+            };
+            Ok(Prepared {
+                ruleset,
+                filter,
+                applied,
+                missing,
+                in_process,
+            })
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = who;
+            Ok(Prepared {
+                ruleset: None,
+                applied,
+                missing,
+                in_process,
+            })
+        }
+    }
+
+    /// The ruleset's descriptor, which a forked worker closes once confined: the supervisor
+    /// goes on restricting new workers with it, and rules a worker added (seccomp or not, a
+    /// program's worker has none) would reach them. A program loses it at exec.
+    pub(crate) fn ruleset_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.ruleset.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    /// Whether a part the kernel offers is missing: the start line is then a warning.
+    pub(crate) fn is_partial(&self) -> bool {
+        !self.missing.is_empty()
+    }
+
+    /// Confines the calling process: no_new_privs, the Landlock domain, the seccomp filter,
+    /// in that order (each later step needs the earlier). Only system calls, no allocation:
+    /// safe in a vfork-style child. The error names the step that failed.
+    pub(crate) fn apply(&self) -> Result<(), (&'static str, nix::errno::Errno)> {
+        #[cfg(target_os = "linux")]
+        {
+            use nix::errno::Errno;
+            // SAFETY: prctl with integer arguments only.
+            if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+                return Err(("no_new_privs", Errno::last()));
+            }
+            if let Some(ruleset) = &self.ruleset {
+                landlock::restrict_self(ruleset.as_raw_fd()).map_err(|e| ("landlock", e))?;
+            }
+            if let Some(filter) = &self.filter {
+                filter.install().map_err(|e| ("seccomp", e))?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,354 @@
+//! The seccomp part of the sandbox: which system calls an in-process worker may make, compiled
+//! once at start by libseccomp into one filter, installed in each worker with one system call.
+//!
+//! Allowed: what a protocol session and Rust's standard library need on descriptors the worker
+//! holds (reading, writing, polling, socket options, closing), memory, time, its own signals,
+//! threads (clone with CLONE_THREAD: a thread is as confined as its process), and opening and
+//! changing files, which Landlock decides. Refused with EPERM and logged ([`super::trap`]):
+//! everything else, new sockets, connect, bind, accept, exec, ptrace and stat of a path
+//! (Landlock does not mediate it, and it would tell what exists) among them. Refused with
+//! EPERM by the filter itself, unlogged: creating a process (fork, vfork, clone without
+//! CLONE_THREAD), which the C library does with every signal blocked, when a trap would kill
+//! the worker instead; clone3 answers ENOSYS, so that the C library falls back to clone, whose
+//! flags a filter can read. Killing the worker: the calls that change credentials, where a
+//! caller that ignores the failure would carry on with the privileges it meant to drop.
+//!
+//! One filter, optimised by libseccomp into a binary tree: the kernel translates and checks a
+//! filter when it is installed, at a cost that grows with its length and with the number of
+//! steps each system call number takes through it (measured: a linear list of 120 calls took
+//! 320 µs per worker; this tree takes a sixth of that; docs/security.md).
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::OnceLock;
+
+use libseccomp::{ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
+use nix::errno::Errno;
+
+/// Allowed whatever their arguments. Names absent on an architecture (x86_64's legacy calls)
+/// are skipped.
+const ALLOWED: &[&str] = &[
+    // Descriptors held: the connection, pipes, files opened under Landlock's rules.
+    "read",
+    "readv",
+    "pread64",
+    "write",
+    "writev",
+    "pwrite64",
+    "recvfrom",
+    "recvmsg",
+    "sendto",
+    "sendmsg",
+    "sendfile",
+    "shutdown",
+    "getsockopt",
+    "setsockopt",
+    "getsockname",
+    "getpeername",
+    "close",
+    "dup",
+    "dup2",
+    "dup3",
+    "fcntl",
+    "lseek",
+    "fstat",
+    "fsync",
+    "fdatasync",
+    "ftruncate",
+    "flock",
+    "getdents64",
+    "pipe2",
+    // Files, as Landlock allows (the C library uses the older calls where they exist).
+    "openat",
+    "mkdir",
+    "mkdirat",
+    "rmdir",
+    "unlink",
+    "unlinkat",
+    "rename",
+    "renameat2",
+    // Waiting.
+    "poll",
+    "ppoll",
+    "pselect6",
+    "epoll_create1",
+    "epoll_ctl",
+    "epoll_wait",
+    "epoll_pwait",
+    "nanosleep",
+    "clock_nanosleep",
+    "sched_yield",
+    "futex",
+    // Memory.
+    "brk",
+    "mmap",
+    "munmap",
+    "mremap",
+    "mprotect",
+    "madvise",
+    // Time and facts about itself.
+    "clock_gettime",
+    "clock_getres",
+    "gettimeofday",
+    "getpid",
+    "gettid",
+    "getppid",
+    "getuid",
+    "geteuid",
+    "getgid",
+    "getegid",
+    "getrusage",
+    "sched_getaffinity",
+    "uname",
+    "getrandom",
+    // Its own signals (a signal leaves its Landlock domain only with ABI < 6).
+    "rt_sigprocmask",
+    "rt_sigreturn",
+    "sigaltstack",
+    "tgkill",
+    // Threads and the end.
+    "set_robust_list",
+    "rseq",
+    "restart_syscall",
+    "exit",
+    "exit_group",
+];
+
+/// Refused by killing the worker (see the module documentation).
+const KILLING: &[&str] = &[
+    "setuid",
+    "setgid",
+    "setreuid",
+    "setregid",
+    "setresuid",
+    "setresgid",
+    "setgroups",
+    "setfsuid",
+    "setfsgid",
+    "capset",
+];
+
+/// ioctl requests a worker may make: non-blocking and close-on-exec flags, bytes waiting, and
+/// whether a descriptor is a terminal. Not TIOCSTI and its kind, on a terminal fd 0 to 2 may be.
+#[allow(clippy::unnecessary_cast)] // The requests' type differs between C libraries.
+const IOCTLS: &[u64] = &[
+    libc::FIONBIO as u64,
+    libc::FIONREAD as u64,
+    libc::FIOCLEX as u64,
+    libc::FIONCLEX as u64,
+    libc::TCGETS as u64,
+];
+
+/// The compiled filter, ready to install.
+pub(super) struct Filter(Vec<libc::sock_filter>);
+
+// SAFETY: plain instructions; the raw pointers libc's type would allow are not in it.
+unsafe impl Send for Filter {}
+// SAFETY: as above; never written after it is built.
+unsafe impl Sync for Filter {}
+
+impl Filter {
+    /// Installs it on the calling thread (no_new_privs set already). One system call, no
+    /// allocation.
+    pub(super) fn install(&self) -> Result<(), Errno> {
+        let program = libc::sock_fprog {
+            len: self.0.len() as u16,
+            filter: self.0.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: the kernel copies the program from `program`, which points at live memory
+        // of `len` instructions.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0u32,
+                &program as *const libc::sock_fprog,
+            )
+        };
+        if rc == 0 { Ok(()) } else { Err(Errno::last()) }
+    }
+}
+
+/// Whether this kernel has seccomp filters with the actions the filter uses.
+pub(super) fn available() -> bool {
+    if !super::trap::CAN_ANSWER {
+        return false;
+    }
+    [
+        libc::SECCOMP_RET_TRAP,
+        libc::SECCOMP_RET_KILL_PROCESS,
+        libc::SECCOMP_RET_ERRNO,
+    ]
+    .iter()
+    .all(|action| {
+        // SAFETY: the kernel reads one u32 from `action`.
+        unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_GET_ACTION_AVAIL,
+                0u32,
+                action as *const u32,
+            ) == 0
+        }
+    })
+}
+
+/// Names of system calls by number, for the trap's log line (which cannot allocate).
+static NAMES: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Past the highest system call number of the architectures forkd runs on.
+const NUMBERS: i32 = 512;
+
+/// The filter: see the module documentation.
+pub(super) fn filter() -> Result<Filter, String> {
+    let failed = |e: libseccomp::error::SeccompError| format!("--sandbox: seccomp filter: {e}");
+    let mut ctx = ScmpFilterContext::new(ScmpAction::Trap).map_err(failed)?;
+    // no_new_privs is set by forkd before the filter goes in; a binary tree, not a list.
+    ctx.set_ctl_nnp(false)
+        .and_then(|c| c.set_ctl_optimize(2))
+        .map_err(failed)?;
+    let each = |names: &[&str], action: ScmpAction, ctx: &mut ScmpFilterContext| {
+        for name in names {
+            // A name this architecture lacks (x86_64's legacy calls elsewhere) is skipped.
+            if let Ok(call) = ScmpSyscall::from_name(name) {
+                ctx.add_rule(action, call).map_err(failed)?;
+            }
+        }
+        Ok::<(), String>(())
+    };
+    each(ALLOWED, ScmpAction::Allow, &mut ctx)?;
+    each(KILLING, ScmpAction::KillProcess, &mut ctx)?;
+    each(&["fork", "vfork"], ScmpAction::Errno(libc::EPERM), &mut ctx)?;
+    each(&["clone3"], ScmpAction::Errno(libc::ENOSYS), &mut ctx)?;
+    let arg = ScmpArgCompare::new;
+    let thread = libc::CLONE_THREAD as u64;
+    let empty_path = libc::AT_EMPTY_PATH as u64;
+    let conditional: Vec<(&str, ScmpAction, Vec<ScmpArgCompare>)> = vec![
+        // Dispositions, but SIGSYS's: the trap handler must stay.
+        (
+            "rt_sigaction",
+            ScmpAction::Allow,
+            vec![arg(0, ScmpCompareOp::NotEqual, libc::SIGSYS as u64)],
+        ),
+        // A thread, not a process (the flags are the first argument on every architecture).
+        (
+            "clone",
+            ScmpAction::Allow,
+            vec![arg(0, ScmpCompareOp::MaskedEqual(thread), thread)],
+        ),
+        (
+            "clone",
+            ScmpAction::Errno(libc::EPERM),
+            vec![arg(0, ScmpCompareOp::MaskedEqual(thread), 0)],
+        ),
+        // Its own limits, read only.
+        (
+            "prlimit64",
+            ScmpAction::Allow,
+            vec![
+                arg(0, ScmpCompareOp::Equal, 0),
+                arg(2, ScmpCompareOp::Equal, 0),
+            ],
+        ),
+        // stat of a descriptor, not of a path.
+        (
+            "statx",
+            ScmpAction::Allow,
+            vec![arg(2, ScmpCompareOp::MaskedEqual(empty_path), empty_path)],
+        ),
+        (
+            "newfstatat",
+            ScmpAction::Allow,
+            vec![arg(3, ScmpCompareOp::MaskedEqual(empty_path), empty_path)],
+        ),
+    ];
+    let requests = IOCTLS.iter().map(|request| ("ioctl", *request, 1)).chain(
+        [libc::PR_SET_NAME, libc::PR_GET_NAME]
+            .iter()
+            .map(|o| ("prctl", *o as u64, 0)),
+    );
+    for (name, action, compare) in
+        conditional
+            .into_iter()
+            .chain(requests.map(|(name, value, index)| {
+                (
+                    name,
+                    ScmpAction::Allow,
+                    vec![arg(index, ScmpCompareOp::Equal, value)],
+                )
+            }))
+    {
+        let call = ScmpSyscall::from_name(name).map_err(failed)?;
+        ctx.add_rule_conditional(action, call, &compare)
+            .map_err(failed)?;
+    }
+    let filter = export(&ctx).map_err(|e| format!("--sandbox: seccomp filter: {e}"))?;
+    NAMES.get_or_init(|| {
+        (0..NUMBERS)
+            .map(|nr| {
+                ScmpSyscall::from(nr)
+                    .get_name()
+                    .unwrap_or_else(|_| format!("syscall-{nr}"))
+            })
+            .collect()
+    });
+    Ok(filter)
+}
+
+/// The filter as the kernel takes it: libseccomp writes it to a descriptor.
+fn export(ctx: &ScmpFilterContext) -> std::io::Result<Filter> {
+    use std::io::{Read, Seek};
+    // SAFETY: memfd_create with a NUL-terminated name; the descriptor is owned at once.
+    let fd = unsafe { libc::memfd_create(c"forkd-seccomp".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    ctx.export_bpf(&file).map_err(std::io::Error::other)?;
+    let mut bytes = Vec::new();
+    file.rewind()?;
+    file.read_to_end(&mut bytes)?;
+    let size = std::mem::size_of::<libc::sock_filter>();
+    let instructions = bytes
+        .chunks_exact(size)
+        .map(|b| libc::sock_filter {
+            code: u16::from_ne_bytes([b[0], b[1]]),
+            jt: b[2],
+            jf: b[3],
+            k: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        })
+        .collect::<Vec<_>>();
+    let _ = file.as_raw_fd();
+    Ok(Filter(instructions))
+}
+
+/// The name of system call `nr` on this architecture, for the log. Async-signal-safe.
+pub(super) fn name(nr: i32) -> &'static str {
+    NAMES
+        .get()
+        .and_then(|names| usize::try_from(nr).ok().and_then(|i| names.get(i)))
+        .map_or("unknown", String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_is_a_system_call_here() {
+        #[cfg(target_arch = "x86_64")]
+        for name in ALLOWED.iter().chain(KILLING) {
+            assert!(ScmpSyscall::from_name(name).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_filter_compiles_to_a_tree() {
+        let filter = filter().unwrap();
+        // A list would be one comparison per call and more; the tree is not much longer.
+        assert!(filter.0.len() > ALLOWED.len() / 2, "{}", filter.0.len());
+        assert!(filter.0.len() < 4 * ALLOWED.len(), "{}", filter.0.len());
+        assert_eq!(name(libc::SYS_socket as i32), "socket");
+        assert_eq!(name(-1), "unknown");
+    }
+}

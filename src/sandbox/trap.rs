@@ -1,0 +1,104 @@
+//! What a call the seccomp filter refuses returns, and the one log line a worker writes about
+//! it. The filter traps (SIGSYS) rather than answering EPERM itself so that the worker can
+//! say which call it was: this handler sets the call's result to -EPERM, logs
+//! `sandbox pid=N refused=NAME` the first time in this process, and returns to the caller,
+//! which sees an ordinary failed call.
+//!
+//! clone3 is the exception: it answers ENOSYS, unlogged. Its flags are in memory a filter
+//! cannot read, so it is refused whole; ENOSYS makes the C library fall back to clone, whose
+//! flags the filter reads (a thread is allowed, a process is not).
+//!
+//! Installed once in the supervisor (which never traps) and inherited by each forked worker,
+//! at no cost per connection; a program loses it at exec. A worker cannot remove it: the
+//! filter refuses rt_sigaction on SIGSYS, and a SIGSYS the worker blocks or ignores is
+//! delivered with the default action (death) instead.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::logging::emergency;
+
+/// Whether this architecture's handler can set a call's result.
+pub(super) const CAN_ANSWER: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
+
+/// Whether this process has logged a refused call. Each worker starts with its copy false
+/// (the supervisor never traps).
+static REPORTED: AtomicBool = AtomicBool::new(false);
+
+/// `si_code` of a SIGSYS sent by seccomp.
+const SYS_SECCOMP: libc::c_int = 1;
+
+/// The head of a SIGSYS siginfo_t (the kernel's `_sigsys` member), which libc does not name.
+#[repr(C)]
+struct SigsysInfo {
+    signo: libc::c_int,
+    errno: libc::c_int,
+    code: libc::c_int,
+    call_address: *mut libc::c_void,
+    syscall: libc::c_int,
+    arch: libc::c_uint,
+}
+
+/// Installs the handler in this process.
+pub(super) fn install() -> Result<(), String> {
+    let handler = on_sigsys as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+    // SAFETY: a plain sigaction with a handler that is async-signal-safe (it sets a register
+    // in the context it is given and makes at most one log write).
+    let rc = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler as libc::sighandler_t;
+        action.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut())
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "--sandbox: cannot handle SIGSYS: {}",
+            std::io::Error::last_os_error()
+        ))
+    }
+}
+
+extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for a handler installed with SA_SIGINFO; its
+    // SIGSYS layout begins as SigsysInfo does (three ints, then the union, pointer-aligned).
+    let info = unsafe { &*(info as *const SigsysInfo) };
+    if info.code != SYS_SECCOMP {
+        // Not from a filter (a kill -SYS): what SIGSYS does by default.
+        // SAFETY: signal and raise are async-signal-safe.
+        unsafe {
+            libc::signal(libc::SIGSYS, libc::SIG_DFL);
+            libc::raise(libc::SIGSYS);
+        }
+        return;
+    }
+    let errno = if i64::from(info.syscall) == libc::SYS_clone3 {
+        libc::ENOSYS
+    } else {
+        libc::EPERM
+    };
+    // SAFETY: `context` is the ucontext_t of the interrupted call, which the kernel restores
+    // on return from this handler: its result register becomes -errno.
+    unsafe { answer(context.cast(), -i64::from(errno)) };
+    if errno == libc::EPERM && !REPORTED.swap(true, Ordering::Relaxed) {
+        emergency::refused(super::seccomp::name(info.syscall).as_bytes());
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+unsafe fn answer(context: *mut libc::ucontext_t, result: i64) {
+    // SAFETY: the caller passes the handler's live context.
+    unsafe { (*context).uc_mcontext.gregs[libc::REG_RAX as usize] = result };
+}
+
+#[cfg(target_arch = "aarch64")]
+unsafe fn answer(context: *mut libc::ucontext_t, result: i64) {
+    // SAFETY: the caller passes the handler's live context.
+    unsafe { (*context).uc_mcontext.regs[0] = result as u64 };
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+unsafe fn answer(_: *mut libc::ucontext_t, _: i64) {
+    // Never reached: seccomp is reported missing where CAN_ANSWER is false.
+}
