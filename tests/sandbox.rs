@@ -1,0 +1,289 @@
+//! `--sandbox`: what a child can reach with and without it, measured by the fault-injection
+//! server's `open`, `connect` and `exec` commands and by real programs; that a sandboxed
+//! child serves exactly as another does; and what happens on a kernel without Landlock.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use common::{Client, Forkd, field, forkd_fails, path_str};
+use forkd::frame::{Frame, Kind};
+
+/// The fault server's answer to `command`, as text.
+fn ask(client: &mut Client, command: &str) -> String {
+    String::from_utf8(client.echo(command.as_bytes()).payload).unwrap()
+}
+
+#[test]
+fn a_sandboxed_child_reaches_no_file_no_socket_and_no_program() {
+    let open = Forkd::start_faults(&[]);
+    let mut sandboxed = Forkd::start_faults(&["--sandbox"]);
+    let start = sandboxed.wait_log("sandbox for=handler");
+    assert!(
+        start.contains(
+            "applied=\"no_new_privs landlock-files landlock-tcp landlock-scopes seccomp\""
+        ),
+        "{start}"
+    );
+    let connect = format!("connect {}", open.addrs[0]);
+    for (server, expected) in [
+        (&open, ["ok", "ok", "ok"]),
+        (
+            &sandboxed,
+            ["denied: EACCES", "denied: EPERM", "denied: EPERM"],
+        ),
+    ] {
+        let mut client = Client::connect(&server.addr());
+        assert_eq!(ask(&mut client, "open /etc/passwd"), expected[0]);
+        assert_eq!(ask(&mut client, &connect), expected[1]);
+        assert_eq!(ask(&mut client, "exec /bin/true"), expected[2]);
+        // And the child still serves.
+        assert_eq!(ask(&mut client, "hello"), "hello");
+    }
+    // The refused socket() is named once per child, however often it is tried.
+    let mut client = Client::connect(&sandboxed.addr());
+    let pid = sandboxed.child_for(client.stream());
+    assert_eq!(ask(&mut client, &connect), "denied: EPERM");
+    assert_eq!(ask(&mut client, &connect), "denied: EPERM");
+    drop(client);
+    sandboxed.wait_log(&format!("pid={pid} status=exit:0"));
+    let refused: Vec<String> = sandboxed
+        .log()
+        .into_iter()
+        .filter(|l| l.contains(&format!("sandbox pid={pid} ")))
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(field(&refused[0], "refused"), Some("socket"), "{refused:?}");
+}
+
+#[test]
+fn declared_paths_are_open_to_the_child_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let readable = dir.path().join("readable");
+    let spool = dir.path().join("spool");
+    let other = dir.path().join("other");
+    std::fs::write(&readable, "r").unwrap();
+    std::fs::create_dir(&spool).unwrap();
+    std::fs::write(spool.join("queued"), "q").unwrap();
+    std::fs::write(&other, "o").unwrap();
+    let server = Forkd::start_faults(&[
+        "--sandbox",
+        "--sandbox-read",
+        &path_str(&readable),
+        "--sandbox-write",
+        &path_str(&spool),
+    ]);
+    let mut client = Client::connect(&server.addr());
+    let open = |client: &mut Client, path: &std::path::Path| {
+        ask(client, &format!("open {}", path.display()))
+    };
+    assert_eq!(open(&mut client, &readable), "ok");
+    assert_eq!(open(&mut client, &spool.join("queued")), "ok");
+    assert_eq!(open(&mut client, &other), "denied: EACCES");
+    assert_eq!(open(&mut client, dir.path()), "denied: EACCES");
+}
+
+#[test]
+fn echo_pipelining_ping_timeouts_and_limits_are_the_same_in_a_sandboxed_child() {
+    let server = Forkd::start(&["--sandbox", "--idle-timeout", "1", "--max-frame", "64"]);
+    let mut client = Client::connect(&server.addr());
+    let mut batch = Vec::new();
+    for i in 0..200u32 {
+        let kind = if i % 10 == 0 { Kind::Ping } else { Kind::Data };
+        batch.extend(Frame::new(kind, format!("frame {i}")).encode());
+    }
+    client.send_raw(&batch);
+    for i in 0..200u32 {
+        let kind = if i % 10 == 0 { Kind::Pong } else { Kind::Data };
+        assert_eq!(client.recv(), Frame::new(kind, format!("frame {i}")));
+    }
+    // A frame over --max-frame.
+    client.send(Kind::Data, &[b'x'; 65]);
+    client.expect_error(1);
+    // The idle limit.
+    let mut idle = Client::connect(&server.addr());
+    assert_eq!(idle.echo(b"then nothing").payload, b"then nothing");
+    let message = idle.expect_error(7);
+    assert!(message.contains("idle"), "{message}");
+    // The lifetime limit, on a child stuck in its handler.
+    let mut server = Forkd::start_faults(&["--sandbox", "--max-lifetime", "1"]);
+    let mut spinner = Client::connect(&server.addr());
+    let pid = server.child_for(spinner.stream());
+    spinner.send(Kind::Data, b"spin");
+    server.wait_log(&format!("pid={pid} status=signal:SIGTERM"));
+}
+
+#[test]
+fn a_sandboxed_program_reads_runs_and_connects_only_as_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret").unwrap();
+    let secret = path_str(&secret);
+    let cat = ["--", "/bin/cat", secret.as_str()];
+    let served = |args: &[&str]| -> (Vec<u8>, Forkd) {
+        let server = Forkd::start(args);
+        let output = Client::connect(&server.addr()).read_to_end();
+        (output, server)
+    };
+    // No sandbox: the file; sandboxed: nothing, and cat says why on its stderr.
+    assert_eq!(served(&cat).0, b"s3cret");
+    let (output, mut server) = served(&[&["--sandbox"][..], &cat].concat());
+    assert_eq!(output, b"");
+    let line = server.wait_log("stderr pid=");
+    assert!(line.contains("Permission denied"), "{line}");
+    let start = server.wait_log("sandbox for=programs");
+    assert!(
+        start.contains("applied=\"no_new_privs landlock-files landlock-tcp landlock-scopes\""),
+        "{start}"
+    );
+    // Declared, it is read.
+    let read = [&["--sandbox", "--sandbox-read", secret.as_str()][..], &cat].concat();
+    assert_eq!(served(&read).0, b"s3cret");
+
+    // A TCP connection out, and a program it was not given.
+    let target = Forkd::start(&[]);
+    let port = target.addr().to_string();
+    let port = port.rsplit(':').next().unwrap();
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected || echo refused; \
+         /usr/bin/id -u >/dev/null 2>&1 && echo ran || echo not-run"
+    );
+    let shell = ["--", "/bin/bash", "-c", script.as_str()];
+    assert_eq!(served(&shell).0, b"connected\nran\n");
+    assert_eq!(
+        served(&[&["--sandbox"][..], &shell].concat()).0,
+        b"refused\nnot-run\n"
+    );
+}
+
+#[test]
+fn frame_exec_runs_its_program_in_the_sandbox() {
+    let server = Forkd::start(&["--sandbox", "--handler", "frame-exec", "--", "/bin/cat"]);
+    let mut client = Client::connect(&server.addr());
+    assert_eq!(client.echo(b"through cat").payload, b"through cat");
+    let server = Forkd::start(&[
+        "--sandbox",
+        "--handler",
+        "frame-exec",
+        "--",
+        "/bin/cat",
+        "/etc/passwd",
+    ]);
+    let mut client = Client::connect(&server.addr());
+    // A failed request is answered ERROR 8, and the conversation goes on.
+    let reply = client.echo(b"");
+    let (code, message) = reply.error_parts().unwrap();
+    assert_eq!(code, 8, "{message}");
+    assert!(message.contains("Permission denied"), "{message}");
+    assert!(client.echo(b"").error_parts().is_some());
+}
+
+/// A seccomp filter that makes this process and its children see a kernel without Landlock
+/// (ENOSYS from its three calls), built before the fork and installed in `pre_exec`.
+fn without_landlock(cmd: &mut Command) {
+    use libseccomp::{ScmpAction, ScmpFilterContext, ScmpSyscall};
+    use std::io::{Read, Seek};
+    let mut ctx = ScmpFilterContext::new(ScmpAction::Allow).unwrap();
+    for name in [
+        "landlock_create_ruleset",
+        "landlock_add_rule",
+        "landlock_restrict_self",
+    ] {
+        let call = ScmpSyscall::from_name(name).unwrap();
+        ctx.add_rule(ScmpAction::Errno(libc::ENOSYS), call).unwrap();
+    }
+    let mut file = tempfile::tempfile().unwrap();
+    ctx.export_bpf(&file).unwrap();
+    let mut bytes = Vec::new();
+    file.rewind().unwrap();
+    file.read_to_end(&mut bytes).unwrap();
+    let program: Vec<libc::sock_filter> = bytes
+        .chunks_exact(8)
+        .map(|b| libc::sock_filter {
+            code: u16::from_ne_bytes([b[0], b[1]]),
+            jt: b[2],
+            jf: b[3],
+            k: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        })
+        .collect();
+    // SAFETY: prctl and seccomp are async-signal-safe; `program` is moved in and only read.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fprog = libc::sock_fprog {
+                len: program.len() as u16,
+                filter: program.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::syscall(libc::SYS_seccomp, 1, 0, &fprog as *const _) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn without_landlock_the_start_line_says_so_and_required_refuses_to_start() {
+    let mut cmd = Command::new(common::example("faults"));
+    cmd.args(["--log", "stderr", "--listen", "127.0.0.1:0", "--sandbox"]);
+    without_landlock(&mut cmd);
+    let mut server = Forkd::start_with(&mut cmd, tempfile::tempdir().unwrap());
+    let line = server.wait_log("sandbox for=handler");
+    assert!(line.contains("warning:"), "{line}");
+    assert!(line.contains("applied=\"no_new_privs seccomp\""), "{line}");
+    assert!(line.contains("missing=\"landlock-files"), "{line}");
+    // What is left still holds: no socket; files are open again.
+    let mut client = Client::connect(&server.addr());
+    assert_eq!(ask(&mut client, "open /etc/passwd"), "ok");
+    assert_eq!(
+        ask(&mut client, &format!("connect {}", server.addrs[0])),
+        "denied: EPERM"
+    );
+
+    let mut cmd = Command::new(common::FORKD);
+    cmd.args(["--listen", "127.0.0.1:0", "--sandbox=required", "--check"]);
+    without_landlock(&mut cmd);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--sandbox=required: this system lacks landlock-files"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn what_the_sandbox_cannot_take_is_refused_in_one_line() {
+    for (args, said) in [
+        (
+            &["--listen", "127.0.0.1:0", "--sandbox", "--model", "thread"][..],
+            "--sandbox cannot apply to --model thread",
+        ),
+        (
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--sandbox",
+                "--sandbox-read",
+                "/nonexistent/forkd",
+            ][..],
+            "--sandbox-read /nonexistent/forkd: No such file or directory",
+        ),
+        (
+            &["--listen", "127.0.0.1:0", "--sandbox-write", "/tmp"][..],
+            "--sandbox",
+        ),
+        (
+            &["--listen", "127.0.0.1:0", "--sandbox=sometimes"][..],
+            "--sandbox",
+        ),
+    ] {
+        let (code, stderr) = forkd_fails(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+    }
+}
