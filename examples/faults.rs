@@ -12,8 +12,9 @@
 //! | `open PATH`      | opens PATH for reading                             |
 //! | `connect HOST:PORT` | opens a TCP connection to HOST:PORT             |
 //! | `exec PROGRAM`   | runs PROGRAM (no arguments) and waits for it       |
+//! | `setuid UID`     | sets its user id to UID                            |
 //!
-//! The last three answer `ok` or `denied: ERRNO` (`denied: EACCES`, `denied: EPERM`): what a
+//! The last four answer `ok` or `denied: ERRNO` (`denied: EACCES`, `denied: EPERM`): what a
 //! conversation taken over by an attacker could reach, with and without `--sandbox`.
 //!
 //! It takes forkd's own flags (`--listen`, `--model`, `--max-lifetime`, `--rlimit-*`,
@@ -67,6 +68,11 @@ impl FramedHandler for Faults {
                         reply.data(reached(std::net::TcpStream::connect(argument)).as_bytes())
                     }
                     "exec" => reply.data(reached(run(argument)).as_bytes()),
+                    "setuid" => {
+                        let uid = nix::unistd::Uid::from_raw(argument.parse().unwrap_or(0));
+                        let set = nix::unistd::setuid(uid).map_err(std::io::Error::from);
+                        reply.data(reached(set).as_bytes())
+                    }
                     _ => reply.data(payload),
                 }
             }

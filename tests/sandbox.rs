@@ -58,6 +58,22 @@ fn a_sandboxed_child_reaches_no_file_no_socket_and_no_program() {
 }
 
 #[test]
+fn a_call_that_changes_credentials_ends_a_sandboxed_child() {
+    let mut server = Forkd::start_faults(&["--sandbox"]);
+    let mut client = Client::connect(&server.addr());
+    let pid = server.child_for(client.stream());
+    client.send(Kind::Data, b"setuid 0");
+    client.expect_eof();
+    server.wait_log(&format!("sandbox pid={pid} refused=setuid"));
+    server.wait_log(&format!("pid={pid} status=signal:SIGKILL"));
+    // Without the sandbox the same request is answered (root may set its uid to 0).
+    let open = Forkd::start_faults(&[]);
+    let mut client = Client::connect(&open.addr());
+    let answer = ask(&mut client, "setuid 0");
+    assert!(answer == "ok" || answer == "denied: EPERM", "{answer}");
+}
+
+#[test]
 fn declared_paths_are_open_to_the_child_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
     let readable = dir.path().join("readable");

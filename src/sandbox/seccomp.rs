@@ -10,13 +10,16 @@
 //! EPERM by the filter itself, unlogged: creating a process (fork, vfork, clone without
 //! CLONE_THREAD), which the C library does with every signal blocked, when a trap would kill
 //! the worker instead; clone3 answers ENOSYS, so that the C library falls back to clone, whose
-//! flags a filter can read. Killing the worker: the calls that change credentials, where a
-//! caller that ignores the failure would carry on with the privileges it meant to drop.
+//! flags a filter can read. Killing the worker (logged first, by the trap): the calls that
+//! change credentials, where a caller that ignores the failure would carry on with the
+//! privileges it meant to drop.
 //!
-//! One filter, optimised by libseccomp into a binary tree: the kernel translates and checks a
-//! filter when it is installed, at a cost that grows with its length and with the number of
-//! steps each system call number takes through it (measured: a linear list of 120 calls took
-//! 320 µs per worker; this tree takes a sixth of that; docs/security.md).
+//! One filter, optimised by libseccomp into a binary tree: the kernel translates, compiles and
+//! pre-evaluates a filter for every system call number when it is installed, at a cost that
+//! grows with its length and with the steps each number takes through it. Measured on the
+//! machine of docs/benchmarks.md: seccompiler's linear chain of a longer list took 320 µs to
+//! install; this tree (about 160 instructions) costs a worker about 60 µs, installing and
+//! freeing included, of which about 20 µs is what any filter costs (docs/security.md).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::OnceLock;
@@ -113,7 +116,8 @@ const ALLOWED: &[&str] = &[
     "exit_group",
 ];
 
-/// Refused by killing the worker (see the module documentation).
+/// Refused by killing the worker (see the module documentation): trapped as any refused call,
+/// and the trap ends the worker ([`super::trap`]).
 const KILLING: &[&str] = &[
     "setuid",
     "setgid",
@@ -127,15 +131,13 @@ const KILLING: &[&str] = &[
     "capset",
 ];
 
-/// ioctl requests a worker may make: non-blocking and close-on-exec flags, bytes waiting, and
-/// whether a descriptor is a terminal. Not TIOCSTI and its kind, on a terminal fd 0 to 2 may be.
+/// ioctl requests a worker may make: the non-blocking and close-on-exec flags, bytes waiting.
+/// Not TIOCSTI and its kind, on a terminal fd 0 to 2 may be.
 #[allow(clippy::unnecessary_cast)] // The requests' type differs between C libraries.
 const IOCTLS: &[u64] = &[
     libc::FIONBIO as u64,
     libc::FIONREAD as u64,
     libc::FIOCLEX as u64,
-    libc::FIONCLEX as u64,
-    libc::TCGETS as u64,
 ];
 
 /// The compiled filter, ready to install.
@@ -194,6 +196,8 @@ pub(super) fn available() -> bool {
 
 /// Names of system calls by number, for the trap's log line (which cannot allocate).
 static NAMES: OnceLock<Vec<String>> = OnceLock::new();
+/// The numbers of [`KILLING`], for the trap.
+static KILLING_NUMBERS: OnceLock<Vec<i32>> = OnceLock::new();
 
 /// Past the highest system call number of the architectures forkd runs on.
 const NUMBERS: i32 = 512;
@@ -216,7 +220,6 @@ pub(super) fn filter() -> Result<Filter, String> {
         Ok::<(), String>(())
     };
     each(ALLOWED, ScmpAction::Allow, &mut ctx)?;
-    each(KILLING, ScmpAction::KillProcess, &mut ctx)?;
     each(&["fork", "vfork"], ScmpAction::Errno(libc::EPERM), &mut ctx)?;
     each(&["clone3"], ScmpAction::Errno(libc::ENOSYS), &mut ctx)?;
     let arg = ScmpArgCompare::new;
@@ -282,6 +285,13 @@ pub(super) fn filter() -> Result<Filter, String> {
             .map_err(failed)?;
     }
     let filter = export(&ctx).map_err(|e| format!("--sandbox: seccomp filter: {e}"))?;
+    KILLING_NUMBERS.get_or_init(|| {
+        KILLING
+            .iter()
+            .filter_map(|name| ScmpSyscall::from_name(name).ok())
+            .map(i32::from)
+            .collect()
+    });
     NAMES.get_or_init(|| {
         (0..NUMBERS)
             .map(|nr| {
@@ -320,6 +330,13 @@ fn export(ctx: &ScmpFilterContext) -> std::io::Result<Filter> {
         .collect::<Vec<_>>();
     let _ = file.as_raw_fd();
     Ok(Filter(instructions))
+}
+
+/// Whether a refused call `nr` must end the worker. Async-signal-safe.
+pub(super) fn kills(nr: i32) -> bool {
+    KILLING_NUMBERS
+        .get()
+        .is_some_and(|numbers| numbers.contains(&nr))
 }
 
 /// The name of system call `nr` on this architecture, for the log. Async-signal-safe.

@@ -4,9 +4,9 @@
 //! `sandbox pid=N refused=NAME` the first time in this process, and returns to the caller,
 //! which sees an ordinary failed call.
 //!
-//! clone3 is the exception: it answers ENOSYS, unlogged. Its flags are in memory a filter
-//! cannot read, so it is refused whole; ENOSYS makes the C library fall back to clone, whose
-//! flags the filter reads (a thread is allowed, a process is not).
+//! A call that changes credentials (setuid and its kind) is logged and then ends the worker
+//! (SIGKILL): a caller that ignored the failure would go on with the privileges it meant to
+//! drop.
 //!
 //! Installed once in the supervisor (which never traps) and inherited by each forked worker,
 //! at no cost per connection; a program loses it at exec. A worker cannot remove it: the
@@ -65,7 +65,9 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, context: *mu
     // SIGSYS layout begins as SigsysInfo does (three ints, then the union, pointer-aligned).
     let info = unsafe { &*(info as *const SigsysInfo) };
     if info.code != SYS_SECCOMP {
-        // Not from a filter (a kill -SYS): what SIGSYS does by default.
+        // Not from a filter (a kill -SYS): what SIGSYS does by default. (In a worker the
+        // filter refuses the signal() with SIGSYS blocked, and the kernel ends the worker
+        // with SIGSYS all the same.)
         // SAFETY: signal and raise are async-signal-safe.
         unsafe {
             libc::signal(libc::SIGSYS, libc::SIG_DFL);
@@ -73,16 +75,20 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, context: *mu
         }
         return;
     }
-    let errno = if i64::from(info.syscall) == libc::SYS_clone3 {
-        libc::ENOSYS
-    } else {
-        libc::EPERM
-    };
+    let name = super::seccomp::name(info.syscall).as_bytes();
+    if super::seccomp::kills(info.syscall) {
+        emergency::refused(name);
+        // SAFETY: raise is async-signal-safe, and with SIGKILL does not return. SIGKILL rather
+        // than SIGSYS's default: restoring that would take rt_sigaction on SIGSYS, which the
+        // filter refuses.
+        unsafe { libc::raise(libc::SIGKILL) };
+        return;
+    }
     // SAFETY: `context` is the ucontext_t of the interrupted call, which the kernel restores
-    // on return from this handler: its result register becomes -errno.
-    unsafe { answer(context.cast(), -i64::from(errno)) };
-    if errno == libc::EPERM && !REPORTED.swap(true, Ordering::Relaxed) {
-        emergency::refused(super::seccomp::name(info.syscall).as_bytes());
+    // on return from this handler: its result register becomes -EPERM.
+    unsafe { answer(context.cast(), -i64::from(libc::EPERM)) };
+    if !REPORTED.swap(true, Ordering::Relaxed) {
+        emergency::refused(name);
     }
 }
 
