@@ -161,15 +161,24 @@ fn a_sandboxed_program_reads_runs_and_connects_only_as_allowed() {
     let target = Forkd::start(&[]);
     let port = target.addr().to_string();
     let port = port.rsplit(':').next().unwrap();
+    // And a program kept among the libraries, which are readable but not executable (apt's
+    // helper: on every Debian system; its exit status without arguments is 1, not 126). Their
+    // output goes to stderr: /dev/null is a file the sandbox does not open.
+    let helper = "/usr/lib/apt/apt-helper";
+    assert!(
+        std::path::Path::new(helper).exists(),
+        "{helper} is part of apt"
+    );
     let script = format!(
         "exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected || echo refused; \
-         /usr/bin/id -u >/dev/null 2>&1 && echo ran || echo not-run"
+         /usr/bin/id -u 1>&2 && echo ran || echo not-run; \
+         {helper} 1>&2; echo $?"
     );
     let shell = ["--", "/bin/bash", "-c", script.as_str()];
-    assert_eq!(served(&shell).0, b"connected\nran\n");
+    assert_eq!(served(&shell).0, b"connected\nran\n1\n");
     assert_eq!(
         served(&[&["--sandbox"][..], &shell].concat()).0,
-        b"refused\nnot-run\n"
+        b"refused\nnot-run\n126\n"
     );
 }
 

@@ -8,7 +8,11 @@
 //! listed and executed; `--sandbox-write` paths everything. A rule holds the file or directory
 //! open at start, whatever its path names later.
 
+use std::ffi::OsStr;
+use std::io::Read;
 use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use landlock::{
@@ -20,9 +24,10 @@ use nix::errno::Errno;
 /// The newest ABI forkd was tested with; the crate drops what the kernel does not offer.
 const TESTED: ABI = ABI::V10;
 
-/// Where the dynamic loader maps libraries from, on the distributions forkd packages for, and
-/// its cache: a program cannot start without them.
-const LOADER_PATHS: &[&str] = &[
+/// Where the dynamic loader finds libraries, on the distributions forkd packages for, and its
+/// cache: read (not executed: the kernel checks execution only of the program and of the
+/// loader, and libraries are mapped, not executed).
+const LIBRARY_PATHS: &[&str] = &[
     "/lib",
     "/lib32",
     "/lib64",
@@ -34,6 +39,15 @@ const LOADER_PATHS: &[&str] = &[
     "/usr/local/lib",
     "/etc/ld.so.cache",
 ];
+
+/// What a program needs to be executed under the ruleset.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Exec {
+    /// Read and executed: the program, its `#!` interpreter, their dynamic loaders.
+    pub run: Vec<PathBuf>,
+    /// Read: the library directories.
+    pub libraries: Vec<PathBuf>,
+}
 
 /// The kernel's Landlock ABI version, 0 without Landlock (not built in, or not enabled).
 pub(super) fn abi() -> i32 {
@@ -49,9 +63,9 @@ pub(super) fn abi() -> i32 {
     version.max(0) as i32
 }
 
-/// The ruleset: everything handled, `read` and `write` granted. Its descriptor is
-/// close-on-exec.
-pub(super) fn ruleset(read: &[PathBuf], write: &[PathBuf]) -> Result<OwnedFd, String> {
+/// The ruleset: everything handled; `read` and `write` granted, and what `exec` needs. Its
+/// descriptor is close-on-exec.
+pub(super) fn ruleset(read: &[PathBuf], write: &[PathBuf], exec: &Exec) -> Result<OwnedFd, String> {
     let failed = |e: landlock::RulesetError| format!("--sandbox: Landlock ruleset: {e}");
     let created = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
@@ -62,26 +76,41 @@ pub(super) fn ruleset(read: &[PathBuf], write: &[PathBuf]) -> Result<OwnedFd, St
         .map_err(failed)?
         .add_rules(path_beneath_rules(read, AccessFs::from_read(TESTED)))
         .and_then(|r| r.add_rules(path_beneath_rules(write, AccessFs::from_all(TESTED))))
+        .and_then(|r| {
+            r.add_rules(path_beneath_rules(
+                &exec.run,
+                AccessFs::ReadFile | AccessFs::Execute,
+            ))
+        })
+        .and_then(|r| {
+            r.add_rules(path_beneath_rules(
+                &exec.libraries,
+                AccessFs::ReadFile | AccessFs::ReadDir,
+            ))
+        })
         .map_err(failed)?;
     Option::<OwnedFd>::from(created)
         .ok_or_else(|| "--sandbox: Landlock gave no ruleset on a kernel that has it".to_string())
 }
 
-/// What executing `program` takes: the program itself, the interpreter its `#!` line names,
-/// and the loader's directories; those that exist.
-pub(super) fn needed_to_exec(program: Option<&Path>) -> Vec<PathBuf> {
-    let mut paths: Vec<PathBuf> = LOADER_PATHS.iter().map(PathBuf::from).collect();
-    if let Some(program) = program {
-        paths.push(program.to_path_buf());
-        paths.extend(interpreter(program));
-    }
-    paths.retain(|p| p.exists());
-    paths
+/// What executing `program` takes: itself, the interpreter its `#!` line names, the dynamic
+/// loader each of those names, and the library directories; those that exist.
+pub(super) fn needed_to_exec(program: Option<&Path>) -> Exec {
+    let mut run: Vec<PathBuf> = program.into_iter().map(Path::to_path_buf).collect();
+    run.extend(program.and_then(interpreter));
+    let loaders: Vec<PathBuf> = run.iter().filter_map(|p| elf_interpreter(p)).collect();
+    run.extend(loaders);
+    run.retain(|p| p.exists());
+    let libraries = LIBRARY_PATHS
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .collect();
+    Exec { run, libraries }
 }
 
 /// The interpreter a `#!` line names (`#!/bin/sh -e` → /bin/sh).
 fn interpreter(program: &Path) -> Option<PathBuf> {
-    use std::io::Read;
     let mut head = [0u8; 256];
     let n = std::fs::File::open(program).ok()?.read(&mut head).ok()?;
     let line = head[..n].strip_prefix(b"#!")?;
@@ -89,8 +118,50 @@ fn interpreter(program: &Path) -> Option<PathBuf> {
     let word = line
         .split(|b| *b == b' ' || *b == b'\t')
         .find(|w| !w.is_empty())?;
-    use std::os::unix::ffi::OsStrExt;
-    Some(PathBuf::from(std::ffi::OsStr::from_bytes(word)))
+    Some(PathBuf::from(OsStr::from_bytes(word)))
+}
+
+/// The program interpreter (the dynamic loader) an ELF executable names in its PT_INTERP
+/// header; `None` for a static executable or a file that is not ELF.
+fn elf_interpreter(path: &Path) -> Option<PathBuf> {
+    const PT_INTERP: u32 = 3;
+    let file = std::fs::File::open(path).ok()?;
+    let mut ident = [0u8; 64];
+    file.read_exact_at(&mut ident, 0).ok()?;
+    if ident[..4] != *b"\x7fELF" {
+        return None;
+    }
+    let little = ident[5] == 1;
+    let wide = ident[4] == 2;
+    let read = |at: u64, width: usize| -> Option<u64> {
+        let mut bytes = [0u8; 8];
+        file.read_exact_at(&mut bytes[..width], at).ok()?;
+        let bytes = &bytes[..width];
+        Some(bytes.iter().enumerate().fold(0u64, |n, (i, b)| {
+            let shift = if little { i } else { width - 1 - i } * 8;
+            n | u64::from(*b) << shift
+        }))
+    };
+    // Offsets of e_phoff, e_phentsize, e_phnum; of p_offset and p_filesz in a header.
+    let (phoff, entry_size, count, word) = if wide {
+        (read(32, 8)?, read(54, 2)?, read(56, 2)?, 8)
+    } else {
+        (read(28, 4)?, read(42, 2)?, read(44, 2)?, 4)
+    };
+    let (offset_at, size_at) = if wide { (8, 32) } else { (4, 16) };
+    for i in 0..count.min(64) {
+        let header = phoff.checked_add(i * entry_size)?;
+        if read(header, 4)? as u32 != PT_INTERP {
+            continue;
+        }
+        let offset = read(header + offset_at, word)?;
+        let size = read(header + size_at, word)?.min(4096) as usize;
+        let mut name = vec![0u8; size];
+        file.read_exact_at(&mut name, offset).ok()?;
+        let end = name.iter().position(|b| *b == 0).unwrap_or(size);
+        return Some(PathBuf::from(OsStr::from_bytes(&name[..end])));
+    }
+    None
 }
 
 /// Restricts the calling thread with `ruleset` (no_new_privs set already).
@@ -103,6 +174,17 @@ pub(super) fn restrict_self(ruleset: RawFd) -> Result<(), Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dynamic_executable_names_its_loader_and_a_script_its_interpreter() {
+        let loader = elf_interpreter(Path::new("/bin/true")).expect("/bin/true is dynamic");
+        assert!(loader.to_string_lossy().contains("ld-"), "{loader:?}");
+        assert!(loader.exists());
+        assert_eq!(elf_interpreter(Path::new("/etc/passwd")), None);
+        let exec = needed_to_exec(Some(Path::new("/bin/true")));
+        assert_eq!(exec.run, vec![PathBuf::from("/bin/true"), loader]);
+        assert!(exec.libraries.contains(&PathBuf::from("/usr/lib")));
+    }
 
     #[test]
     fn the_interpreter_is_the_first_word_of_the_hash_bang_line() {

@@ -16,7 +16,8 @@
 //!
 //! A program (`-- PROGRAM`, and the programs of frame-exec, whose worker is confined as they
 //! are) gets the first two, plus read and execute rights on itself, its `#!` interpreter and
-//! the directories the dynamic loader reads. No seccomp: what a program needs is not known.
+//! the dynamic loader they name, and read rights on the library directories. No seccomp: what
+//! a program needs is not known.
 //!
 //! Everything is prepared once, in the supervisor at start ([`Prepared::new`]: the ruleset's
 //! descriptor, the compiled filters); each child applies it with a handful of system calls
@@ -255,11 +256,11 @@ impl Prepared {
         #[cfg(target_os = "linux")]
         {
             let ruleset = if support.landlock_abi >= 1 {
-                let mut read = sandbox.read.clone();
-                if let Confined::Programs(program) = who {
-                    read.extend(landlock::needed_to_exec(program));
-                }
-                Some(landlock::ruleset(&read, &sandbox.write)?)
+                let exec = match who {
+                    Confined::Programs(program) => landlock::needed_to_exec(program),
+                    Confined::Handler => landlock::Exec::default(),
+                };
+                Some(landlock::ruleset(&sandbox.read, &sandbox.write, &exec)?)
             } else {
                 None
             };
