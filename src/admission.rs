@@ -1,7 +1,8 @@
 //! Admission: whether the supervisor starts a worker for a new connection at all.
 //!
 //! Decided before any fork, in this order: access rules (`--allow` / `--deny`, first match
-//! wins, default allow), concurrent children per source (`--per-source`), and connections per
+//! wins, default allow), penalties earned by earlier conversations (`--penalty`,
+//! [`crate::penalty`]), concurrent children per source (`--per-source`), and connections per
 //! source over time (`--rate`, a token bucket). A source is the client address cut to
 //! `--per-source-prefix` bits (default 32 for IPv4, 128 for IPv6), as sshd's
 //! PerSourceNetBlockSize groups neighbours. Unix-socket peers have no address: rules and
@@ -15,6 +16,7 @@ use crate::cidr::{Cidr, canonical};
 use crate::config::{Policy, Rate, SourcePrefix};
 use crate::conn::Peer;
 use crate::frame::ErrorCode;
+use crate::penalty::{Offence, Penalties};
 
 /// The source a peer belongs to; `None` for Unix-socket peers.
 pub(crate) fn source_of(prefix: &SourcePrefix, peer: &Peer) -> Option<Cidr> {
@@ -26,8 +28,8 @@ pub(crate) fn source_of(prefix: &SourcePrefix, peer: &Peer) -> Option<Cidr> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Refusal {
     pub code: ErrorCode,
-    /// For the log, one word: `denied`, `per-source`, `rate`, `rate-table`, `overload`,
-    /// `early-drop`, `fork`, `shutdown`.
+    /// For the log, one word: `denied`, `penalty`, `per-source`, `rate`, `rate-table`,
+    /// `overload`, `early-drop`, `fork`, `shutdown`.
     pub reason: &'static str,
     /// For the peer, in the ERROR frame.
     pub message: String,
@@ -60,6 +62,8 @@ pub(crate) struct Admission {
     last_sweep: Option<Instant>,
     /// Whether children per source are counted: for --per-source, or when asked.
     counting: bool,
+    /// Sources serving a `--penalty`.
+    penalties: Option<Penalties>,
 }
 
 impl Admission {
@@ -67,6 +71,7 @@ impl Admission {
     pub fn new(policy: Policy, count_sources: bool) -> Admission {
         Admission {
             counting: count_sources || policy.per_source.is_some(),
+            penalties: policy.penalty.clone().map(Penalties::new),
             policy,
             children_per_source: HashMap::new(),
             buckets: HashMap::new(),
@@ -89,6 +94,20 @@ impl Admission {
             });
         }
         let source = source_of(&self.policy.source_prefix, peer).expect("TCP peer");
+        if let Some((offence, left)) = self
+            .penalties
+            .as_mut()
+            .and_then(|p| p.serving(&source, now))
+        {
+            return Err(Refusal {
+                code: ErrorCode::Denied,
+                reason: "penalty",
+                message: format!(
+                    "{source} penalised ({offence}): {}s left",
+                    left.as_secs_f64().ceil()
+                ),
+            });
+        }
         if let Some(limit) = self.policy.per_source {
             let now_from_source = self.connections_from(&source);
             if now_from_source >= limit {
@@ -156,6 +175,20 @@ impl Admission {
         if let Some(source) = self.source_of(peer) {
             *self.children_per_source.entry(source).or_insert(0) += 1;
         }
+    }
+
+    /// Penalises `peer`'s source for `offence` (`--penalty`); the line to log, if it was.
+    pub fn penalise(&mut self, peer: &Peer, offence: Offence, now: Instant) -> Option<String> {
+        let Peer::Tcp(sa) = peer else { return None };
+        let source = self.source_of(peer)?;
+        let left = self
+            .penalties
+            .as_mut()?
+            .penalise(sa.ip(), source, offence, now)?;
+        Some(format!(
+            "status peer={peer} source={source} penalty={offence} left={:.0}s",
+            left.as_secs_f64().ceil()
+        ))
     }
 
     pub fn ended(&mut self, peer: &Peer) {

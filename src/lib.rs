@@ -50,6 +50,7 @@ mod isolation;
 mod listen;
 mod logging;
 mod notify;
+mod penalty;
 mod pidfile;
 mod privilege;
 mod relay;

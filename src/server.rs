@@ -173,6 +173,13 @@ impl Server {
         self
     }
 
+    /// Refuses, for a while, sources whose conversations crashed, broke the protocol or timed
+    /// out (see [`crate::config::Penalty`]).
+    pub fn penalty(mut self, penalty: crate::config::Penalty) -> Server {
+        self.config.admission.penalty = Some(penalty);
+        self
+    }
+
     /// Resource limits of each worker process.
     pub fn limits(mut self, limits: Limits) -> Server {
         self.config.limits = limits;

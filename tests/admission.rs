@@ -196,3 +196,97 @@ fn early_drop_refuses_on_a_slope_below_the_limit() {
     );
     drop(held);
 }
+
+/// `--penalty`'s refusal as a peer sees it: ERROR 5 and its message.
+fn penalised(source: &str, server: &Forkd) -> String {
+    let mut client = Client::connect_from(source, &server.addr());
+    client.send(Kind::Data, b"let me in");
+    client.expect_error(5)
+}
+
+#[test]
+fn a_crash_penalises_its_source_and_no_other() {
+    let mut server = Forkd::start_faults(&["--penalty", "crash=30s,error=1s"]);
+    let mut crasher = Client::connect_from("127.0.0.3", &server.addr());
+    crasher.send(Kind::Data, b"abort");
+    crasher.expect_eof();
+    let line = server.wait_log("penalty=crash");
+    assert_eq!(field(&line, "source"), Some("127.0.0.3/32"), "{line}");
+    assert_eq!(field(&line, "left"), Some("30s"), "{line}");
+    assert!(line.contains("warning:"), "{line}");
+    let message = penalised("127.0.0.3", &server);
+    assert!(
+        message.contains("127.0.0.3/32 penalised (crash): 30s left"),
+        "{message}"
+    );
+    let reject = server.wait_log("reason=penalty");
+    assert_eq!(field(&reject, "code"), Some("5"), "{reject}");
+    // Another source is served.
+    let mut other = Client::connect_from("127.0.0.4", &server.addr());
+    assert_eq!(other.echo(b"fine").payload, b"fine");
+}
+
+#[test]
+fn protocol_errors_add_up_to_the_max_and_lapse() {
+    let mut server = Forkd::start(&["--penalty", "error=1s", "--penalty-max", "2s"]);
+    // Three conversations from one source, then each breaks the protocol: 3 s, capped at 2.
+    let mut clients: Vec<Client> = (0..3)
+        .map(|_| Client::connect_from("127.0.0.5", &server.addr()))
+        .collect();
+    for client in &mut clients {
+        assert_eq!(client.echo(b"hello").payload, b"hello");
+    }
+    for client in &mut clients {
+        client.send_raw(&[0, 0, 0, 0, 0x09]);
+        client.expect_error(2);
+    }
+    server.wait_log_count("penalty=error", 3);
+    let last = server.wait_log("penalty=error left=2s");
+    assert!(last.contains("source=127.0.0.5/32"), "{last}");
+    let message = penalised("127.0.0.5", &server);
+    assert!(message.contains("penalised (error)"), "{message}");
+    // Served again once the penalty has lapsed.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let mut back = Client::connect_from("127.0.0.5", &server.addr());
+    assert_eq!(back.echo(b"again").payload, b"again");
+}
+
+#[test]
+fn idle_timeouts_are_penalised_and_exempt_networks_never() {
+    let mut server = Forkd::start(&[
+        "--idle-timeout",
+        "0.2",
+        "--penalty",
+        "timeout=20s",
+        "--penalty-exempt",
+        "127.0.0.7",
+    ]);
+    for source in ["127.0.0.6", "127.0.0.7"] {
+        let mut silent = Client::connect_from(source, &server.addr());
+        silent.expect_error(7);
+    }
+    let line = server.wait_log("penalty=timeout");
+    assert_eq!(field(&line, "source"), Some("127.0.0.6/32"), "{line}");
+    assert!(penalised("127.0.0.6", &server).contains("timeout"));
+    let mut exempt = Client::connect_from("127.0.0.7", &server.addr());
+    assert_eq!(exempt.echo(b"checker").payload, b"checker");
+    assert_eq!(
+        server
+            .log()
+            .iter()
+            .filter(|l| l.contains("penalty=timeout"))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn a_child_ended_at_max_lifetime_is_a_timeout_not_a_crash() {
+    let mut server =
+        Forkd::start_faults(&["--max-lifetime", "0.3", "--penalty", "crash=1m,timeout=20s"]);
+    let mut spinner = Client::connect_from("127.0.0.8", &server.addr());
+    spinner.send(Kind::Data, b"spin");
+    let line = server.wait_log("source=127.0.0.8/32");
+    assert_eq!(field(&line, "penalty"), Some("timeout"), "{line}");
+    assert_eq!(field(&line, "left"), Some("20s"), "{line}");
+}

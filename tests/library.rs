@@ -40,7 +40,7 @@ fn the_uppercase_example_answers_each_frame_in_upper_case_pipelined_and_in_order
     client.send_raw(&[0, 0, 0, 0, 0x09]);
     client.expect_error(2);
     let end = server.wait_log(" end peer=");
-    assert!(end.contains("status=exit:1"), "{end}");
+    assert!(end.contains("status=exit:2"), "{end}");
     let start = server.log().join("\n");
     assert!(start.contains("handler=framed"), "{start}");
 }

@@ -116,6 +116,16 @@ impl Config {
                 return Err(format!("--defer-accept {wait:?} is more than 1h"));
             }
         }
+        if let Some(penalty) = &self.admission.penalty {
+            penalty.check()?;
+            if self.inetd {
+                return Err(
+                    "--penalty remembers sources across connections, and under --inetd \
+                            each connection has a forkd of its own"
+                        .into(),
+                );
+            }
+        }
         check_setting("--rate", self.admission.rate.map(|r| r.per), false)
     }
 

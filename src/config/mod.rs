@@ -19,6 +19,7 @@ use crate::addr::Addr;
 pub use crate::cidr::Cidr;
 pub use crate::early_drop::EarlyDrop;
 use crate::frame::DEFAULT_MAX_FRAME;
+pub use crate::penalty::{DEFAULT_PENALTY_MAX, Penalty};
 pub use crate::sandbox::Sandbox;
 
 mod check;
@@ -231,6 +232,9 @@ pub struct Policy {
     pub source_prefix: SourcePrefix,
     /// New connections per period from one source.
     pub rate: Option<Rate>,
+    /// Refusal for a while of sources whose conversations crashed, broke the protocol or
+    /// timed out (`--penalty`).
+    pub penalty: Option<Penalty>,
 }
 
 /// One `--allow` or `--deny`.

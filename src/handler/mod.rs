@@ -36,8 +36,14 @@ use crate::sandbox::Confined;
 pub(crate) enum Outcome {
     /// The peer finished cleanly (for protocol v1: at a frame boundary, every reply sent).
     Clean,
-    /// A protocol or I/O error ended it; the worker has logged why.
+    /// An I/O error ended it (a reset, say), or the handler returned an error; the worker has
+    /// logged why.
     Failed,
+    /// The peer broke the protocol (ERROR 1, 2 or 3 sent); logged.
+    Broken,
+    /// The peer sent no complete request, or did not take a reply, within the idle limit
+    /// (ERROR 7); logged.
+    TimedOut,
 }
 
 /// What a worker does with a connection: the service the server was given, resolved.

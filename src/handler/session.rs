@@ -115,6 +115,11 @@ pub(crate) fn serve(
             Err(e) => break Failure::Io("read", e),
         }
     };
+    let outcome = match &failure {
+        Failure::Protocol(ErrorCode::Timeout, _) | Failure::SlowReader => Outcome::TimedOut,
+        Failure::Protocol(..) => Outcome::Broken,
+        Failure::Io(..) => Outcome::Failed,
+    };
     let reason = match failure {
         Failure::Protocol(code, reason) => {
             // The replies to the requests before the error go out first, then the ERROR.
@@ -145,7 +150,7 @@ pub(crate) fn serve(
         Failure::Io(op, e) => format!("reason={}", quote(&format!("{op}: {e}"))),
     };
     log::warn!("error peer={peer} pid={} {reason}", std::process::id());
-    Outcome::Failed
+    outcome
 }
 
 enum Failure {

@@ -20,10 +20,9 @@ use std::sync::Arc;
 use nix::errno::Errno;
 use nix::unistd::{ForkResult, Pid};
 
-use super::{EXIT_CLEAN, EXIT_FAILED, EXIT_PANIC, Job};
+use super::{EXIT_FAILED, Job, exit_status};
 use crate::config::Limits;
 use crate::conn::Connection;
-use crate::handler::Outcome;
 use crate::handler::program::Prepared as PreparedProgram;
 use crate::listen::{ACCEPTED_SOCKETS_INHERIT, configure_accepted};
 use crate::sandbox::Prepared;
@@ -206,11 +205,7 @@ fn run_child(conn: Connection, setup: &ChildSetup, job: &Job<'_>) -> ! {
         exit(EXIT_FAILED);
     }
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| job.work.serve(conn, job.settings)));
-    exit(match outcome {
-        Ok(Outcome::Clean) => EXIT_CLEAN,
-        Ok(Outcome::Failed) => EXIT_FAILED,
-        Err(_) => EXIT_PANIC,
-    })
+    exit(exit_status(outcome))
 }
 
 /// Serves `conn` in this process, as a forked child would but without the fork (`--inetd`,
@@ -233,11 +228,9 @@ pub(crate) fn serve_here(
         );
         return EXIT_FAILED;
     }
-    match panic::catch_unwind(AssertUnwindSafe(|| work.serve(conn, settings))) {
-        Ok(Outcome::Clean) => EXIT_CLEAN,
-        Ok(Outcome::Failed) => EXIT_FAILED,
-        Err(_) => EXIT_PANIC,
-    }
+    exit_status(panic::catch_unwind(AssertUnwindSafe(|| {
+        work.serve(conn, settings)
+    })))
 }
 
 fn exit(code: i32) -> ! {

@@ -29,14 +29,29 @@ pub(crate) use fork::Fork;
 pub(crate) use thread::Threads;
 
 use crate::conn::Connection;
-use crate::handler::{ProtocolSettings, Work};
+use crate::handler::{Outcome, ProtocolSettings, Work};
 
 /// Exit status of a worker whose peer finished cleanly.
 pub(crate) const EXIT_CLEAN: i32 = 0;
-/// Exit status of a worker whose conversation ended on a protocol or I/O error (logged by it).
+/// Exit status of a worker whose conversation ended on an I/O error (logged by it).
 pub(crate) const EXIT_FAILED: i32 = 1;
+/// Exit status of a worker whose peer broke the protocol (logged by it).
+pub(crate) const EXIT_BROKEN: i32 = 2;
+/// Exit status of a worker whose peer went silent past the idle limit (logged by it).
+pub(crate) const EXIT_TIMED_OUT: i32 = 3;
 /// Exit status of a worker whose handler panicked (logged by it).
 pub(crate) const EXIT_PANIC: i32 = 101;
+
+/// The exit status a worker reports for how its conversation ended, or for a panic.
+pub(crate) fn exit_status(outcome: std::thread::Result<Outcome>) -> i32 {
+    match outcome {
+        Ok(Outcome::Clean) => EXIT_CLEAN,
+        Ok(Outcome::Failed) => EXIT_FAILED,
+        Ok(Outcome::Broken) => EXIT_BROKEN,
+        Ok(Outcome::TimedOut) => EXIT_TIMED_OUT,
+        Err(_) => EXIT_PANIC,
+    }
+}
 
 /// Who serves a connection: a process (and its group) or a thread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

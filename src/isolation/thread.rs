@@ -11,10 +11,7 @@
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::mpsc::{Receiver, Sender, channel};
 
-use super::{
-    EXIT_CLEAN, EXIT_FAILED, EXIT_PANIC, Ended, Isolation, Job, NotStarted, Running, Started,
-    Termination, WorkerId,
-};
+use super::{Ended, Isolation, Job, NotStarted, Running, Started, Termination, WorkerId};
 use crate::conn::Connection;
 use crate::handler::Outcome;
 use crate::listen::{ACCEPTED_SOCKETS_INHERIT, configure_accepted};
@@ -62,11 +59,7 @@ impl Isolation for Threads {
                     }
                     work.serve(conn, settings)
                 }));
-                let code = match outcome {
-                    Ok(Outcome::Clean) => EXIT_CLEAN,
-                    Ok(Outcome::Failed) => EXIT_FAILED,
-                    Err(_) => EXIT_PANIC,
-                };
+                let code = super::exit_status(outcome);
                 let _ = done.send((id, code));
                 waker.wake();
             });

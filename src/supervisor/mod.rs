@@ -42,6 +42,7 @@ use crate::isolation::{Ended, Isolation, Job, NotStarted, WorkerId};
 use crate::listen::Listener;
 use crate::logging::quote;
 use crate::notify::Notifier;
+use crate::penalty::Offence;
 use crate::relay::Relays;
 use crate::signals::Signals;
 use lines::{Active, ActiveField, Bytes, log_end};
@@ -527,6 +528,7 @@ impl Supervisor {
             peer: conn.peer.clone(),
             started: Instant::now(),
             tally: slot,
+            outlived: false,
         };
         let pid = format!("pid={}", std::process::id());
         log::info!(
@@ -574,6 +576,11 @@ impl Supervisor {
         let tally = &mut self.tally;
         self.workers.collect(|active, id, record, how| {
             admission.ended(&record.peer);
+            if let Some(offence) = Offence::of(how, record.outlived, work.is_program())
+                && let Some(line) = admission.penalise(&record.peer, offence, Instant::now())
+            {
+                log::warn!("{line}");
+            }
             if let WorkerId::Process(pid) = id {
                 relays.finish(pid);
             }

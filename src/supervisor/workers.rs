@@ -24,6 +24,8 @@ pub(super) struct WorkerRecord {
     pub started: Instant,
     /// Where its bytes are counted, for a protocol-v1 conversation.
     pub tally: Option<Slot>,
+    /// Whether forkd ended it at `--max-lifetime`.
+    pub outlived: bool,
 }
 
 pub(super) struct Workers {
@@ -70,6 +72,7 @@ impl Workers {
             peer,
             started: now,
             tally,
+            outlived: false,
         };
         self.table.insert(started.id, record);
         Ok(started)
@@ -104,6 +107,9 @@ impl Workers {
             }
             self.lifetimes.pop_first();
             self.isolation.terminate(id, Termination::Ask);
+            if let Some(record) = self.table.get_mut(&id) {
+                record.outlived = true;
+            }
             log::warn!(
                 "status {id} peer={} action=SIGTERM reason=max-lifetime age={:.3}s",
                 self.table[&id].peer,

@@ -209,6 +209,27 @@ struct Cli {
     #[arg(long, value_name = "START:PERCENT", help_heading = "Admission")]
     early_drop: Option<forkd::config::EarlyDrop>,
 
+    /// Refuse a source (ERROR 5) for a while after its conversations end badly, as sshd's
+    /// PerSourcePenalties: crash (a child killed by a signal, or a panic), error (a protocol
+    /// error), timeout (--idle-timeout or --max-lifetime), e.g. crash=90s,error=5s,timeout=10s.
+    /// Penalties add up per --per-source-prefix network, to --penalty-max.
+    #[arg(long, value_name = "KIND=DURATION,...", help_heading = "Admission")]
+    penalty: Option<forkd::config::Penalty>,
+
+    /// The most a source's penalties add up to.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_secs,
+          requires = "penalty", help_heading = "Admission")]
+    penalty_max: Duration,
+
+    /// Never penalise clients in this network (health checkers, say). Repeatable.
+    #[arg(
+        long,
+        value_name = "CIDR",
+        requires = "penalty",
+        help_heading = "Admission"
+    )]
+    penalty_exempt: Vec<Cidr>,
+
     /// Address-space limit of each child (RLIMIT_AS), K, M, G suffixes.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes_u64, help_heading = "Children")]
     rlimit_as: Option<u64>,
@@ -404,6 +425,11 @@ where
             per_source: cli.per_source,
             source_prefix: cli.per_source_prefix,
             rate: cli.rate,
+            penalty: cli.penalty.map(|penalty| forkd::config::Penalty {
+                max: cli.penalty_max,
+                exempt: cli.penalty_exempt,
+                ..penalty
+            }),
         },
         overload: cli.overload,
         early_drop: cli.early_drop,
