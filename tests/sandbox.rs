@@ -150,7 +150,9 @@ fn a_sandboxed_program_reads_runs_and_connects_only_as_allowed() {
     assert!(line.contains("Permission denied"), "{line}");
     let start = server.wait_log("sandbox for=programs");
     assert!(
-        start.contains("applied=\"no_new_privs landlock-files landlock-tcp landlock-scopes\""),
+        start.contains(
+            "applied=\"no_new_privs landlock-files landlock-tcp landlock-scopes seccomp-guard\""
+        ),
         "{start}"
     );
     // Declared, it is read.
@@ -311,4 +313,34 @@ fn what_the_sandbox_cannot_take_is_refused_in_one_line() {
         assert!(stderr.contains(said), "{args:?}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn a_sandboxed_program_cannot_reach_the_supervisor_or_keep_capabilities() {
+    // renice and prlimit on the supervisor (the program's parent) are refused; the
+    // supervisor keeps serving with its limits. The capabilities of root are gone.
+    let script = "renice -n 19 -p $PPID 1>&2 && echo reniced || echo refused; \
+                  prlimit --pid $PPID --nofile=0:0 1>&2 && echo limited || echo refused; \
+                  grep CapEff /proc/self/status";
+    let server = Forkd::start(&[
+        "--sandbox",
+        "--sandbox-read",
+        "/usr/bin",
+        "--sandbox-read",
+        "/proc",
+        "--",
+        "/bin/bash",
+        "-c",
+        script,
+    ]);
+    let output = Client::connect(&server.addr()).read_to_end();
+    assert_eq!(
+        String::from_utf8_lossy(&output),
+        "refused\nrefused\nCapEff:\t0000000000000000\n"
+    );
+    let again = Client::connect(&server.addr()).read_to_end();
+    assert_eq!(again, output);
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", server.pid)).unwrap();
+    let nice = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(16);
+    assert_eq!(nice, Some("0"), "{stat}");
 }

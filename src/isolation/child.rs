@@ -75,12 +75,17 @@ pub(crate) struct ChildSetup {
 /// Applies `setup`'s sandbox to this process, a new worker or a program's child: the error is
 /// the line to log.
 fn confine(setup: &ChildSetup) -> Result<(), String> {
-    match &setup.sandbox {
-        Some(sandbox) => sandbox
-            .apply()
-            .map_err(|(step, e)| format!("--sandbox: {step}: {e}")),
-        None => Ok(()),
-    }
+    let Some(sandbox) = &setup.sandbox else {
+        return Ok(());
+    };
+    // Not dumpable: a program it starts cannot ptrace it (Landlock allows ptrace within a
+    // domain), nor can another process of the user. (Not for a program's vfork-style child,
+    // which shares the supervisor's memory, and so this flag; a program's exec resets it.)
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    sandbox
+        .apply()
+        .map_err(|(step, e)| format!("--sandbox: {step}: {e}"))
 }
 
 /// Forks a child to serve `conn` with `job`'s work. In the supervisor: the child's pid (the

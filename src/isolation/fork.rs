@@ -7,7 +7,7 @@
 //! model did not start (an embedder's own child) is never reaped here; while one is waiting,
 //! ours are reaped one by one.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
@@ -21,8 +21,9 @@ use crate::conn::Connection;
 /// Processes serving connections.
 pub(crate) struct Fork {
     setup: ChildSetup,
-    /// Workers asked to end (SIGTERM at `--max-lifetime`) and not yet collected.
-    asked: HashSet<Pid>,
+    /// Workers asked to end (SIGTERM at `--max-lifetime`) and not yet collected, with the
+    /// group of the program each was running, checked while the worker was alive.
+    asked: HashMap<Pid, Option<i32>>,
 }
 
 impl Fork {
@@ -30,7 +31,7 @@ impl Fork {
     pub(crate) fn new(setup: ChildSetup) -> Fork {
         Fork {
             setup,
-            asked: HashSet::new(),
+            asked: HashMap::new(),
         }
     }
 
@@ -38,9 +39,13 @@ impl Fork {
     /// its process group (or of its program's) that ignored the SIGTERM: they get the SIGKILL
     /// now, before the reap, while the worker's pid (their group's id) cannot be reused.
     fn reap_ended(&mut self, pid: Pid) -> Option<Ended> {
-        if self.asked.remove(&pid) {
+        if let Some(program) = self.asked.remove(&pid) {
             let _ = killpg(pid, Signal::SIGKILL);
-            super::groups::signal_program_of(pid.as_raw(), Signal::SIGKILL);
+            // The group named when the worker was alive (pgids are not reused while the group
+            // has a member).
+            if let Some(group) = program {
+                let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
+            }
         }
         reap(pid, Some(WaitPidFlag::WNOHANG))
     }
@@ -174,20 +179,21 @@ impl Isolation for Fork {
             return false;
         };
         let signal = match how {
-            Termination::Ask => {
-                self.asked.insert(pid);
-                Signal::SIGTERM
-            }
+            Termination::Ask => Signal::SIGTERM,
             Termination::Force => Signal::SIGKILL,
         };
+        // A program the worker runs per request has a group of its own: signalled first, while
+        // the worker is alive and the group can be checked to be its child's.
+        let program = super::groups::signal_program_of(pid.as_raw(), signal);
+        if how == Termination::Ask {
+            self.asked.insert(pid, program);
+        }
         // The group is the worker's pid, and the worker is not reaped yet, so the id cannot
         // have been reused. A child that has not reached its setpgid yet has no group: then
         // the process itself.
         if killpg(pid, signal).is_err() {
             let _ = kill(pid, signal);
         }
-        // A program the worker runs per request has a group of its own.
-        super::groups::signal_program_of(pid.as_raw(), signal);
         true
     }
 

@@ -72,16 +72,45 @@ fn release(worker: i32) {
     }
 }
 
-/// In the supervisor: sends `signal` to the group of the program `worker` runs, if any.
-pub(crate) fn signal_program_of(worker: i32, signal: Signal) {
+/// In the supervisor, while `worker` is alive: sends `signal` to the group of the program it
+/// runs, if any, and returns that group (checked: see [`signal_group`]), for a later signal
+/// once the worker is gone and the check can no longer be made.
+pub(crate) fn signal_program_of(worker: i32, signal: Signal) -> Option<i32> {
+    let mut signalled = None;
     for slot in SLOTS.get().copied().unwrap_or(&[]) {
         if slot.worker.load(Ordering::Acquire) == worker {
             let group = slot.group.load(Ordering::Acquire);
-            if group > 0 {
-                let _ = killpg(Pid::from_raw(group), signal);
+            if signal_group(group, worker, signal) {
+                signalled = Some(group);
             }
         }
     }
+    signalled
+}
+
+/// Sends `signal` to process group `group` if it is what a slot may name: the group a child
+/// of `parent` leads (so `parent` must be alive: a dead worker's children have another
+/// parent). Whether it was sent. A slot is memory every worker can write (a worker taken over, or a
+/// program that ptraced it, could name group 1, which is every process, or any other): the
+/// supervisor signals nothing it has not checked.
+fn signal_group(group: i32, parent: i32, signal: Signal) -> bool {
+    group > 1 && leads_group_under(group, parent) && killpg(Pid::from_raw(group), signal).is_ok()
+}
+
+/// Whether process `pid` leads its own process group and is a child of `parent`, as
+/// /proc/PID/stat says (`pid (comm) state ppid pgrp ...`; comm may hold anything, so the
+/// fields are read after its last parenthesis).
+fn leads_group_under(pid: i32, parent: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some((_, after)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let mut fields = after.split_whitespace().skip(1);
+    let ppid = fields.next().and_then(|f| f.parse::<i32>().ok());
+    let pgrp = fields.next().and_then(|f| f.parse::<i32>().ok());
+    ppid == Some(parent) && pgrp == Some(pid)
 }
 
 /// In the supervisor, once `worker` is collected: forgets its slot (a worker killed while
@@ -93,10 +122,41 @@ pub(crate) fn worker_ended(worker: i32) {
 /// In the supervisor, at the very end: kills every program group still registered (the
 /// thread model, whose workers cannot be killed one by one).
 pub(crate) fn kill_all_programs() {
+    // In the thread model a program is the supervisor's own child.
+    let supervisor = std::process::id() as i32;
     for slot in SLOTS.get().copied().unwrap_or(&[]) {
-        let group = slot.group.load(Ordering::Acquire);
-        if group > 0 {
-            let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
-        }
+        signal_group(
+            slot.group.load(Ordering::Acquire),
+            supervisor,
+            Signal::SIGKILL,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::os::unix::process::CommandExt;
+
+    #[test]
+    fn only_a_group_a_child_leads_is_signalled() {
+        let child = std::process::Command::new("sleep")
+            .arg("5")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let me = std::process::id() as i32;
+        assert!(leads_group_under(pid, me));
+        // Not under another parent, not a group it does not lead, not group 1.
+        assert!(!leads_group_under(pid, 1));
+        assert!(!leads_group_under(me, me));
+        signal_group(1, me, Signal::SIGCONT);
+        signal_group(pid, me, Signal::SIGKILL);
+        let mut child = child;
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
     }
 }

@@ -105,9 +105,10 @@ pub(crate) fn init(options: LogOptions) -> Target {
         let state = logger.lock();
         state.direct_emergency_lines();
         let for_workers = match &state.stderr {
-            stderr::Sink::Reopened(fd) => {
+            stderr::Sink::Reopened { own, workers } => {
                 use std::os::fd::AsRawFd;
-                fd.as_raw_fd()
+                SUPERVISOR_STDERR.store(own.as_raw_fd(), std::sync::atomic::Ordering::Relaxed);
+                workers.as_raw_fd()
             }
             stderr::Sink::Socket => STDERR_SOCKET,
             stderr::Sink::Polled | stderr::Sink::Plain => -1,
@@ -150,6 +151,10 @@ pub fn stderr_is_journal() -> bool {
 /// non-blocking descriptor for a pipe or terminal, or [`STDERR_SOCKET`].
 static WORKER_STDERR: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
+/// The supervisor's own description of a reopened stderr, which a worker replaces with the
+/// workers' one (under the same number, where its logger writes).
+static SUPERVISOR_STDERR: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
 /// Stderr is a socket (the journal's): it cannot be opened a second time.
 const STDERR_SOCKET: i32 = -2;
 
@@ -157,14 +162,23 @@ const STDERR_SOCKET: i32 = -2;
 /// (Rust's "memory allocation failed" or stack-overflow message, a handler's `eprintln!`)
 /// cannot hold the worker when nobody reads; such a write fails instead (for `eprintln!`, a
 /// panic: the request is answered ERROR 8 and logged). A pipe or terminal is replaced by the
-/// log's own non-blocking descriptor. A socket gets O_NONBLOCK on the description it shares
-/// with the supervisor, which writes to it with non-blocking sends anyway.
+/// workers' non-blocking description of it, which also takes the place of the supervisor's
+/// under the number the logger writes to: a worker holds nothing whose flags the supervisor
+/// depends on. A socket gets O_NONBLOCK on the description it shares with the supervisor,
+/// which writes to it with non-blocking sends whatever the flags say.
 pub(crate) fn nonblocking_stderr_for_worker() {
     let fd = WORKER_STDERR.load(std::sync::atomic::Ordering::Relaxed);
     if fd >= 0 {
-        // SAFETY: both are open descriptors of this process; dup2 replaces descriptor 2,
-        // which no Rust object owns, with a copy of the log's.
-        unsafe { libc::dup2(fd, 2) };
+        let own = SUPERVISOR_STDERR.load(std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: all are open descriptors of this process; dup2 replaces descriptor 2 (which
+        // no Rust object owns) and the logger's descriptor with the workers' description, whose
+        // own number is then closed (their owner, the logger, is never dropped: it is leaked
+        // at start, and a worker ends in _exit).
+        unsafe {
+            libc::dup2(fd, 2);
+            libc::dup2(fd, own);
+            libc::close(fd);
+        }
     } else if fd == STDERR_SOCKET {
         // SAFETY: F_GETFL/F_SETFL only read and set descriptor 2's status flags.
         unsafe {
@@ -269,10 +283,25 @@ fn stderr_line(level: Level, message: &str) -> String {
 }
 
 fn send_syslog(writer: &mut SyslogWriter, level: Level, message: &str) -> syslog::Result<()> {
+    use std::os::fd::AsRawFd;
     // Children inherit the writer: stamp each line with the pid of the process that sends it.
     writer.formatter.pid = std::process::id();
-    if let LoggerBackend::UnixStream(stream) = &mut writer.backend {
-        return send_on_stream(stream.get_ref(), &writer.formatter, level, message);
+    match &writer.backend {
+        LoggerBackend::UnixStream(stream) => {
+            return send_local(
+                stream.get_ref().as_raw_fd(),
+                &writer.formatter,
+                level,
+                message,
+                true,
+            );
+        }
+        // Not the crate's send, which waits or not as the socket's O_NONBLOCK says: workers
+        // share that flag (the socket's description) and could clear it.
+        LoggerBackend::Unix(socket) => {
+            return send_local(socket.as_raw_fd(), &writer.formatter, level, message, false);
+        }
+        LoggerBackend::Udp(..) | LoggerBackend::Tcp(..) => {}
     }
     match level {
         Level::Error => writer.err(message),
@@ -282,17 +311,18 @@ fn send_syslog(writer: &mut SyslogWriter, level: Level, message: &str) -> syslog
     }
 }
 
-/// A stream syslog socket gets each line whole (NUL-terminated) in one non-blocking send:
-/// the crate's own path buffers pieces, and a send that would wait then leaves half a line
-/// behind to go out later, garbling the stream and the count of lines dropped. A line this
-/// short is taken whole or not at all.
-fn send_on_stream(
-    stream: &std::os::unix::net::UnixStream,
+/// A line to a local syslog socket, in one send that never waits (`MSG_DONTWAIT`, whatever
+/// the socket's flags). A stream socket gets each line whole and NUL-terminated: the crate's
+/// own path buffers pieces, and a send that would wait then leaves half a line behind to go
+/// out later, garbling the stream and the count of lines dropped. A line this short is taken
+/// whole or not at all.
+fn send_local(
+    socket: std::os::fd::RawFd,
     formatter: &Formatter3164,
     level: Level,
     message: &str,
+    stream: bool,
 ) -> syslog::Result<()> {
-    use std::os::fd::AsRawFd;
     use syslog::{LogFormat, Severity};
     let severity = match level {
         Level::Error => Severity::LOG_ERR,
@@ -302,9 +332,11 @@ fn send_on_stream(
     };
     let mut line = Vec::with_capacity(message.len() + 64);
     formatter.format(&mut line, severity, message)?;
-    line.push(0);
+    if stream {
+        line.push(0);
+    }
     let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL;
-    match nix::sys::socket::send(stream.as_raw_fd(), &line, flags) {
+    match nix::sys::socket::send(socket, &line, flags) {
         Ok(n) if n == line.len() => Ok(()),
         // Part of a line went out: the stream's framing is lost; what follows is garbled
         // until the next connection (SIGHUP, or a restarted daemon).

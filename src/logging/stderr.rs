@@ -20,8 +20,10 @@ const STDERR: RawFd = 2;
 pub(super) enum Sink {
     /// A socket: each line is one non-blocking send.
     Socket,
-    /// A pipe, FIFO or terminal opened again, non-blocking, for forkd alone.
-    Reopened(OwnedFd),
+    /// A pipe, FIFO or terminal opened again, non-blocking, for forkd alone: once for the
+    /// supervisor, once for its workers. Two descriptions, so that what a worker does to the
+    /// status flags of its own (clear O_NONBLOCK, say) cannot make the supervisor wait.
+    Reopened { own: OwnedFd, workers: OwnedFd },
     /// Something that could not be opened again: poll for room, then write.
     Polled,
     /// A regular file (or anything whose type is unknown): writes do not wait for a reader.
@@ -44,16 +46,17 @@ impl Sink {
             return Sink::Plain;
         }
         let flags = OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
-        match nix::fcntl::open("/proc/self/fd/2", flags, Mode::empty()) {
-            Ok(fd) => Sink::Reopened(fd),
-            Err(_) => Sink::Polled,
+        let reopen = || nix::fcntl::open("/proc/self/fd/2", flags, Mode::empty());
+        match (reopen(), reopen()) {
+            (Ok(own), Ok(workers)) => Sink::Reopened { own, workers },
+            _ => Sink::Polled,
         }
     }
 
     /// The descriptor lines are written to.
     pub(super) fn raw_fd(&self) -> RawFd {
         match self {
-            Sink::Reopened(fd) => fd.as_raw_fd(),
+            Sink::Reopened { own, .. } => own.as_raw_fd(),
             Sink::Socket | Sink::Polled | Sink::Plain => STDERR,
         }
     }
@@ -68,7 +71,7 @@ impl Sink {
                 let sent = unsafe { libc::send(STDERR, line.as_ptr().cast(), line.len(), flags) };
                 Errno::result(sent).map(drop)
             }
-            Sink::Reopened(fd) => write_once(fd.as_raw_fd(), line),
+            Sink::Reopened { own, .. } => write_once(own.as_raw_fd(), line),
             Sink::Polled => {
                 if !room_now() {
                     return false;

@@ -67,6 +67,9 @@ pub(super) fn abi() -> i32 {
 /// descriptor is close-on-exec.
 pub(super) fn ruleset(read: &[PathBuf], write: &[PathBuf], exec: &Exec) -> Result<OwnedFd, String> {
     let failed = |e: landlock::RulesetError| format!("--sandbox: Landlock ruleset: {e}");
+    // Everything but execution: what a worker writes, it cannot then run.
+    let mut writable = AccessFs::from_all(TESTED);
+    writable.remove(AccessFs::Execute);
     let created = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(AccessFs::from_all(TESTED))
@@ -75,7 +78,7 @@ pub(super) fn ruleset(read: &[PathBuf], write: &[PathBuf], exec: &Exec) -> Resul
         .and_then(|r| r.create())
         .map_err(failed)?
         .add_rules(path_beneath_rules(read, AccessFs::from_read(TESTED)))
-        .and_then(|r| r.add_rules(path_beneath_rules(write, AccessFs::from_all(TESTED))))
+        .and_then(|r| r.add_rules(path_beneath_rules(write, writable)))
         .and_then(|r| {
             r.add_rules(path_beneath_rules(
                 &exec.run,

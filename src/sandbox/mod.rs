@@ -24,6 +24,8 @@
 //! that allocate nothing ([`Prepared::apply`]), so that a vfork-style child can too.
 
 #[cfg(target_os = "linux")]
+mod capabilities;
+#[cfg(target_os = "linux")]
 mod landlock;
 #[cfg(target_os = "linux")]
 mod seccomp;
@@ -42,7 +44,8 @@ pub struct Sandbox {
     pub required: bool,
     /// Files and directories (and what is beneath them) the worker may read, list and run.
     pub read: Vec<PathBuf>,
-    /// Files and directories the worker may also write, create in and remove from.
+    /// Files and directories the worker may also write, create in and remove from (not
+    /// execute: what it writes, it cannot run).
     pub write: Vec<PathBuf>,
 }
 
@@ -111,16 +114,23 @@ enum Part {
     LandlockFiles,
     LandlockTcp,
     LandlockScopes,
+    /// Connecting to a Unix socket by path; for programs (a handler cannot make a socket).
+    LandlockUnix,
+    /// The allow list, for handlers.
     Seccomp,
+    /// The guard against reaching other processes' limits and scheduling, for programs.
+    SeccompGuard,
 }
 
 impl Part {
-    const ALL: [Part; 5] = [
+    const ALL: [Part; 7] = [
         Part::NoNewPrivs,
         Part::LandlockFiles,
         Part::LandlockTcp,
         Part::LandlockScopes,
+        Part::LandlockUnix,
         Part::Seccomp,
+        Part::SeccompGuard,
     ];
 
     fn name(self) -> &'static str {
@@ -129,7 +139,9 @@ impl Part {
             Part::LandlockFiles => "landlock-files",
             Part::LandlockTcp => "landlock-tcp",
             Part::LandlockScopes => "landlock-scopes",
+            Part::LandlockUnix => "landlock-unix",
             Part::Seccomp => "seccomp",
+            Part::SeccompGuard => "seccomp-guard",
         }
     }
 
@@ -140,7 +152,17 @@ impl Part {
             Part::LandlockFiles => "Landlock, Linux 5.13",
             Part::LandlockTcp => "Landlock ABI 4, Linux 6.7",
             Part::LandlockScopes => "Landlock ABI 6, Linux 6.12",
-            Part::Seccomp => "seccomp filters",
+            Part::LandlockUnix => "Landlock ABI 9, Linux 7.1",
+            Part::Seccomp | Part::SeccompGuard => "seccomp filters",
+        }
+    }
+
+    /// Whether it applies to workers serving in-process (`true`) or to programs.
+    fn applies(self, in_process: bool) -> bool {
+        match self {
+            Part::Seccomp => in_process,
+            Part::LandlockUnix | Part::SeccompGuard => !in_process,
+            _ => true,
         }
     }
 }
@@ -177,15 +199,14 @@ impl Support {
             Part::LandlockFiles => self.landlock_abi >= 1,
             Part::LandlockTcp => self.landlock_abi >= 4,
             Part::LandlockScopes => self.landlock_abi >= 6,
-            Part::Seccomp => self.seccomp,
+            Part::LandlockUnix => self.landlock_abi >= 9,
+            Part::Seccomp | Part::SeccompGuard => self.seccomp,
         }
     }
 
     /// The parts that apply to these workers.
     fn parts(in_process: bool) -> impl Iterator<Item = Part> {
-        Part::ALL
-            .into_iter()
-            .filter(move |p| in_process || *p != Part::Seccomp)
+        Part::ALL.into_iter().filter(move |p| p.applies(in_process))
     }
 
     /// The parts that apply and this kernel lacks, each with what it needs.
@@ -201,9 +222,11 @@ impl Support {
 pub(crate) struct Prepared {
     /// The Landlock ruleset (close-on-exec); `None` where the kernel has no Landlock.
     ruleset: Option<OwnedFd>,
-    /// The seccomp filter; `None` for programs.
+    /// The seccomp filter: the allow list for handlers, the guard for programs.
     #[cfg(target_os = "linux")]
     filter: Option<seccomp::Filter>,
+    /// Whether the supervisor holds capabilities (root, say) that a worker must give up.
+    drop_capabilities: bool,
     /// What was applied and what is missing, for the start line.
     applied: Vec<Part>,
     missing: Vec<String>,
@@ -264,15 +287,18 @@ impl Prepared {
             } else {
                 None
             };
-            let filter = if in_process && support.seccomp {
-                trap::install()?;
-                Some(seccomp::filter()?)
-            } else {
-                None
+            let filter = match (support.seccomp, in_process) {
+                (false, _) => None,
+                (true, true) => {
+                    trap::install()?;
+                    Some(seccomp::filter()?)
+                }
+                (true, false) => Some(seccomp::guard()?),
             };
             Ok(Prepared {
                 ruleset,
                 filter,
+                drop_capabilities: capabilities::held(),
                 applied,
                 missing,
                 in_process,
@@ -283,6 +309,7 @@ impl Prepared {
             let _ = who;
             Ok(Prepared {
                 ruleset: None,
+                drop_capabilities: false,
                 applied,
                 missing,
                 in_process,
@@ -312,6 +339,9 @@ impl Prepared {
             // SAFETY: prctl with integer arguments only.
             if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
                 return Err(("no_new_privs", Errno::last()));
+            }
+            if self.drop_capabilities {
+                capabilities::drop_all().map_err(|e| ("capabilities", e))?;
             }
             if let Some(ruleset) = &self.ruleset {
                 landlock::restrict_self(ruleset.as_raw_fd()).map_err(|e| ("landlock", e))?;

@@ -39,8 +39,6 @@ const ALLOWED: &[&str] = &[
     "pwrite64",
     "recvfrom",
     "recvmsg",
-    "sendto",
-    "sendmsg",
     "sendfile",
     "shutdown",
     "getsockopt",
@@ -61,7 +59,6 @@ const ALLOWED: &[&str] = &[
     "getdents64",
     "pipe2",
     // Files, as Landlock allows (the C library uses the older calls where they exist).
-    "openat",
     "mkdir",
     "mkdirat",
     "rmdir",
@@ -130,6 +127,15 @@ const KILLING: &[&str] = &[
     "setfsgid",
     "capset",
 ];
+
+/// The clone flags that make a namespace.
+const NAMESPACES: u64 = (libc::CLONE_NEWNS
+    | libc::CLONE_NEWCGROUP
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUSER
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET) as u64;
 
 /// ioctl requests a worker may make: the non-blocking and close-on-exec flags, bytes waiting.
 /// Not TIOCSTI and its kind, on a terminal fd 0 to 2 may be.
@@ -224,6 +230,7 @@ pub(super) fn filter() -> Result<Filter, String> {
     each(&["clone3"], ScmpAction::Errno(libc::ENOSYS), &mut ctx)?;
     let arg = ScmpArgCompare::new;
     let thread = libc::CLONE_THREAD as u64;
+    let o_path = libc::O_PATH as u64;
     let empty_path = libc::AT_EMPTY_PATH as u64;
     let conditional: Vec<(&str, ScmpAction, Vec<ScmpArgCompare>)> = vec![
         // Dispositions, but SIGSYS's: the trap handler must stay.
@@ -232,11 +239,31 @@ pub(super) fn filter() -> Result<Filter, String> {
             ScmpAction::Allow,
             vec![arg(0, ScmpCompareOp::NotEqual, libc::SIGSYS as u64)],
         ),
-        // A thread, not a process (the flags are the first argument on every architecture).
+        // A thread, not a process (the flags are the first argument on every architecture),
+        // and in no new namespace.
         (
             "clone",
             ScmpAction::Allow,
-            vec![arg(0, ScmpCompareOp::MaskedEqual(thread), thread)],
+            vec![arg(
+                0,
+                ScmpCompareOp::MaskedEqual(thread | NAMESPACES),
+                thread,
+            )],
+        ),
+        // Sending on a socket it holds, to its peer: not to an address (the syslog socket a
+        // worker logs through would reach any Unix socket by path). sendmsg, whose address
+        // is in memory a filter cannot read, is refused.
+        (
+            "sendto",
+            ScmpAction::Allow,
+            vec![arg(4, ScmpCompareOp::Equal, 0)],
+        ),
+        // Files Landlock decides on, but not O_PATH, which Landlock lets through and which
+        // would say what exists.
+        (
+            "openat",
+            ScmpAction::Allow,
+            vec![arg(2, ScmpCompareOp::MaskedEqual(o_path), 0)],
         ),
         (
             "clone",
@@ -302,6 +329,45 @@ pub(super) fn filter() -> Result<Filter, String> {
             .collect()
     });
     Ok(filter)
+}
+
+/// The guard for programs (and the frame-exec workers that start them): everything allowed
+/// but reaching another process of the same user through what Landlock does not mediate,
+/// its resource limits, priority and scheduling (a program could otherwise set the
+/// supervisor's open-file limit to 0, or its CPU limit to a second). Those answer EPERM.
+pub(super) fn guard() -> Result<Filter, String> {
+    let failed = |e: libseccomp::error::SeccompError| format!("--sandbox: seccomp guard: {e}");
+    let mut ctx = ScmpFilterContext::new(ScmpAction::Allow).map_err(failed)?;
+    ctx.set_ctl_nnp(false)
+        .and_then(|c| c.set_ctl_optimize(2))
+        .map_err(failed)?;
+    let refused = ScmpAction::Errno(libc::EPERM);
+    let other = |index| ScmpArgCompare::new(index, ScmpCompareOp::NotEqual, 0);
+    let mut rules: Vec<(&str, ScmpArgCompare)> = vec![
+        ("prlimit64", other(0)),
+        ("sched_setaffinity", other(0)),
+        ("sched_setscheduler", other(0)),
+        ("sched_setparam", other(0)),
+        ("sched_setattr", other(0)),
+        ("setpriority", other(1)),
+        ("ioprio_set", other(1)),
+    ];
+    // setpriority and ioprio_set with who 0 and a group or user as `which` reach others too.
+    rules.push((
+        "setpriority",
+        ScmpArgCompare::new(0, ScmpCompareOp::NotEqual, libc::PRIO_PROCESS as u64),
+    ));
+    rules.push((
+        "ioprio_set",
+        ScmpArgCompare::new(0, ScmpCompareOp::NotEqual, 1), // IOPRIO_WHO_PROCESS
+    ));
+    for (name, compare) in rules {
+        if let Ok(call) = ScmpSyscall::from_name(name) {
+            ctx.add_rule_conditional(refused, call, &[compare])
+                .map_err(failed)?;
+        }
+    }
+    export(&ctx).map_err(|e| format!("--sandbox: seccomp guard: {e}"))
 }
 
 /// The filter as the kernel takes it: libseccomp writes it to a descriptor.
