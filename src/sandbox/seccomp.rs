@@ -5,8 +5,9 @@
 //! holds (reading, writing, polling, socket options, closing), memory, time, its own signals,
 //! threads (clone with CLONE_THREAD: a thread is as confined as its process), and opening and
 //! changing files, which Landlock decides. Refused with EPERM and logged ([`super::trap`]):
-//! everything else, new sockets, connect, bind, accept, exec, ptrace and stat of a path
-//! (Landlock does not mediate it, and it would tell what exists) among them. Refused with
+//! everything else, new sockets, connect, bind, accept, sending to an address (the worker
+//! holds forkd's syslog socket), exec, ptrace, O_PATH opens and stat of a path (Landlock
+//! does not mediate them, and they would tell what exists) among them. Refused with
 //! EPERM by the filter itself, unlogged: creating a process (fork, vfork, clone without
 //! CLONE_THREAD), which the C library does with every signal blocked, when a trap would kill
 //! the worker instead; clone3 answers ENOSYS, so that the C library falls back to clone, whose
