@@ -209,14 +209,18 @@ static KILLING_NUMBERS: OnceLock<Vec<i32>> = OnceLock::new();
 /// Past the highest system call number of the architectures forkd runs on.
 const NUMBERS: i32 = 512;
 
+/// A filter under construction with `default` for what no rule names: no_new_privs is set by
+/// forkd before a filter goes in, and the rules become a binary tree, not a list.
+fn context(default: ScmpAction) -> Result<ScmpFilterContext, libseccomp::error::SeccompError> {
+    let mut ctx = ScmpFilterContext::new(default)?;
+    ctx.set_ctl_nnp(false)?.set_ctl_optimize(2)?;
+    Ok(ctx)
+}
+
 /// The filter: see the module documentation.
 pub(super) fn filter() -> Result<Filter, String> {
     let failed = |e: libseccomp::error::SeccompError| format!("--sandbox: seccomp filter: {e}");
-    let mut ctx = ScmpFilterContext::new(ScmpAction::Trap).map_err(failed)?;
-    // no_new_privs is set by forkd before the filter goes in; a binary tree, not a list.
-    ctx.set_ctl_nnp(false)
-        .and_then(|c| c.set_ctl_optimize(2))
-        .map_err(failed)?;
+    let mut ctx = context(ScmpAction::Trap).map_err(failed)?;
     let each = |names: &[&str], action: ScmpAction, ctx: &mut ScmpFilterContext| {
         for name in names {
             // A name this architecture lacks (x86_64's legacy calls elsewhere) is skipped.
@@ -338,10 +342,7 @@ pub(super) fn filter() -> Result<Filter, String> {
 /// supervisor's open-file limit to 0, or its CPU limit to a second). Those answer EPERM.
 pub(super) fn guard() -> Result<Filter, String> {
     let failed = |e: libseccomp::error::SeccompError| format!("--sandbox: seccomp guard: {e}");
-    let mut ctx = ScmpFilterContext::new(ScmpAction::Allow).map_err(failed)?;
-    ctx.set_ctl_nnp(false)
-        .and_then(|c| c.set_ctl_optimize(2))
-        .map_err(failed)?;
+    let mut ctx = context(ScmpAction::Allow).map_err(failed)?;
     let refused = ScmpAction::Errno(libc::EPERM);
     let other = |index| ScmpArgCompare::new(index, ScmpCompareOp::NotEqual, 0);
     let mut rules: Vec<(&str, ScmpArgCompare)> = vec![
