@@ -41,9 +41,13 @@ impl Fork {
     fn reap_ended(&mut self, pid: Pid) -> Option<Ended> {
         if let Some(program) = self.asked.remove(&pid) {
             let _ = killpg(pid, Signal::SIGKILL);
-            // The group named when the worker was alive (pgids are not reused while the group
-            // has a member).
-            if let Some(group) = program {
+            // The group named when the worker was alive: a number not reused while the group has
+            // a member. Its leader (the program) died with the worker (PR_SET_PDEATHSIG); a
+            // live process of that number means the group emptied and the number went to
+            // another, whose group this is not.
+            if let Some(group) = program
+                && !std::path::Path::new(&format!("/proc/{group}")).exists()
+            {
                 let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
             }
         }

@@ -75,10 +75,13 @@ fn line(severity: Severity, event: &[u8], fields: &[&[u8]]) {
     let fd = FD.load(Ordering::Relaxed);
     let bytes = &buf.bytes[..buf.len];
     // SAFETY: `bytes` is a live buffer of that length; send and write are async-signal-safe.
-    // A descriptor that is not a socket fails send with ENOTSOCK: then it is written.
+    // A descriptor that is not a socket fails send with ENOTSOCK: then, and only then, it is
+    // written (a socket that is full, EAGAIN, loses the line rather than make this wait).
     unsafe {
         let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-        if libc::send(fd, bytes.as_ptr().cast(), bytes.len(), flags) < 0 {
+        if libc::send(fd, bytes.as_ptr().cast(), bytes.len(), flags) < 0
+            && *libc::__errno_location() == libc::ENOTSOCK
+        {
             libc::write(fd, bytes.as_ptr().cast(), bytes.len());
         }
     }

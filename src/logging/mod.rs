@@ -190,6 +190,29 @@ pub(crate) fn nonblocking_stderr_for_worker() {
     }
 }
 
+/// In a sandboxed worker, before it is confined: a stderr pipe or terminal gets a description
+/// of this worker's own (a fresh open), in place of the one all workers share, whose
+/// O_NONBLOCK one worker taken over could clear to make the others wait on a full pipe. One
+/// open per worker, so only where a worker is not trusted. Nothing to do for a socket (every
+/// send is non-blocking whatever its flags) or a regular file.
+pub(crate) fn private_stderr_for_worker() {
+    if WORKER_STDERR.load(std::sync::atomic::Ordering::Relaxed) < 0 {
+        return;
+    }
+    let own = SUPERVISOR_STDERR.load(std::sync::atomic::Ordering::Relaxed);
+    let flags = libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY;
+    // SAFETY: open of a NUL-terminated path; dup2 and close on descriptors of this process,
+    // as in `nonblocking_stderr_for_worker`.
+    unsafe {
+        let fresh = libc::open(c"/proc/self/fd/2".as_ptr(), flags);
+        if fresh >= 0 {
+            libc::dup2(fresh, 2);
+            libc::dup2(fresh, own);
+            libc::close(fresh);
+        }
+    }
+}
+
 /// Connects to the syslog socket afresh (SIGHUP), for a syslog daemon that was restarted or
 /// a socket that moved. Returns what happened, for the log line that follows.
 pub(crate) fn reopen() -> &'static str {

@@ -238,11 +238,24 @@ pub(super) fn filter() -> Result<Filter, String> {
     let o_path = libc::O_PATH as u64;
     let empty_path = libc::AT_EMPTY_PATH as u64;
     let conditional: Vec<(&str, ScmpAction, Vec<ScmpArgCompare>)> = vec![
-        // Dispositions, but SIGSYS's: the trap handler must stay.
+        // Dispositions, but SIGSYS's: the trap handler must stay. The kernel reads the signal
+        // as a 32-bit int, and the filter compares all 64 bits, so the allowed numbers are
+        // named whole (below SIGSYS, 32 to 63, 64) rather than "not SIGSYS", which
+        // 0x1_0000_001f would pass.
         (
             "rt_sigaction",
             ScmpAction::Allow,
-            vec![arg(0, ScmpCompareOp::NotEqual, libc::SIGSYS as u64)],
+            vec![arg(0, ScmpCompareOp::Less, libc::SIGSYS as u64)],
+        ),
+        (
+            "rt_sigaction",
+            ScmpAction::Allow,
+            vec![arg(0, ScmpCompareOp::MaskedEqual(!0x1f), 0x20)],
+        ),
+        (
+            "rt_sigaction",
+            ScmpAction::Allow,
+            vec![arg(0, ScmpCompareOp::Equal, 64)],
         ),
         // A thread, not a process (the flags are the first argument on every architecture),
         // and in no new namespace.
