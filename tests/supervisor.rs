@@ -150,7 +150,9 @@ fn children_leave_the_supervisors_process_group() {
     assert_eq!(pgid, child, "child runs in its own process group");
     // It holds no listener and no signal descriptor: the standard three and its connection
     // (and the log's own non-blocking descriptor for the stderr pipe).
-    let fds = without_log_sink(open_fds(child), 1);
+    // (Two opens of the stderr pipe: the supervisor's, for the logger, and the workers', its
+    // stderr.)
+    let fds = without_log_sink(open_fds(child), 2);
     assert_eq!(fds.len(), 4, "{fds:?}");
     assert!(fds[3].1.starts_with("socket:"), "{fds:?}");
     // While the supervisor has its listener and its signalfd (and two opens of the stderr

@@ -78,7 +78,7 @@ fn confine(setup: &ChildSetup) -> Result<(), String> {
     let Some(sandbox) = &setup.sandbox else {
         return Ok(());
     };
-    crate::logging::private_stderr_for_worker();
+    crate::logging::release_supervisor_stderr();
     // Not dumpable: a program it starts cannot ptrace it (Landlock allows ptrace within a
     // domain), nor can another process of the user. (Not for a program's vfork-style child,
     // which shares the supervisor's memory, and so this flag; a program's exec resets it.)

@@ -162,23 +162,15 @@ const STDERR_SOCKET: i32 = -2;
 /// (Rust's "memory allocation failed" or stack-overflow message, a handler's `eprintln!`)
 /// cannot hold the worker when nobody reads; such a write fails instead (for `eprintln!`, a
 /// panic: the request is answered ERROR 8 and logged). A pipe or terminal is replaced by the
-/// workers' non-blocking description of it, which also takes the place of the supervisor's
-/// under the number the logger writes to: a worker holds nothing whose flags the supervisor
-/// depends on. A socket gets O_NONBLOCK on the description it shares with the supervisor,
-/// which writes to it with non-blocking sends whatever the flags say.
+/// workers' non-blocking description of it. A socket gets O_NONBLOCK on the description it
+/// shares with the supervisor, which writes to it with non-blocking sends whatever the flags
+/// say.
 pub(crate) fn nonblocking_stderr_for_worker() {
     let fd = WORKER_STDERR.load(std::sync::atomic::Ordering::Relaxed);
     if fd >= 0 {
-        let own = SUPERVISOR_STDERR.load(std::sync::atomic::Ordering::Relaxed);
-        // SAFETY: all are open descriptors of this process; dup2 replaces descriptor 2 (which
-        // no Rust object owns) and the logger's descriptor with the workers' description, whose
-        // own number is then closed (their owner, the logger, is never dropped: it is leaked
-        // at start, and a worker ends in _exit).
-        unsafe {
-            libc::dup2(fd, 2);
-            libc::dup2(fd, own);
-            libc::close(fd);
-        }
+        // SAFETY: both are open descriptors of this process; dup2 replaces descriptor 2,
+        // which no Rust object owns, with a copy of the workers' description.
+        unsafe { libc::dup2(fd, 2) };
     } else if fd == STDERR_SOCKET {
         // SAFETY: F_GETFL/F_SETFL only read and set descriptor 2's status flags.
         unsafe {
@@ -190,27 +182,21 @@ pub(crate) fn nonblocking_stderr_for_worker() {
     }
 }
 
-/// In a sandboxed worker, before it is confined: a stderr pipe or terminal gets a description
-/// of this worker's own (a fresh open), in place of the one all workers share, whose
-/// O_NONBLOCK one worker taken over could clear to make the others wait on a full pipe. One
-/// open per worker, so only where a worker is not trusted. Nothing to do for a socket (every
-/// send is non-blocking whatever its flags) or a regular file.
-pub(crate) fn private_stderr_for_worker() {
-    if WORKER_STDERR.load(std::sync::atomic::Ordering::Relaxed) < 0 {
+/// In a sandboxed worker: the supervisor's own description of a stderr pipe or terminal,
+/// which the worker inherited under the number its logger writes to, is replaced there by
+/// the workers' one. A worker taken over then holds nothing whose flags (O_NONBLOCK) the
+/// supervisor depends on. (It can still clear the flag on the description the workers share,
+/// and make other workers wait on a full pipe: reopening the pipe per worker would prevent
+/// that, at about 30 µs a worker; syslog and the journal are not open to it.)
+pub(crate) fn release_supervisor_stderr() {
+    let fd = WORKER_STDERR.load(std::sync::atomic::Ordering::Relaxed);
+    if fd < 0 {
         return;
     }
     let own = SUPERVISOR_STDERR.load(std::sync::atomic::Ordering::Relaxed);
-    let flags = libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY;
-    // SAFETY: open of a NUL-terminated path; dup2 and close on descriptors of this process,
-    // as in `nonblocking_stderr_for_worker`.
-    unsafe {
-        let fresh = libc::open(c"/proc/self/fd/2".as_ptr(), flags);
-        if fresh >= 0 {
-            libc::dup2(fresh, 2);
-            libc::dup2(fresh, own);
-            libc::close(fresh);
-        }
-    }
+    // SAFETY: both are open descriptors of this process; the logger that owns `own` is leaked
+    // at start and never dropped (a worker ends in _exit), so the number stays its.
+    unsafe { libc::dup2(fd, own) };
 }
 
 /// Connects to the syslog socket afresh (SIGHUP), for a syslog daemon that was restarted or
