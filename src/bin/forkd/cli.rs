@@ -264,12 +264,13 @@ struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_secs, help_heading = "Children")]
     defer_accept: Option<Duration>,
 
-    /// Confine each child before it reads a byte: no_new_privs, a Landlock domain (no file but
-    /// --sandbox-read/--sandbox-write, no TCP bind or connect, no signal outside it) and, for
-    /// echo, a seccomp filter (no new socket, exec or fork: refused with EPERM, logged once
-    /// per child). A program gets no_new_privs and Landlock, with read and execute on itself
-    /// and its libraries. The start line says what the kernel allowed; =required refuses to
-    /// start where any part is missing.
+    /// Confine each child before it reads a byte: no_new_privs and no capabilities, a Landlock
+    /// domain (no file but --sandbox-read/--sandbox-write, no TCP bind or connect, no signal
+    /// outside it) and, for echo, a seccomp filter (no new socket, exec or fork: refused with
+    /// EPERM, logged once per child). A program gets the first two, with read and execute on
+    /// itself and read on its libraries, and a filter that keeps it from other processes'
+    /// limits and scheduling. The start line says what the kernel allowed; =required refuses
+    /// to start where any part is missing.
     #[arg(long, value_enum, value_name = "required", num_args = 0..=1, require_equals = true,
           default_missing_value = "best-effort", help_heading = "Sandbox")]
     sandbox: Option<SandboxLevel>,
@@ -285,7 +286,7 @@ struct Cli {
     sandbox_read: Vec<PathBuf>,
 
     /// With --sandbox: a file or directory children may also write, create in and remove
-    /// from. Repeatable.
+    /// from (not execute). Repeatable.
     #[arg(
         long,
         value_name = "PATH",
