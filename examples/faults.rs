@@ -13,6 +13,7 @@
 //! | `connect HOST:PORT` | opens a TCP connection to HOST:PORT             |
 //! | `exec PROGRAM`   | runs PROGRAM (no arguments) and waits for it       |
 //! | `setuid UID`     | sets its user id to UID                            |
+//! | `block-log`      | makes every descriptor it holds blocking (clears O_NONBLOCK), the log's included |
 //!
 //! The last four answer `ok` or `denied: ERRNO` (`denied: EACCES`, `denied: EPERM`): what a
 //! conversation taken over by an attacker could reach, with and without `--sandbox`.
@@ -68,6 +69,10 @@ impl FramedHandler for Faults {
                         reply.data(reached(std::net::TcpStream::connect(argument)).as_bytes())
                     }
                     "exec" => reply.data(reached(run(argument)).as_bytes()),
+                    "block-log" => {
+                        block_descriptors();
+                        reply.data(b"ok")
+                    }
                     "setuid" => {
                         let uid = nix::unistd::Uid::from_raw(argument.parse().unwrap_or(0));
                         let set = nix::unistd::setuid(uid).map_err(std::io::Error::from);
@@ -91,6 +96,20 @@ impl Faults {
         // Touch every page so the memory is really resident, not just reserved.
         self.leaked.push(vec![0xa5; mib << 20]);
         reply.data(format!("leaked {mib}").as_bytes());
+    }
+}
+
+/// Clears O_NONBLOCK on descriptors 0 to 63: what a conversation taken over would do to make
+/// whoever shares a log descriptor's description wait on a full pipe.
+fn block_descriptors() {
+    for fd in 0..64 {
+        // SAFETY: F_GETFL/F_SETFL only read and set the status flags of a descriptor, if open.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+            }
+        }
     }
 }
 

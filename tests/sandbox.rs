@@ -344,3 +344,74 @@ fn a_sandboxed_program_cannot_reach_the_supervisor_or_keep_capabilities() {
     let nice = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(16);
     assert_eq!(nice, Some("0"), "{stat}");
 }
+
+#[test]
+fn a_sandboxed_child_that_makes_the_log_blocking_cannot_stall_the_supervisor() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("log");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    // The log's reader, which will stop reading.
+    let reader = common::KillOnDrop(
+        Command::new("cat")
+            .arg(&fifo)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let log = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let mut server = common::KillOnDrop(
+        Command::new(common::example("faults"))
+            .args(["--listen", "127.0.0.1:0", "--log", "stderr", "--print-port"])
+            .arg("--sandbox")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let mut port = String::new();
+    std::io::BufReader::new(server.0.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let addr = format!("127.0.0.1:{}", port.trim());
+    // A child taken over clears O_NONBLOCK on every descriptor it holds, the log's too.
+    let mut client = Client::connect(&addr.parse().unwrap());
+    assert_eq!(ask(&mut client, "block-log"), "ok");
+    drop(client);
+    let reader_pid = nix::unistd::Pid::from_raw(reader.0.id() as i32);
+    nix::sys::signal::kill(reader_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // 3,000 connections, an accept and an end line each: far more than the pipe holds. The
+    // supervisor drops what the pipe cannot take and goes on serving (a supervisor stuck on
+    // the pipe would leave the bench with errors when its 20 s are up).
+    let (code, out, err) = common::forkc(
+        &[
+            "--connect",
+            &addr,
+            "--timeout",
+            "5",
+            "bench",
+            "--workload",
+            "churn",
+            "--connections",
+            "2",
+            "--requests",
+            "3000",
+            "--duration",
+            "20",
+            "--json",
+        ],
+        b"",
+    );
+    nix::sys::signal::kill(reader_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["requests"], 3000, "{out}");
+    let errors: u64 = report["errors"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(errors, 0, "{out}");
+}
