@@ -207,8 +207,10 @@ fn frame_exec_runs_its_program_in_the_sandbox() {
 }
 
 /// A seccomp filter that makes this process and its children see a kernel without Landlock
-/// (ENOSYS from its three calls), built before the fork and installed in `pre_exec`.
-fn without_landlock(cmd: &mut Command) {
+/// (`errno` from its three calls: ENOSYS as from a kernel without it, EPERM as from a
+/// systemd SystemCallFilter= that leaves it out), built before the fork and installed in
+/// `pre_exec`.
+fn without_landlock(cmd: &mut Command, errno: i32) {
     use libseccomp::{ScmpAction, ScmpFilterContext, ScmpSyscall};
     use std::io::{Read, Seek};
     let mut ctx = ScmpFilterContext::new(ScmpAction::Allow).unwrap();
@@ -218,7 +220,7 @@ fn without_landlock(cmd: &mut Command) {
         "landlock_restrict_self",
     ] {
         let call = ScmpSyscall::from_name(name).unwrap();
-        ctx.add_rule(ScmpAction::Errno(libc::ENOSYS), call).unwrap();
+        ctx.add_rule(ScmpAction::Errno(errno), call).unwrap();
     }
     let mut file = tempfile::tempfile().unwrap();
     ctx.export_bpf(&file).unwrap();
@@ -255,12 +257,13 @@ fn without_landlock(cmd: &mut Command) {
 fn without_landlock_the_start_line_says_so_and_required_refuses_to_start() {
     let mut cmd = Command::new(common::example("faults"));
     cmd.args(["--log", "stderr", "--listen", "127.0.0.1:0", "--sandbox"]);
-    without_landlock(&mut cmd);
+    without_landlock(&mut cmd, libc::ENOSYS);
     let mut server = Forkd::start_with(&mut cmd, tempfile::tempdir().unwrap());
     let line = server.wait_log("sandbox for=handler");
     assert!(line.contains("warning:"), "{line}");
     assert!(line.contains("applied=\"no_new_privs seccomp\""), "{line}");
     assert!(line.contains("missing=\"landlock-files"), "{line}");
+    assert!(!line.contains("SystemCallFilter"), "{line}");
     // What is left still holds: no socket; files are open again.
     let mut client = Client::connect(&server.addr());
     assert_eq!(ask(&mut client, "open /etc/passwd"), "ok");
@@ -269,9 +272,17 @@ fn without_landlock_the_start_line_says_so_and_required_refuses_to_start() {
         "denied: EPERM"
     );
 
+    // Refused by a filter forkd runs under rather than missing: the line says where to look.
+    let mut cmd = Command::new(common::FORKD);
+    cmd.args(["--log", "stderr", "--listen", "127.0.0.1:0", "--sandbox"]);
+    without_landlock(&mut cmd, libc::EPERM);
+    let mut filtered = Forkd::start_with(&mut cmd, tempfile::tempdir().unwrap());
+    let line = filtered.wait_log("sandbox for=handler");
+    assert!(line.contains("allow them in SystemCallFilter="), "{line}");
+
     let mut cmd = Command::new(common::FORKD);
     cmd.args(["--listen", "127.0.0.1:0", "--sandbox=required", "--check"]);
-    without_landlock(&mut cmd);
+    without_landlock(&mut cmd, libc::ENOSYS);
     let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");

@@ -49,7 +49,8 @@ pub(super) struct Exec {
     pub libraries: Vec<PathBuf>,
 }
 
-/// The kernel's Landlock ABI version, 0 without Landlock (not built in, or not enabled).
+/// The kernel's Landlock ABI version, 0 without Landlock (not built in, or not enabled, or
+/// refused by a seccomp filter this process is under: then EPERM is the error left).
 pub(super) fn abi() -> i32 {
     // SAFETY: the version query takes no ruleset attribute (null, size 0).
     let version = unsafe {

@@ -174,14 +174,23 @@ struct Support {
     landlock_abi: i32,
     /// seccomp filters with the actions the filters use.
     seccomp: bool,
+    /// Whether a probe was refused with EPERM: a seccomp filter forkd itself runs under
+    /// (systemd's SystemCallFilter=, say) hides what the kernel has.
+    refused: bool,
 }
 
 impl Support {
     #[cfg(target_os = "linux")]
     fn probe() -> Support {
+        let landlock_abi = landlock::abi();
+        let landlock_refused =
+            landlock_abi == 0 && nix::errno::Errno::last() == nix::errno::Errno::EPERM;
+        let seccomp = seccomp::available();
+        let seccomp_refused = !seccomp && nix::errno::Errno::last() == nix::errno::Errno::EPERM;
         Support {
-            landlock_abi: landlock::abi(),
-            seccomp: seccomp::available(),
+            landlock_abi,
+            seccomp,
+            refused: landlock_refused || seccomp_refused,
         }
     }
 
@@ -190,6 +199,7 @@ impl Support {
         Support {
             landlock_abi: 0,
             seccomp: false,
+            refused: false,
         }
     }
 
@@ -211,10 +221,18 @@ impl Support {
 
     /// The parts that apply and this kernel lacks, each with what it needs.
     fn missing(self, in_process: bool) -> Vec<String> {
-        Support::parts(in_process)
+        let mut missing: Vec<String> = Support::parts(in_process)
             .filter(|p| !self.has(*p))
             .map(|p| format!("{} ({})", p.name(), p.needs()))
-            .collect()
+            .collect();
+        if self.refused {
+            missing.push(
+                "and a seccomp filter forkd runs under refuses seccomp or landlock calls \
+                 (under systemd: allow them in SystemCallFilter=)"
+                    .into(),
+            );
+        }
+        missing
     }
 }
 

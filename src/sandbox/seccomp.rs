@@ -177,7 +177,8 @@ impl Filter {
     }
 }
 
-/// Whether this kernel has seccomp filters with the actions the filter uses.
+/// Whether this kernel has seccomp filters with the actions the filter uses (where a filter
+/// this process is under refuses the question, EPERM is the error left).
 pub(super) fn available() -> bool {
     if !super::trap::CAN_ANSWER {
         return false;
