@@ -158,8 +158,8 @@ fn elf_interpreter(path: &Path) -> Option<PathBuf> {
         if read(header, 4)? as u32 != PT_INTERP {
             continue;
         }
-        let offset = read(header + offset_at, word)?;
-        let size = read(header + size_at, word)?.min(4096) as usize;
+        let offset = read(header.checked_add(offset_at)?, word)?;
+        let size = read(header.checked_add(size_at)?, word)?.min(4096) as usize;
         let mut name = vec![0u8; size];
         file.read_exact_at(&mut name, offset).ok()?;
         let end = name.iter().position(|b| *b == 0).unwrap_or(size);

@@ -77,6 +77,11 @@ impl Sandbox {
     /// `required` every part is available. `in_process`: whether workers serve in-process
     /// (and so get seccomp too).
     pub(crate) fn check(&self, in_process: bool) -> Result<(), String> {
+        self.check_with(Support::probe(), in_process)
+    }
+
+    /// [`Sandbox::check`] against what was found already.
+    fn check_with(&self, support: Support, in_process: bool) -> Result<(), String> {
         for (flag, paths) in [
             ("--sandbox-read", &self.read),
             ("--sandbox-write", &self.write),
@@ -87,7 +92,7 @@ impl Sandbox {
                 }
             }
         }
-        let missing = Support::probe().missing(in_process);
+        let missing = support.missing(in_process);
         if self.required && !missing.is_empty() {
             return Err(format!(
                 "--sandbox=required: this system lacks {}",
@@ -245,9 +250,8 @@ pub(crate) struct Prepared {
     filter: Option<seccomp::Filter>,
     /// Whether the supervisor holds capabilities (root, say) that a worker must give up.
     drop_capabilities: bool,
-    /// What was applied and what is missing, for the start line.
-    applied: Vec<Part>,
-    missing: Vec<String>,
+    /// What the kernel offered, and to whom, for the start line.
+    support: Support,
     in_process: bool,
 }
 
@@ -260,7 +264,10 @@ impl fmt::Debug for Prepared {
 /// The start line's fields: `for=handler applied="..."` and, if any, `missing="..."`.
 impl fmt::Display for Prepared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let applied: Vec<&str> = self.applied.iter().map(|p| p.name()).collect();
+        let applied: Vec<&str> = Support::parts(self.in_process)
+            .filter(|p| self.support.has(*p))
+            .map(Part::name)
+            .collect();
         write!(
             f,
             "for={} applied={}",
@@ -271,12 +278,9 @@ impl fmt::Display for Prepared {
             },
             crate::logging::quote(&applied.join(" "))
         )?;
-        if !self.missing.is_empty() {
-            write!(
-                f,
-                " missing={}",
-                crate::logging::quote(&self.missing.join(", "))
-            )?;
+        let missing = self.support.missing(self.in_process);
+        if !missing.is_empty() {
+            write!(f, " missing={}", crate::logging::quote(&missing.join(", ")))?;
         }
         Ok(())
     }
@@ -288,12 +292,8 @@ impl Prepared {
     /// process, so that every worker forked from it has it.
     pub(crate) fn new(sandbox: &Sandbox, who: Confined<'_>) -> Result<Prepared, String> {
         let in_process = matches!(who, Confined::Handler);
-        sandbox.check(in_process)?;
         let support = Support::probe();
-        let applied = Support::parts(in_process)
-            .filter(|p| support.has(*p))
-            .collect();
-        let missing = support.missing(in_process);
+        sandbox.check_with(support, in_process)?;
         #[cfg(target_os = "linux")]
         {
             let ruleset = if support.landlock_abi >= 1 {
@@ -317,8 +317,7 @@ impl Prepared {
                 ruleset,
                 filter,
                 drop_capabilities: capabilities::held(),
-                applied,
-                missing,
+                support,
                 in_process,
             })
         }
@@ -328,8 +327,7 @@ impl Prepared {
             Ok(Prepared {
                 ruleset: None,
                 drop_capabilities: false,
-                applied,
-                missing,
+                support,
                 in_process,
             })
         }
@@ -344,7 +342,7 @@ impl Prepared {
 
     /// Whether a part the kernel offers is missing: the start line is then a warning.
     pub(crate) fn is_partial(&self) -> bool {
-        !self.missing.is_empty()
+        !self.support.missing(self.in_process).is_empty()
     }
 
     /// Confines the calling process: no_new_privs, the Landlock domain, the seccomp filter,

@@ -22,7 +22,6 @@
 //! install; this tree (about 160 instructions) costs a worker about 60 µs, installing and
 //! freeing included, of which about 20 µs is what any filter costs (docs/security.md).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::OnceLock;
 
 use libseccomp::{ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
@@ -150,11 +149,6 @@ const IOCTLS: &[u64] = &[
 /// The compiled filter, ready to install.
 pub(super) struct Filter(Vec<libc::sock_filter>);
 
-// SAFETY: plain instructions; the raw pointers libc's type would allow are not in it.
-unsafe impl Send for Filter {}
-// SAFETY: as above; never written after it is built.
-unsafe impl Sync for Filter {}
-
 impl Filter {
     /// Installs it on the calling thread (no_new_privs set already). One system call, no
     /// allocation.
@@ -238,7 +232,7 @@ pub(super) fn filter() -> Result<Filter, String> {
     let thread = libc::CLONE_THREAD as u64;
     let o_path = libc::O_PATH as u64;
     let empty_path = libc::AT_EMPTY_PATH as u64;
-    let conditional: Vec<(&str, ScmpAction, Vec<ScmpArgCompare>)> = vec![
+    let mut conditional: Vec<(&str, ScmpAction, Vec<ScmpArgCompare>)> = vec![
         // Dispositions, but SIGSYS's: the trap handler must stay. The kernel reads the signal
         // as a 32-bit int, and the filter compares all 64 bits, so the allowed numbers are
         // named whole (below SIGSYS, 32 to 63, 64) rather than "not SIGSYS", which
@@ -269,6 +263,13 @@ pub(super) fn filter() -> Result<Filter, String> {
                 thread,
             )],
         ),
+        // A process: EPERM from the filter itself, since the C library blocks every signal
+        // around it and the trap would then kill the worker.
+        (
+            "clone",
+            ScmpAction::Errno(libc::EPERM),
+            vec![arg(0, ScmpCompareOp::MaskedEqual(thread), 0)],
+        ),
         // Sending on a socket it holds, to its peer: not to an address (the syslog socket a
         // worker logs through would reach any Unix socket by path). sendmsg, whose address
         // is in memory a filter cannot read, is refused.
@@ -283,11 +284,6 @@ pub(super) fn filter() -> Result<Filter, String> {
             "openat",
             ScmpAction::Allow,
             vec![arg(2, ScmpCompareOp::MaskedEqual(o_path), 0)],
-        ),
-        (
-            "clone",
-            ScmpAction::Errno(libc::EPERM),
-            vec![arg(0, ScmpCompareOp::MaskedEqual(thread), 0)],
         ),
         // Its own limits, read only.
         (
@@ -310,22 +306,22 @@ pub(super) fn filter() -> Result<Filter, String> {
             vec![arg(3, ScmpCompareOp::MaskedEqual(empty_path), empty_path)],
         ),
     ];
-    let requests = IOCTLS.iter().map(|request| ("ioctl", *request, 1)).chain(
-        [libc::PR_SET_NAME, libc::PR_GET_NAME]
-            .iter()
-            .map(|o| ("prctl", *o as u64, 0)),
-    );
-    for (name, action, compare) in
-        conditional
-            .into_iter()
-            .chain(requests.map(|(name, value, index)| {
-                (
-                    name,
-                    ScmpAction::Allow,
-                    vec![arg(index, ScmpCompareOp::Equal, value)],
-                )
-            }))
-    {
+    conditional.extend(IOCTLS.iter().map(|request| {
+        (
+            "ioctl",
+            ScmpAction::Allow,
+            vec![arg(1, ScmpCompareOp::Equal, *request)],
+        )
+    }));
+    // The name of a thread.
+    conditional.extend([libc::PR_SET_NAME, libc::PR_GET_NAME].iter().map(|option| {
+        (
+            "prctl",
+            ScmpAction::Allow,
+            vec![arg(0, ScmpCompareOp::Equal, *option as u64)],
+        )
+    }));
+    for (name, action, compare) in conditional {
         let call = ScmpSyscall::from_name(name).map_err(failed)?;
         ctx.add_rule_conditional(action, call, &compare)
             .map_err(failed)?;
@@ -359,7 +355,7 @@ pub(super) fn guard() -> Result<Filter, String> {
     let mut ctx = context(ScmpAction::Allow).map_err(failed)?;
     let refused = ScmpAction::Errno(libc::EPERM);
     let other = |index| ScmpArgCompare::new(index, ScmpCompareOp::NotEqual, 0);
-    let mut rules: Vec<(&str, ScmpArgCompare)> = vec![
+    let rules = [
         ("prlimit64", other(0)),
         ("sched_setaffinity", other(0)),
         ("sched_setscheduler", other(0)),
@@ -367,16 +363,16 @@ pub(super) fn guard() -> Result<Filter, String> {
         ("sched_setattr", other(0)),
         ("setpriority", other(1)),
         ("ioprio_set", other(1)),
+        // With who 0 but a group or a user as `which`, they reach others too.
+        (
+            "setpriority",
+            ScmpArgCompare::new(0, ScmpCompareOp::NotEqual, libc::PRIO_PROCESS as u64),
+        ),
+        (
+            "ioprio_set",
+            ScmpArgCompare::new(0, ScmpCompareOp::NotEqual, 1), // IOPRIO_WHO_PROCESS
+        ),
     ];
-    // setpriority and ioprio_set with who 0 and a group or user as `which` reach others too.
-    rules.push((
-        "setpriority",
-        ScmpArgCompare::new(0, ScmpCompareOp::NotEqual, libc::PRIO_PROCESS as u64),
-    ));
-    rules.push((
-        "ioprio_set",
-        ScmpArgCompare::new(0, ScmpCompareOp::NotEqual, 1), // IOPRIO_WHO_PROCESS
-    ));
     for (name, compare) in rules {
         if let Ok(call) = ScmpSyscall::from_name(name) {
             ctx.add_rule_conditional(refused, call, &[compare])
@@ -388,14 +384,9 @@ pub(super) fn guard() -> Result<Filter, String> {
 
 /// The filter as the kernel takes it: libseccomp writes it to a descriptor.
 fn export(ctx: &ScmpFilterContext) -> std::io::Result<Filter> {
+    use nix::sys::memfd::{MFdFlags, memfd_create};
     use std::io::{Read, Seek};
-    // SAFETY: memfd_create with a NUL-terminated name; the descriptor is owned at once.
-    let fd = unsafe { libc::memfd_create(c"forkd-seccomp".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor nobody else owns.
-    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let mut file = std::fs::File::from(memfd_create(c"forkd-seccomp", MFdFlags::MFD_CLOEXEC)?);
     ctx.export_bpf(&file).map_err(std::io::Error::other)?;
     let mut bytes = Vec::new();
     file.rewind()?;
@@ -410,7 +401,6 @@ fn export(ctx: &ScmpFilterContext) -> std::io::Result<Filter> {
             k: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
         })
         .collect::<Vec<_>>();
-    let _ = file.as_raw_fd();
     Ok(Filter(instructions))
 }
 

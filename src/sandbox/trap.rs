@@ -92,18 +92,31 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, context: *mu
     }
 }
 
+/// Sets the result of the interrupted system call.
+///
+/// # Safety
+///
+/// `context` must be the `ucontext_t` the kernel passed to the running SIGSYS handler.
 #[cfg(target_arch = "x86_64")]
 unsafe fn answer(context: *mut libc::ucontext_t, result: i64) {
     // SAFETY: the caller passes the handler's live context.
     unsafe { (*context).uc_mcontext.gregs[libc::REG_RAX as usize] = result };
 }
 
+/// As the x86_64 one.
+///
+/// # Safety
+///
+/// As the x86_64 one.
 #[cfg(target_arch = "aarch64")]
 unsafe fn answer(context: *mut libc::ucontext_t, result: i64) {
     // SAFETY: the caller passes the handler's live context.
     unsafe { (*context).uc_mcontext.regs[0] = result as u64 };
 }
 
+/// # Safety
+///
+/// Nothing: it does nothing.
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 unsafe fn answer(_: *mut libc::ucontext_t, _: i64) {
     // Never reached: seccomp is reported missing where CAN_ANSWER is false.
