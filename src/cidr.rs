@@ -9,7 +9,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 /// An IP network: an address and a prefix length. IPv4 addresses mapped into IPv6
 /// (`::ffff:a.b.c.d`) are IPv4 here, in networks as in peers: `::ffff:10.0.0.0/104` is
 /// `10.0.0.0/8`. An IPv6 network matches IPv6 peers only.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Cidr(IpNet);
 
 impl Cidr {
