@@ -19,8 +19,9 @@
 //! pre-evaluates a filter for every system call number when it is installed, at a cost that
 //! grows with its length and with the steps each number takes through it. Measured on the
 //! machine of docs/benchmarks.md: seccompiler's linear chain of a longer list took 320 µs to
-//! install; this tree (about 160 instructions) costs a worker about 60 µs, installing and
-//! freeing included, of which about 20 µs is what any filter costs (docs/security.md).
+//! install; this tree (about 130 instructions) costs a worker about as much as a
+//! one-instruction filter, some 50 µs and more with installing and freeing: the kernel's
+//! fixed cost per filter (docs/security.md).
 
 use std::sync::OnceLock;
 
