@@ -54,13 +54,18 @@ pub fn take() -> Result<Option<Vec<Listener>>, String> {
 
 /// Whether `fd` is open and a socket.
 fn is_socket(fd: RawFd) -> bool {
+    status(fd).is_some_and(|status| status.st_mode & libc::S_IFMT == libc::S_IFSOCK)
+}
+
+/// What fstat says of `fd`; `None` for a descriptor that is not open. Raw: a BorrowedFd must
+/// not stand for a descriptor that may be closed.
+fn status(fd: RawFd) -> Option<libc::stat> {
     let mut status = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: fstat writes a `stat` into the buffer it is given, which is large enough; a
-    // descriptor that is not open fails with EBADF (a raw call: a BorrowedFd must not stand
-    // for a descriptor that may be closed).
+    // descriptor that is not open fails with EBADF.
     let rc = unsafe { libc::fstat(fd, status.as_mut_ptr()) };
     // SAFETY: fstat succeeded, so it filled the buffer.
-    rc == 0 && unsafe { status.assume_init() }.st_mode & libc::S_IFMT == libc::S_IFSOCK
+    (rc == 0).then(|| unsafe { status.assume_init() })
 }
 
 /// With `--listen` also given, the inherited sockets must be exactly those addresses
@@ -99,17 +104,9 @@ pub fn protect_inetd_stderr() {
 
 /// Whether descriptor 2 is the very socket on descriptor 0 (the same device and inode).
 fn stderr_is_the_connection() -> bool {
-    let identity = |fd: RawFd| {
-        let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: fstat writes the stat of `fd` (raw: it may be closed, and then fails) into
-        // the buffer, which is read only when it succeeded.
-        (unsafe { libc::fstat(fd, stat.as_mut_ptr()) } == 0).then(|| {
-            // SAFETY: filled by the successful fstat above.
-            let stat = unsafe { stat.assume_init() };
-            (stat.st_dev, stat.st_ino)
-        })
-    };
-    is_socket(2) && identity(0).is_some() && identity(0) == identity(2)
+    let identity = |fd| status(fd).map(|stat| (stat.st_dev, stat.st_ino));
+    let connection = identity(0);
+    is_socket(2) && connection.is_some() && connection == identity(2)
 }
 
 /// Makes each of `targets` a duplicate of /dev/null.

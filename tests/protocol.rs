@@ -59,18 +59,9 @@ fn bytes_on_the_wire_match_the_spec() {
 fn thousand_pipelined_frames_are_answered_in_order() {
     let server = Forkd::start(&[]);
     let mut client = Client::connect(&server.addr());
-    let mut batch = Vec::new();
-    for i in 0..1000u32 {
-        let kind = if i % 10 == 0 { Kind::Ping } else { Kind::Data };
-        batch.extend(Frame::new(kind, format!("frame {i}")).encode());
-    }
-    client.send_raw(&batch);
+    client.send_pipelined(1000);
     client.half_close();
-    for i in 0..1000u32 {
-        let reply = client.recv();
-        let kind = if i % 10 == 0 { Kind::Pong } else { Kind::Data };
-        assert_eq!(reply, Frame::new(kind, format!("frame {i}")));
-    }
+    client.expect_pipelined_replies(1000);
     client.expect_eof();
 }
 

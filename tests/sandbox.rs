@@ -8,7 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use common::{Client, Forkd, field, forkd_fails, path_str};
-use forkd::frame::{Frame, Kind};
+use forkd::frame::Kind;
 
 /// The fault server's answer to `command`, as text.
 fn ask(client: &mut Client, command: &str) -> String {
@@ -104,16 +104,8 @@ fn declared_paths_are_open_to_the_child_and_nothing_else() {
 fn echo_pipelining_ping_timeouts_and_limits_are_the_same_in_a_sandboxed_child() {
     let server = Forkd::start(&["--sandbox", "--idle-timeout", "1", "--max-frame", "64"]);
     let mut client = Client::connect(&server.addr());
-    let mut batch = Vec::new();
-    for i in 0..200u32 {
-        let kind = if i % 10 == 0 { Kind::Ping } else { Kind::Data };
-        batch.extend(Frame::new(kind, format!("frame {i}")).encode());
-    }
-    client.send_raw(&batch);
-    for i in 0..200u32 {
-        let kind = if i % 10 == 0 { Kind::Pong } else { Kind::Data };
-        assert_eq!(client.recv(), Frame::new(kind, format!("frame {i}")));
-    }
+    client.send_pipelined(200);
+    client.expect_pipelined_replies(200);
     // A frame over --max-frame.
     client.send(Kind::Data, &[b'x'; 65]);
     client.expect_error(1);

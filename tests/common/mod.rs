@@ -413,6 +413,25 @@ impl Client {
         self.recv()
     }
 
+    /// Sends `count` frames at once, "frame I" each, every tenth a PING and the rest DATA.
+    pub fn send_pipelined(&mut self, count: u32) {
+        let mut batch = Vec::new();
+        for i in 0..count {
+            let kind = if i % 10 == 0 { Kind::Ping } else { Kind::Data };
+            batch.extend(Frame::new(kind, format!("frame {i}")).encode());
+        }
+        self.send_raw(&batch);
+    }
+
+    /// Asserts the replies to [`Client::send_pipelined`]: the same frames in order, PONG for
+    /// each PING.
+    pub fn expect_pipelined_replies(&mut self, count: u32) {
+        for i in 0..count {
+            let kind = if i % 10 == 0 { Kind::Pong } else { Kind::Data };
+            assert_eq!(self.recv(), Frame::new(kind, format!("frame {i}")));
+        }
+    }
+
     pub fn half_close(&mut self) {
         self.reader.get_mut().shutdown(Shutdown::Write).unwrap();
     }
