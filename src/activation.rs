@@ -161,5 +161,6 @@ pub fn take_inetd_connection() -> Result<Connection, String> {
         peer,
         from_source: 1,
         timeout: None,
+        proxied: None,
     })
 }

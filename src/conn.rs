@@ -218,15 +218,53 @@ pub struct Connection {
     pub(crate) from_source: u32,
     /// The read and write timeout the socket already has (from its listener), if any.
     pub(crate) timeout: Option<Duration>,
+    /// Set when a load balancer named the client in a PROXY protocol header (boxed: a
+    /// connection is moved often, and most are direct).
+    pub(crate) proxied: Option<Box<Proxied>>,
+}
+
+/// What a PROXY protocol header said of a connection that came through a load balancer
+/// (`--proxy-from`): the connection's [`Peer`] is then the client the header named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Proxied {
+    /// The balancer's own address: the socket's peer.
+    pub via: SocketAddr,
+    /// The address the client connected to, on the balancer.
+    pub destination: SocketAddr,
+}
+
+/// A connection's peer as its log lines name it: `CLIENT`, or `CLIENT via=BALANCER` when a
+/// PROXY header named the client.
+pub(crate) struct Who<'a>(pub(crate) &'a Peer, pub(crate) Option<SocketAddr>);
+
+impl fmt::Display for Who<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.1 {
+            Some(via) => write!(f, "{} via={via}", self.0),
+            None => write!(f, "{}", self.0),
+        }
+    }
 }
 
 impl Connection {
-    /// Who is on the other end.
+    /// Who is on the other end: behind a load balancer, the client its PROXY header named.
     pub fn peer(&self) -> &Peer {
         &self.peer
     }
 
-    /// The local address of a TCP connection (the address the client connected to).
+    /// The load balancer the connection came through and what its PROXY header said, when
+    /// one did (`--proxy-from`).
+    pub fn proxied(&self) -> Option<Proxied> {
+        self.proxied.as_deref().copied()
+    }
+
+    /// The peer for a log line: `CLIENT` or `CLIENT via=BALANCER`.
+    pub(crate) fn who(&self) -> Who<'_> {
+        Who(&self.peer, self.proxied.as_ref().map(|p| p.via))
+    }
+
+    /// The local address of a TCP connection: the address the client connected to, or the
+    /// balancer did (see [`Connection::proxied`]).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         use nix::sys::socket::{SockaddrStorage, getsockname};
         let storage: SockaddrStorage = getsockname(self.stream.as_raw_fd()).ok()?;

@@ -53,8 +53,6 @@ mod notify;
 mod penalty;
 mod pidfile;
 mod privilege;
-// Read by the supervisor for --proxy-from, which is being built on it: only its tests use it yet.
-#[cfg_attr(not(test), allow(dead_code))]
 mod proxy;
 mod relay;
 mod sandbox;
@@ -67,7 +65,7 @@ mod ucspi;
 pub use activation::protect_inetd_stderr;
 pub use addr::Addr;
 pub use config::{Config, Model, Sandbox, Service};
-pub use conn::{Connection, Peer, Stream};
+pub use conn::{Connection, Peer, Proxied, Stream};
 pub use handler::{FramedHandler, NewFramed, Payload, Reply, StreamHandler};
 pub use logging::stderr_is_journal;
 pub use server::{Error, Server};

@@ -295,6 +295,7 @@ impl Listener {
                     peer: Peer::Tcp(addr),
                     from_source: 1,
                     timeout: self.passed_timeout,
+                    proxied: None,
                 })
             }
             Socket::Unix(l) => {
@@ -305,6 +306,7 @@ impl Listener {
                     peer,
                     from_source: 1,
                     timeout: None,
+                    proxied: None,
                 })
             }
         }

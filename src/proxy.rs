@@ -15,7 +15,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// The longest version 1 header, "\r\n" included.
-pub(crate) const MAX_V1: usize = 107;
+const MAX_V1: usize = 107;
 /// The longest version 2 header accepted: the 16 fixed bytes, addresses and TLVs. HAProxy's
 /// own headers with SSL and unique-id TLVs fit well within it.
 pub(crate) const MAX_V2: usize = 4096;

@@ -161,6 +161,14 @@ impl Server {
         self
     }
 
+    /// Trusts the load balancers in `net`: their connections begin with a PROXY protocol
+    /// header, and the client it names is the peer ([`crate::Connection::peer`]) for rules,
+    /// limits and logs. The balancer is in [`crate::Connection::proxied`].
+    pub fn proxy_from(mut self, net: Cidr) -> Server {
+        self.config.proxy_from.push(net);
+        self
+    }
+
     /// At most `n` connections at once from one source.
     pub fn per_source(mut self, n: u32) -> Server {
         self.config.admission.per_source = Some(n);

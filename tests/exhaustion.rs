@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Client, FORKD, Forkd, field};
+use common::{Client, FORKD, Forkd, cpu_time, field};
 
 fn set_limit(pid: i32, resource: libc::__rlimit_resource_t, soft: u64, hard: u64) {
     let limit = libc::rlimit {
@@ -16,21 +16,6 @@ fn set_limit(pid: i32, resource: libc::__rlimit_resource_t, soft: u64, hard: u64
     };
     let rc = unsafe { libc::prlimit(pid, resource, &limit, std::ptr::null_mut()) };
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
-}
-
-/// User plus system CPU time of a process, from /proc/PID/stat.
-fn cpu_time(pid: i32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    // utime and stime are fields 14 and 15; fields[0] is field 3.
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Duration::from_millis(ticks * 1000 / hz)
 }
 
 #[test]

@@ -88,6 +88,12 @@ impl Config {
         check_setting("--idle-timeout", self.idle_timeout, false)?;
         check_setting("--max-lifetime", self.max_lifetime, false)?;
         check_setting("--defer-accept", self.defer_accept, false)?;
+        if self.proxy_timeout.is_zero() || self.proxy_timeout > MAX_PROXY_TIMEOUT {
+            return Err(format!(
+                "--proxy-timeout {:?} is not from 1 ms to 1h",
+                self.proxy_timeout
+            ));
+        }
         if self.print_port
             && !self.listen.is_empty()
             && self

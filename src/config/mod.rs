@@ -57,6 +57,13 @@ pub struct Config {
     pub max_lifetime: Option<Duration>,
     /// Who is admitted.
     pub admission: Policy,
+    /// Networks of trusted load balancers (`--proxy-from`): a TCP connection from one of them
+    /// must begin with a PROXY protocol header (version 1 or 2), and the client the header
+    /// names is the connection's peer for admission, logs and the environment. Connections
+    /// from elsewhere are direct, and nothing they send is read as a header.
+    pub proxy_from: Vec<Cidr>,
+    /// How long a connection from [`Config::proxy_from`] may take to send its header.
+    pub proxy_timeout: Duration,
     /// What a connection arriving at [`Config::max_children`] gets.
     pub overload: Overload,
     /// Random early drop below the limit (`START:PERCENT`, as sshd's MaxStartups).
@@ -102,6 +109,8 @@ impl Default for Config {
             max_lifetime: None,
             defer_accept: None,
             admission: Policy::default(),
+            proxy_from: Vec::new(),
+            proxy_timeout: DEFAULT_PROXY_TIMEOUT,
             overload: Overload::Defer,
             early_drop: None,
             limits: Limits::default(),
@@ -115,6 +124,12 @@ impl Default for Config {
         }
     }
 }
+
+/// `--proxy-timeout`'s default.
+pub const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest `--proxy-timeout`: a balancer sends its header as the connection opens.
+pub const MAX_PROXY_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Said when a server has nowhere to take connections from.
 pub const NO_ADDRESS: &str = "no address to listen on: give --listen ADDR, or --inetd, or start under systemd socket activation";

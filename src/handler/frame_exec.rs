@@ -48,7 +48,7 @@ impl NewFramed for NewRunner {
             program: self.program.clone(),
             max_output: self.max_output,
             conn_env: crate::ucspi::environment(conn),
-            peer: conn.peer.to_string(),
+            peer: conn.who().to_string(),
         })
     }
 }

@@ -39,6 +39,7 @@ pub(crate) fn serve(
         stream,
         peer,
         timeout,
+        proxied,
         ..
     } = conn;
     // What the socket came with from its listener, if it is the idle limit.
@@ -149,7 +150,8 @@ pub(crate) fn serve(
         }
         Failure::Io(op, e) => format!("reason={}", quote(&format!("{op}: {e}"))),
     };
-    log::warn!("error peer={peer} pid={} {reason}", std::process::id());
+    let who = crate::conn::Who(&peer, proxied.as_ref().map(|p| p.via));
+    log::warn!("error peer={who} pid={} {reason}", std::process::id());
     outcome
 }
 

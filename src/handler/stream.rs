@@ -48,7 +48,7 @@ pub(crate) fn serve(handler: &dyn StreamHandler, mut conn: Connection) -> Outcom
         Err(e) => {
             log::warn!(
                 "error peer={} pid={} reason={}",
-                conn.peer,
+                conn.who(),
                 std::process::id(),
                 quote(&e.to_string())
             );

@@ -205,7 +205,7 @@ fn run_child(conn: Connection, setup: &ChildSetup, job: &Job<'_>) -> ! {
     if let Err(reason) = prepared {
         log::error!(
             "error peer={} pid={} reason={}",
-            conn.peer,
+            conn.who(),
             std::process::id(),
             crate::logging::quote(&reason)
         );
@@ -229,7 +229,7 @@ pub(crate) fn serve_here(
     if let Err(reason) = apply_limits(&setup.limits).and_then(|()| confine(setup)) {
         log::error!(
             "error peer={} pid={} reason={}",
-            conn.peer,
+            conn.who(),
             std::process::id(),
             crate::logging::quote(&reason)
         );

@@ -72,7 +72,7 @@ pub(super) fn log_end(
     active: ActiveField,
 ) {
     let duration = record.started.elapsed().as_secs_f64();
-    let peer = &record.peer;
+    let peer = record.who();
     match how {
         Ended::Exit(EXIT_PANIC) if !is_program => log::warn!(
             "end peer={peer} {who} status=exit:{EXIT_PANIC} reason=panic duration={duration:.3}s{bytes}{active}"

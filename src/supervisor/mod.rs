@@ -13,6 +13,7 @@
 //! accept, admit, start, reap), [`workers`] (the table of what runs, and lifetimes),
 //! [`shutdown`], [`poll`] (the poll set) and [`throttle`] (bounded repeated log lines).
 
+mod headers;
 mod lines;
 mod poll;
 mod shutdown;
@@ -30,8 +31,9 @@ use nix::sys::signal::Signal;
 pub(crate) use startup::run;
 
 use crate::admission::{Admission, Refusal};
+use crate::cidr::Cidr;
 use crate::config::{Config, Overload};
-use crate::conn::Connection;
+use crate::conn::{Connection, Peer, Who};
 use crate::drain::Drains;
 use crate::early_drop::{Dice, EarlyDrop};
 use crate::frame::{ErrorCode, Frame};
@@ -45,6 +47,7 @@ use crate::notify::Notifier;
 use crate::penalty::Offence;
 use crate::relay::Relays;
 use crate::signals::Signals;
+use headers::{Failure, HeaderWaits, Outcome};
 use lines::{Active, ActiveField, Bytes, log_end};
 use poll::{PollSet, Ready, poll_timeout};
 use throttle::{LogThrottle, RejectLog};
@@ -78,6 +81,12 @@ struct Supervisor {
     workers: Workers,
     admission: Admission,
     drains: Drains,
+    /// Connections from `--proxy-from` networks until their PROXY header is read.
+    headers: HeaderWaits,
+    /// What [`HeaderWaits`] settled, kept from one wake-up to the next.
+    settled: Vec<Outcome>,
+    proxy_from: Vec<Cidr>,
+    proxy_timeout: Duration,
     /// The stderr pipes of programs.
     relays: Relays,
     /// Descriptors opened since start that a new worker process must close, kept from one
@@ -134,6 +143,10 @@ impl Supervisor {
             grace: config.grace,
             workers: Workers::new(isolation, config.max_lifetime),
             drains: Drains::default(),
+            headers: HeaderWaits::default(),
+            settled: Vec::new(),
+            proxy_from: config.proxy_from.clone(),
+            proxy_timeout: config.proxy_timeout,
             relays: Relays::default(),
             close_in_child: Vec::new(),
             accept_resume_at: None,
@@ -172,11 +185,12 @@ impl Supervisor {
     /// SIGUSR1: one line with what the supervisor is doing.
     fn log_status(&self) {
         log::info!(
-            "status signal=SIGUSR1 pid={} active={} accepted={} draining={} relays={} listen={}",
+            "status signal=SIGUSR1 pid={} active={} accepted={} draining={} proxy_headers={} relays={} listen={}",
             std::process::id(),
             self.active(),
             self.accepted_total,
             self.drains.count(),
+            self.headers.len(),
             self.relays.count(),
             quote(&self.listener_names.join(","))
         );
@@ -191,6 +205,12 @@ impl Supervisor {
         if let Some(n) = &mut self.notifier {
             n.status(status, Instant::now());
         }
+    }
+
+    /// Slots taken: workers, and connections from balancers whose header is on its way (each
+    /// becomes a worker, so under `--overload defer` it holds a slot already).
+    fn occupied(&self) -> usize {
+        self.workers.len() + self.headers.len()
     }
 
     fn active(&self) -> Active {
@@ -215,7 +235,7 @@ impl Supervisor {
     /// serve (no listener, no child: the `--inetd` case).
     fn serve(&mut self) {
         loop {
-            if self.listeners.is_empty() && self.workers.len() == 0 {
+            if self.listeners.is_empty() && self.workers.len() == 0 && self.headers.is_empty() {
                 self.relays.finish_all();
                 log::log!(
                     self.lifecycle,
@@ -234,7 +254,7 @@ impl Supervisor {
             self.workers.enforce_lifetimes(now);
             self.rejects.flush_if_due(now);
             self.note_limit();
-            let below_limit = self.workers.len() < self.max_children;
+            let below_limit = self.occupied() < self.max_children;
             let accepting = self.accept_resume_at.is_none()
                 && (below_limit || self.overload == Overload::Reject);
             let ready = self.wait(accepting, self.next_timer());
@@ -269,6 +289,13 @@ impl Supervisor {
         if !self.drains.is_empty() {
             self.drains.service(&ready.drains, Instant::now());
         }
+        if !self.headers.is_empty() {
+            let mut settled = std::mem::take(&mut self.settled);
+            self.headers
+                .service(&ready.headers, Instant::now(), &mut settled);
+            self.settle(&mut settled);
+            self.settled = settled;
+        }
         if !ready.relays.is_empty() {
             self.relays.service(&ready.relays);
         }
@@ -279,6 +306,7 @@ impl Supervisor {
         [
             self.accept_resume_at,
             self.drains.next_deadline(),
+            self.headers.next_deadline(),
             self.workers.next_timer(),
             self.rejects.flush_due(),
             self.notifier.as_ref().and_then(Notifier::due),
@@ -288,7 +316,8 @@ impl Supervisor {
         .min()
     }
 
-    /// One poll over the signals, the listeners (if `accepting`) and draining sockets.
+    /// One poll over the signals, the listeners (if `accepting`), draining sockets, headers
+    /// on their way and stderr relays.
     fn wait(&mut self, accepting: bool, until: Option<Instant>) -> Ready {
         let poll = &mut self.poll;
         poll.fds.clear();
@@ -299,6 +328,8 @@ impl Supervisor {
         }
         self.drains.fds().for_each(|fd| poll.push(fd));
         let drains_end = poll.fds.len();
+        self.headers.fds().for_each(|fd| poll.push(fd));
+        let headers_end = poll.fds.len();
         self.relays.fds().for_each(|fd| poll.push(fd));
         let timeout = until.map(|t| t.saturating_duration_since(Instant::now()));
         // SAFETY: every descriptor in the set is owned by `self` and open for the call.
@@ -326,7 +357,8 @@ impl Supervisor {
         Ready {
             signals: poll.readable(0),
             drains: poll.ready_in(listeners_end..drains_end),
-            relays: poll.ready_in(drains_end..poll.fds.len()),
+            headers: poll.ready_in(drains_end..headers_end),
+            relays: poll.ready_in(headers_end..poll.fds.len()),
         }
     }
 
@@ -357,12 +389,12 @@ impl Supervisor {
 
     fn accept_from(&mut self, index: usize) {
         for _ in 0..ACCEPT_BATCH {
-            let at_limit = self.workers.len() >= self.max_children;
+            let at_limit = self.occupied() >= self.max_children;
             if at_limit && self.overload == Overload::Defer {
                 return;
             }
             match self.listeners[index].accept() {
-                Ok(conn) => self.admit(conn, Origin::Listener(index), at_limit),
+                Ok(conn) => self.take(conn, Origin::Listener(index), at_limit),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // The peer gave up between the handshake and accept(): nothing to serve.
@@ -398,6 +430,84 @@ impl Supervisor {
             Origin::Listener(index) => quote(&self.listener_names[index]),
             Origin::Inetd => "inetd".to_string(),
         }
+    }
+
+    /// A new connection: to admission at once, or, from a `--proxy-from` balancer, once its
+    /// PROXY header is read (and admission sees the client it names).
+    fn take(&mut self, conn: Connection, origin: Origin, at_limit: bool) {
+        if !self.is_from_balancer(&conn) {
+            return self.admit(conn, origin, at_limit);
+        }
+        let deadline = Instant::now() + self.proxy_timeout;
+        let mut settled = std::mem::take(&mut self.settled);
+        self.headers.add(conn, origin, deadline, &mut settled);
+        self.settle(&mut settled);
+        self.settled = settled;
+    }
+
+    fn is_from_balancer(&self, conn: &Connection) -> bool {
+        match conn.peer {
+            Peer::Tcp(addr) => self.proxy_from.iter().any(|net| net.contains(addr.ip())),
+            Peer::Unix { .. } => false,
+        }
+    }
+
+    /// Connections whose header is settled: admission for those with one, a refusal for the
+    /// rest. The limit is judged now, as the worker would start now.
+    fn settle(&mut self, settled: &mut Vec<Outcome>) {
+        for outcome in settled.drain(..) {
+            match outcome {
+                Outcome::Ready(conn, origin) => {
+                    let at_limit = self.workers.len() >= self.max_children;
+                    self.admit(conn, origin, at_limit)
+                }
+                Outcome::Failed(conn, origin, failure) => {
+                    self.without_header(conn, origin, failure)
+                }
+            }
+        }
+    }
+
+    /// A connection from a balancer without a usable PROXY header: an ERROR (best effort),
+    /// the lingering close of any refusal, and a `reject` line, bounded per second as every
+    /// refusal is. One closed before a whole header (a balancer's TCP health check, mostly)
+    /// is closed with a debug line only.
+    fn without_header(&mut self, conn: Connection, origin: Origin, failure: Failure) {
+        let (code, why) = match failure {
+            Failure::Closed => {
+                log::debug!(
+                    "reject peer={} listen={} reason=proxy-header error=\"closed before a PROXY header\"",
+                    conn.who(),
+                    self.origin(origin)
+                );
+                return;
+            }
+            Failure::Invalid(why) => (ErrorCode::Denied, why),
+            Failure::TimedOut => (
+                ErrorCode::Timeout,
+                format!("no PROXY header in {}s", self.proxy_timeout.as_secs_f64()),
+            ),
+            Failure::Evicted => (
+                ErrorCode::Busy,
+                format!(
+                    "{} connections waiting for a PROXY header",
+                    headers::MAX_WAITING
+                ),
+            ),
+        };
+        let now = Instant::now();
+        if self.rejects.admit_line(now) {
+            log::warn!(
+                "reject peer={} listen={} reason=proxy-header code={} error={}{}",
+                conn.who(),
+                self.origin(origin),
+                code as u16,
+                quote(&why),
+                self.active_field()
+            );
+        }
+        let error = Frame::error(code, &format!("PROXY protocol header expected: {why}"));
+        self.drains.reject(conn.stream, &error, now);
     }
 
     /// Admission, then a child, or a rejection.
@@ -445,7 +555,7 @@ impl Supervisor {
         if self.rejects.admit_line(now) {
             log::warn!(
                 "reject peer={} listen={} reason={} code={}{}",
-                conn.peer,
+                conn.who(),
                 self.origin(listen),
                 refusal.reason,
                 refusal.code as u16,
@@ -470,8 +580,9 @@ impl Supervisor {
             .map_or(1, |s| self.admission.connections_from(&s) + 1);
         self.close_in_child.clear();
         self.close_in_child.extend(self.drains.raw_fds());
+        self.close_in_child.extend(self.headers.raw_fds());
         self.close_in_child.extend(self.relays.raw_fds());
-        let peer = conn.peer.clone();
+        let (peer, via) = (conn.peer.clone(), conn.proxied.as_ref().map(|p| p.via));
         let (slot, settings) = self.settings_with_tally();
         let job = Job {
             work: &self.work,
@@ -492,7 +603,7 @@ impl Supervisor {
                     log::info!(
                         target: crate::logging::CONNECTION,
                         "accept peer={} {} listen={}{}",
-                        record.peer,
+                        record.who(),
                         started.id,
                         self.origin(listen),
                         self.active_field()
@@ -508,7 +619,8 @@ impl Supervisor {
             Err(NotStarted::Lost { reason }) => {
                 if self.rejects.admit_line(Instant::now()) {
                     log::error!(
-                        "error peer={peer} reason={}{}",
+                        "error peer={} reason={}{}",
+                        Who(&peer, via),
                         quote(&reason),
                         self.active_field()
                     );
@@ -526,6 +638,7 @@ impl Supervisor {
         let (slot, settings) = self.settings_with_tally();
         let record = WorkerRecord {
             peer: conn.peer.clone(),
+            via: conn.proxied.as_ref().map(|p| p.via),
             started: Instant::now(),
             tally: slot,
             outlived: false,
@@ -534,7 +647,7 @@ impl Supervisor {
         log::info!(
             target: crate::logging::CONNECTION,
             "accept peer={} {pid} listen=inetd",
-            record.peer
+            record.who()
         );
         let code = crate::isolation::child::serve_here(conn, &self.work, settings, &self.in_place);
         let bytes = Bytes::of(&mut self.tally, &record);
@@ -556,7 +669,7 @@ impl Supervisor {
         if self.rejects.admit_line(now) {
             log::error!(
                 "reject peer={} reason={what} code=4 error={}{}",
-                conn.peer,
+                conn.who(),
                 quote(&error),
                 self.active_field()
             );

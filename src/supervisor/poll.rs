@@ -10,13 +10,14 @@ use std::time::Duration;
 pub(super) struct Ready {
     pub signals: bool,
     pub drains: Vec<usize>,
+    pub headers: Vec<usize>,
     pub relays: Vec<usize>,
 }
 
 /// The descriptors of one poll, in a buffer kept from poll to poll: after a fork every heap
 /// page the supervisor writes is a copy-on-write fault, so the loop does not allocate per
 /// connection. Order: the signal descriptor, the listeners (while accepting), draining
-/// sockets, stderr relays.
+/// sockets, connections waiting for a PROXY header, stderr relays.
 #[derive(Default)]
 pub(super) struct PollSet {
     pub fds: Vec<libc::pollfd>,

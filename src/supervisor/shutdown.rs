@@ -4,8 +4,9 @@
 //! Connections the kernel already completed but forkd had not accepted (the backlog) would be
 //! reset when the listener closes. They are accepted and answered ERROR 9 "shutting down"
 //! with the lingering close of any refusal, so every client learns why; the stop line counts
-//! them as `refused=`. Sockets systemd handed over are left alone: systemd keeps them open,
-//! and their backlog is served by the next instance.
+//! them as `refused=`, with connections from balancers whose PROXY header has not come.
+//! Sockets systemd handed over are left alone: systemd keeps them open, and their backlog is
+//! served by the next instance.
 
 use std::time::{Duration, Instant};
 
@@ -90,10 +91,14 @@ impl Supervisor {
         );
     }
 
-    /// Answers ERROR 9 to the connections waiting in the backlogs of forkd's own listeners;
-    /// returns how many.
+    /// Answers ERROR 9 to the connections waiting in the backlogs of forkd's own listeners,
+    /// and to those whose PROXY header is still on its way; returns how many.
     fn refuse_backlog(&mut self) -> usize {
-        let mut refused = 0;
+        let waiting = self.headers.take_all();
+        let mut refused = waiting.len();
+        for (conn, origin) in waiting {
+            self.reject(conn, origin, shutting_down());
+        }
         for index in 0..self.listeners.len() {
             if self.listeners[index].handed_over() {
                 continue;
@@ -106,14 +111,17 @@ impl Supervisor {
                     Err(_) => break,
                 };
                 refused += 1;
-                let refusal = Refusal {
-                    code: ErrorCode::ShuttingDown,
-                    reason: "shutdown",
-                    message: "server shutting down".to_string(),
-                };
-                self.reject(conn, Origin::Listener(index), refusal);
+                self.reject(conn, Origin::Listener(index), shutting_down());
             }
         }
         refused
+    }
+}
+
+fn shutting_down() -> Refusal {
+    Refusal {
+        code: ErrorCode::ShuttingDown,
+        reason: "shutdown",
+        message: "server shutting down".to_string(),
     }
 }

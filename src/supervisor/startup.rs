@@ -100,7 +100,7 @@ pub(crate) fn run(
     let lifecycle = at_start(log::Level::Info);
     log::log!(
         lifecycle,
-        "start version={} pid={} listen={} handler={} max_children={} max_frame={} grace={}s user={} uid={}",
+        "start version={} pid={} listen={} handler={} max_children={} max_frame={} grace={}s user={} uid={}{}",
         env!("CARGO_PKG_VERSION"),
         std::process::id(),
         if config.inetd {
@@ -114,6 +114,7 @@ pub(crate) fn run(
         config.grace.as_secs_f64(),
         user_name(nix::unistd::Uid::effective()),
         nix::unistd::Uid::effective(),
+        proxy_fields(config),
     );
     if config.print_port {
         print_ports(&listeners);
@@ -168,7 +169,7 @@ pub(crate) fn run(
         config, listeners, signals, work, settings, isolation, notifier, lifecycle, setup,
     );
     if let Some(conn) = inetd_connection {
-        supervisor.admit(conn, Origin::Inetd, false);
+        supervisor.take(conn, Origin::Inetd, false);
     }
     supervisor.ready();
     crate::isolation::child::prime_allocator();
@@ -221,4 +222,17 @@ fn print_ports(listeners: &[Listener]) {
             crate::logging::quote(&format!("stdout: {e}"))
         );
     }
+}
+
+/// ` proxy_from=NET,... proxy_timeout=Ns` for the start line, when balancers are trusted.
+fn proxy_fields(config: &Config) -> String {
+    if config.proxy_from.is_empty() {
+        return String::new();
+    }
+    let nets: Vec<String> = config.proxy_from.iter().map(ToString::to_string).collect();
+    format!(
+        " proxy_from={} proxy_timeout={}s",
+        nets.join(","),
+        config.proxy_timeout.as_secs_f64()
+    )
 }

@@ -7,9 +7,10 @@
 //! source of truth for what is running.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::conn::{Connection, Peer};
+use crate::conn::{Connection, Peer, Who};
 use crate::isolation::tally::Slot;
 use crate::isolation::{
     Ended, Isolation, Job, NotStarted, Running, Started, Termination, WorkerId,
@@ -21,11 +22,20 @@ const LIFETIME_KILL_DELAY: Duration = Duration::from_secs(1);
 /// A connection being served.
 pub(super) struct WorkerRecord {
     pub peer: Peer,
+    /// The load balancer it came through, when a PROXY header named the client.
+    pub via: Option<SocketAddr>,
     pub started: Instant,
     /// Where its bytes are counted, for a protocol-v1 conversation.
     pub tally: Option<Slot>,
     /// Whether forkd ended it at `--max-lifetime`.
     pub outlived: bool,
+}
+
+impl WorkerRecord {
+    /// The peer for a log line: `CLIENT` or `CLIENT via=BALANCER`.
+    pub(super) fn who(&self) -> Who<'_> {
+        Who(&self.peer, self.via)
+    }
 }
 
 pub(super) struct Workers {
@@ -63,6 +73,7 @@ impl Workers {
         tally: Option<Slot>,
     ) -> Result<Started, NotStarted> {
         let peer = conn.peer.clone();
+        let via = conn.proxied.as_ref().map(|p| p.via);
         let started = self.isolation.start(conn, job)?;
         let now = Instant::now();
         if self.max_lifetime.is_some() {
@@ -70,6 +81,7 @@ impl Workers {
         }
         let record = WorkerRecord {
             peer,
+            via,
             started: now,
             tally,
             outlived: false,
@@ -112,7 +124,7 @@ impl Workers {
             }
             log::warn!(
                 "status {id} peer={} action=SIGTERM reason=max-lifetime age={:.3}s",
-                self.table[&id].peer,
+                self.table[&id].who(),
                 started.elapsed().as_secs_f64()
             );
             self.kills_due
@@ -127,10 +139,10 @@ impl Workers {
             let Some(record) = self.table.get(&id).filter(|r| r.started == started) else {
                 continue;
             };
-            let peer = record.peer.clone();
+            let who = record.who().to_string();
             self.isolation.terminate(id, Termination::Force);
             log::warn!(
-                "status {id} peer={peer} action=SIGKILL reason=max-lifetime age={:.3}s",
+                "status {id} peer={who} action=SIGKILL reason=max-lifetime age={:.3}s",
                 started.elapsed().as_secs_f64()
             );
         }

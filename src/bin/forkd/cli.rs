@@ -230,6 +230,20 @@ struct Cli {
     )]
     penalty_exempt: Vec<Cidr>,
 
+    /// A trusted load balancer's address or network (HAProxy, nginx stream): a TCP connection
+    /// from it must begin with a PROXY protocol header, version 1 or 2, and the client the
+    /// header names is the one rules, limits, logs (peer=CLIENT via=BALANCER) and the
+    /// environment see. Repeatable. Connections from elsewhere are direct: what they send is
+    /// never read as a header.
+    #[arg(long, value_name = "CIDR", help_heading = "Admission")]
+    proxy_from: Vec<Cidr>,
+
+    /// How long a connection from --proxy-from may take to send its header (1 ms to 1h);
+    /// then it is closed with ERROR 7 and logged.
+    #[arg(long, value_name = "DURATION", default_value = "5", value_parser = parse_secs,
+          requires = "proxy_from", help_heading = "Admission")]
+    proxy_timeout: Duration,
+
     /// Address-space limit of each child (RLIMIT_AS), K, M, G suffixes.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes_u64, help_heading = "Children")]
     rlimit_as: Option<u64>,
@@ -432,6 +446,8 @@ where
                 ..penalty
             }),
         },
+        proxy_from: cli.proxy_from,
+        proxy_timeout: cli.proxy_timeout,
         overload: cli.overload,
         early_drop: cli.early_drop,
         limits: Limits {
