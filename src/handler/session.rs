@@ -49,6 +49,7 @@ pub(crate) fn serve(
     let mut out: Vec<u8> = Vec::new();
     // The clock starts at connect, then again after each batch of replies.
     timed.start_idle();
+    let mut received_any = false;
     let failure = 'conversation: loop {
         let mut answered = false;
         loop {
@@ -105,7 +106,12 @@ pub(crate) fn serve(
                 Ok(()) => return Outcome::Clean,
                 Err(e) => break Failure::Protocol(e.code(), e.to_string()),
             },
-            Ok(_) => {}
+            Ok(_) => received_any = true,
+            // A peer that connected and reset without a byte probed the port (a balancer's
+            // TCP health check does, every few seconds): nothing went wrong to log.
+            Err(e) if !received_any && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Outcome::Clean;
+            }
             Err(e) if timed_out(&e) => {
                 let idle = settings.idle_timeout.unwrap_or_default();
                 break Failure::Protocol(
