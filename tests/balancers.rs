@@ -54,23 +54,43 @@ fn spawn_with_socket(mut cmd: Command, listener: TcpListener, log: &Path) -> Kil
     KillOnDrop(child)
 }
 
-/// HAProxy in the foreground, its front on descriptor 3, forwarding to `forkd` with
-/// `server_options` (send-proxy, send-proxy-v2, checks).
-fn haproxy(forkd: &Forkd, server_options: &str) -> (KillOnDrop, u16) {
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/examples");
+
+/// docs/examples/haproxy.cfg with the test's addresses: its front on descriptor 3, its two
+/// servers `a` and `b`, `edit` applied to the rest; HAProxy in the foreground.
+fn haproxy(a: &Forkd, b: &Forkd, edit: impl Fn(String) -> String) -> (KillOnDrop, u16) {
     let (listener, port) = front();
-    let backend = &forkd.addrs[0];
-    let config = format!(
-        "global\n    maxconn 200\n\
-         defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\
-         frontend front\n    bind fd@3\n    default_backend forkd\n\
-         backend forkd\n    server forkd1 {backend} {server_options}\n"
+    let config = std::fs::read_to_string(format!("{EXAMPLES}/haproxy.cfg")).unwrap();
+    let config = edit(
+        config
+            .replace("bind :7000", "bind fd@3")
+            .replace("10.0.0.11:7000", &a.addrs[0])
+            .replace("10.0.0.12:7000", &b.addrs[0]),
     );
-    let path = forkd.dir.path().join("haproxy.cfg");
+    let path = a.dir.path().join("haproxy.cfg");
     std::fs::write(&path, config).unwrap();
     let mut cmd = Command::new("haproxy");
     cmd.arg("-db").arg("-f").arg(&path);
-    let child = spawn_with_socket(cmd, listener, &forkd.dir.path().join("haproxy.log"));
+    let child = spawn_with_socket(cmd, listener, &a.dir.path().join("haproxy.log"));
     (child, port)
+}
+
+/// Two forkd machines, as the examples' comment starts them, but on loopback ports.
+fn two_forkds(extra: &[&str]) -> (Forkd, Forkd) {
+    let args = [&["--proxy-from", "127.0.0.1"][..], extra].concat();
+    (Forkd::start(&args), Forkd::start(&args))
+}
+
+/// Waits for a line with `pattern` in the log of `a` or of `b`, whichever served it.
+fn wait_in_either(a: &Forkd, b: &Forkd, pattern: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while ![a, b]
+        .iter()
+        .any(|s| s.log().iter().any(|l| l.contains(pattern)))
+    {
+        assert!(Instant::now() < deadline, "no {pattern}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A client of the balancer at `port`, bound to the loopback address `source`.
@@ -83,43 +103,54 @@ fn client_via(source: &str, port: u16) -> (Client, u16) {
 
 #[test]
 fn haproxy_send_proxy_and_send_proxy_v2_name_the_client_in_rules_and_logs() {
-    let mut server = Forkd::start(&["--proxy-from", "127.0.0.1", "--deny", "127.0.0.6"]);
-    for (option, count) in [("send-proxy", 1), ("send-proxy-v2", 2)] {
-        let (_haproxy, port) = haproxy(&server, option);
-        let (mut client, client_port) = client_via("127.0.0.5", port);
-        assert_eq!(client.echo(option.as_bytes()).payload, option.as_bytes());
-        drop(client);
-        let pattern = format!(" accept peer=127.0.0.5:{client_port} via=127.0.0.1:");
-        server.wait_log(&pattern);
-        server.wait_log(&format!(" end peer=127.0.0.5:{client_port} via=127.0.0.1:"));
+    let (mut a, mut b) = two_forkds(&["--deny", "127.0.0.6"]);
+    for (option, round) in [("send-proxy-v2", 1), ("send-proxy", 2)] {
+        let (_haproxy, port) = haproxy(&a, &b, |c| c.replace("send-proxy-v2", option));
+        // leastconn takes turns between idle servers: one conversation to each.
+        let mut ports = Vec::new();
+        for _ in 0..2 {
+            let (mut client, client_port) = client_via("127.0.0.5", port);
+            assert_eq!(client.echo(option.as_bytes()).payload, option.as_bytes());
+            client.half_close();
+            client.expect_eof();
+            ports.push(client_port);
+        }
+        let seen = |server: &Forkd, port: u16| {
+            let accept = format!(" accept peer=127.0.0.5:{port} via=127.0.0.1:");
+            server.log().iter().any(|l| l.contains(&accept))
+        };
+        a.wait_log_count(" accept peer=127.0.0.5:", round);
+        b.wait_log_count(" accept peer=127.0.0.5:", round);
+        for port in ports {
+            assert!(
+                seen(&a, port) != seen(&b, port),
+                "{port}: {:?} {:?}",
+                a.log(),
+                b.log()
+            );
+        }
 
         // A denied client is refused behind the balancer, and the ERROR reaches it.
         let (mut denied, denied_port) = client_via("127.0.0.6", port);
         denied.send(forkd::frame::Kind::Data, b"let me in");
         assert!(denied.expect_error(5).contains("127.0.0.6"));
-        let rejects = server.wait_log_count(" reason=denied ", count);
-        let line = &rejects[count - 1];
-        assert!(
-            line.contains(&format!(
-                " reject peer=127.0.0.6:{denied_port} via=127.0.0.1:"
-            )),
-            "{line}"
-        );
+        let pattern = format!(" reject peer=127.0.0.6:{denied_port} via=127.0.0.1:");
+        wait_in_either(&a, &b, &pattern);
     }
-    assert!(
-        !server.log().iter().any(|l| l.contains("proxy-header")),
-        "{:?}",
-        server.log()
-    );
+    for server in [&a, &b] {
+        let log = server.log();
+        assert!(!log.iter().any(|l| l.contains("proxy-header")), "{log:?}");
+    }
 }
 
 #[test]
 fn haproxy_health_checks_are_served_and_are_not_warnings() {
-    let mut server = Forkd::start(&["--proxy-from", "127.0.0.1"]);
+    let (mut a, b) = two_forkds(&[]);
+    let often = |c: String| c.replace("inter 2s", "inter 100ms");
     // With send-proxy-v2, a check is a version 2 LOCAL: the balancer's own connection. It
     // connects, sends its header and resets the connection.
-    let (v2_checks, _) = haproxy(&server, "send-proxy-v2 check inter 100ms");
-    let ends = server.wait_log_count(" end peer=127.0.0.1:", 3);
+    let (v2_checks, _) = haproxy(&a, &b, often);
+    let ends = a.wait_log_count(" end peer=127.0.0.1:", 3);
     assert!(ends.iter().all(|l| field(l, "via").is_none()), "{ends:?}");
     assert!(
         ends.iter().all(|l| l.contains(" status=exit:0 ")),
@@ -127,23 +158,25 @@ fn haproxy_health_checks_are_served_and_are_not_warnings() {
     );
     drop(v2_checks);
     // With send-proxy, a check's version 1 header names the check's own connection.
-    let (_v1_checks, _) = haproxy(&server, "send-proxy check inter 100ms");
-    let ends = server.wait_log_count(" via=127.0.0.1:", 6);
+    let (_v1_checks, _) = haproxy(&a, &b, |c| often(c).replace("send-proxy-v2", "send-proxy"));
+    let ends = a.wait_log_count(" via=127.0.0.1:", 6);
     assert!(
         ends.iter().all(|l| !l.contains(" status=exit:1")),
         "{ends:?}"
     );
-    let warnings: Vec<String> = server
-        .log()
-        .into_iter()
-        .filter(|l| l.contains("warning:") && !l.contains("start user=root"))
-        .collect();
-    assert!(warnings.is_empty(), "{warnings:?}");
+    for server in [&a, &b] {
+        let warnings: Vec<String> = server
+            .log()
+            .into_iter()
+            .filter(|l| l.contains("warning:") && !l.contains("start user=root"))
+            .collect();
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
 }
 
 #[test]
 fn a_program_behind_haproxy_sees_the_client() {
-    let server = Forkd::start(&[
+    let args = [
         "--proxy-from",
         "127.0.0.1",
         "--handler",
@@ -152,8 +185,9 @@ fn a_program_behind_haproxy_sees_the_client() {
         "sh",
         "-c",
         "echo $TCPREMOTEIP:$TCPREMOTEPORT $TCPLOCALIP:$TCPLOCALPORT $PROXYREMOTEIP",
-    ]);
-    let (_haproxy, port) = haproxy(&server, "send-proxy-v2");
+    ];
+    let (a, b) = (Forkd::start(&args), Forkd::start(&args));
+    let (_haproxy, port) = haproxy(&a, &b, |c| c);
     let (mut client, client_port) = client_via("127.0.0.5", port);
     let mut out = String::new();
     client.stream().read_to_string(&mut out).unwrap();
@@ -170,18 +204,20 @@ fn free_port() -> u16 {
 
 #[test]
 fn nginx_stream_proxy_protocol_names_the_client() {
-    let mut server = Forkd::start(&["--proxy-from", "127.0.0.1"]);
-    let dir = server.dir.path().to_path_buf();
-    let backend = &server.addrs[0];
+    let (a, b) = two_forkds(&[]);
+    let dir = a.dir.path().to_path_buf();
+    let example = std::fs::read_to_string(format!("{EXAMPLES}/nginx-stream.conf")).unwrap();
     // nginx binds its own port: one found free just before, tried again if taken since.
     for _attempt in 0..5 {
         let port = free_port();
+        // In the foreground, one process, its pid file and log here.
         let config = format!(
-            "daemon off;\nmaster_process off;\npid {pid};\nerror_log stderr;\n\
-             load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
-             events {{}}\n\
-             stream {{\n  server {{\n    listen 127.0.0.1:{port};\n    proxy_pass {backend};\n    proxy_protocol on;\n  }}\n}}\n",
-            pid = dir.join("nginx.pid").display()
+            "daemon off;\nmaster_process off;\npid {};\nerror_log stderr;\n{}",
+            dir.join("nginx.pid").display(),
+            example
+                .replace("listen 7000;", &format!("listen 127.0.0.1:{port};"))
+                .replace("10.0.0.11:7000", &a.addrs[0])
+                .replace("10.0.0.12:7000", &b.addrs[0])
         );
         let path = dir.join("nginx.conf");
         std::fs::write(&path, config).unwrap();
@@ -207,6 +243,7 @@ fn nginx_stream_proxy_protocol_names_the_client() {
                 assert!(log.contains("Address already in use"), "{status}: {log}");
                 break false;
             }
+            // A probe connection is forwarded too: it shows in a forkd's log as nginx's own.
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 break true;
             }
@@ -216,11 +253,23 @@ fn nginx_stream_proxy_protocol_names_the_client() {
         if !up {
             continue;
         }
-        let (mut client, client_port) = client_via("127.0.0.5", port);
-        assert_eq!(client.echo(b"through nginx").payload, b"through nginx");
-        server.wait_log(&format!(
-            " accept peer=127.0.0.5:{client_port} via=127.0.0.1:"
-        ));
+        // least_conn shares conversations between idle servers: each gets some.
+        let served = |server: &Forkd| {
+            let log = server.log();
+            log.iter().any(|l| l.contains(" accept peer=127.0.0.5:"))
+        };
+        for conversation in 0.. {
+            if served(&a) && served(&b) {
+                break;
+            }
+            assert!(conversation < 20, "{:?} {:?}", a.log(), b.log());
+            let (mut client, client_port) = client_via("127.0.0.5", port);
+            assert_eq!(client.echo(b"through nginx").payload, b"through nginx");
+            client.half_close();
+            client.expect_eof();
+            let accept = format!(" accept peer=127.0.0.5:{client_port} via=127.0.0.1:");
+            wait_in_either(&a, &b, &accept);
+        }
         return;
     }
     panic!("no free port for nginx in 5 attempts");
