@@ -144,24 +144,28 @@ fn haproxy_send_proxy_and_send_proxy_v2_name_the_client_in_rules_and_logs() {
 }
 
 #[test]
-fn haproxy_health_checks_are_served_and_are_not_warnings() {
+fn haproxy_health_checks_are_conversations_and_not_warnings() {
     let (mut a, b) = two_forkds(&[]);
     let often = |c: String| c.replace("inter 2s", "inter 100ms");
-    // With send-proxy-v2, a check is a version 2 LOCAL: the balancer's own connection. It
-    // connects, sends its header and resets the connection.
+    // With send-proxy-v2, a check is a version 2 LOCAL (the balancer's own connection), then
+    // the PING of the example's tcp-check; HAProxy resets the connection once it has PONG.
     let (v2_checks, _) = haproxy(&a, &b, often);
     let ends = a.wait_log_count(" end peer=127.0.0.1:", 3);
-    assert!(ends.iter().all(|l| field(l, "via").is_none()), "{ends:?}");
-    assert!(
-        ends.iter().all(|l| l.contains(" status=exit:0 ")),
-        "{ends:?}"
-    );
+    for end in &ends {
+        assert_eq!(field(end, "via"), None, "{end}");
+        assert_eq!(field(end, "status"), Some("exit:0"), "{end}");
+        // PING "hc" in, PONG "hc" out: the check was answered, not just connected.
+        assert_eq!(field(end, "bytes_in"), Some("7"), "{end}");
+        assert_eq!(field(end, "bytes_out"), Some("7"), "{end}");
+    }
     drop(v2_checks);
     // With send-proxy, a check's version 1 header names the check's own connection.
     let (_v1_checks, _) = haproxy(&a, &b, |c| often(c).replace("send-proxy-v2", "send-proxy"));
-    let ends = a.wait_log_count(" via=127.0.0.1:", 6);
+    let proxied = a.wait_log_count(" via=127.0.0.1:", 6);
+    let ends: Vec<&String> = proxied.iter().filter(|l| l.contains(" end ")).collect();
+    assert!(!ends.is_empty(), "{proxied:?}");
     assert!(
-        ends.iter().all(|l| !l.contains(" status=exit:1")),
+        ends.iter().all(|l| l.contains(" status=exit:0 ")),
         "{ends:?}"
     );
     for server in [&a, &b] {

@@ -34,10 +34,11 @@ use crate::sandbox::Confined;
 /// How a conversation ended; a worker process's exit status says it to the supervisor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
-    /// The peer finished cleanly (for protocol v1: at a frame boundary, every reply sent).
+    /// The peer finished cleanly (for protocol v1: closed or reset at a frame boundary, every
+    /// reply sent).
     Clean,
-    /// An I/O error ended it (a reset, say), or the handler returned an error; the worker has
-    /// logged why.
+    /// An I/O error ended it (a reset inside a frame, say), or the handler returned an error;
+    /// the worker has logged why.
     Failed,
     /// The peer broke the protocol (ERROR 1, 2 or 3 sent); logged.
     Broken,

@@ -49,7 +49,6 @@ pub(crate) fn serve(
     let mut out: Vec<u8> = Vec::new();
     // The clock starts at connect, then again after each batch of replies.
     timed.start_idle();
-    let mut received_any = false;
     let failure = 'conversation: loop {
         let mut answered = false;
         loop {
@@ -106,10 +105,13 @@ pub(crate) fn serve(
                 Ok(()) => return Outcome::Clean,
                 Err(e) => break Failure::Protocol(e.code(), e.to_string()),
             },
-            Ok(_) => received_any = true,
-            // A peer that connected and reset without a byte probed the port (a balancer's
-            // TCP health check does, every few seconds): nothing went wrong to log.
-            Err(e) if !received_any && e.kind() == std::io::ErrorKind::ConnectionReset => {
+            Ok(_) => {}
+            // A reset between frames, every request answered, ends the conversation as a
+            // close does: the peer chose how to hang up. A balancer's health checks hang up
+            // so, every few seconds, and must not fill the log with errors.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionReset && decoder.finish().is_ok() =>
+            {
                 return Outcome::Clean;
             }
             Err(e) if timed_out(&e) => {
