@@ -9,10 +9,16 @@
 //! | `slowloris-per-source` | the same against `--per-source 8` |
 //! | `slow-readers` | 64 clients that ask for 16 MiB and take it at 640 KiB/s (25 s a reply) |
 //! | `stuck-log` | a syslog socket that stopped reading (its queue full from the start) |
+//! | `flood-one` | 1,000 dribbling connections from one address, `--idle-timeout 3` |
+//! | `flood-one-penalty` | the same with `--penalty timeout=60s` |
+//! | `flood-one-early-drop` | the same with `--early-drop 16:30` |
+//! | `flood-many` | 1,000 dribbling connections from 1,000 addresses, `--idle-timeout 3 --per-source 8 --overload reject` |
+//! | `flood-many-penalty` | the same with `--penalty timeout=60s` |
+//! | `flood-many-early-drop` | the same with `--early-drop 16:30` |
 //!
 //! Good clients: two threads, each one conversation (connect, echo 64 bytes, close) after
 //! another, a conversation that takes over 3 s counted as failed. Every server runs with
-//! `--max-children 64 --idle-timeout 5`.
+//! `--max-children 64 --idle-timeout 5` (3 for the floods).
 //!
 //! Run with `scripts/siege [--seconds N] [--forkd PATH] [SCENARIO...]` (it builds in release
 //! mode first; `--forkd` measures another build, an older one say).
@@ -30,13 +36,22 @@ use std::time::{Duration, Instant};
 use forkd::frame::{Frame, Kind};
 
 const GOOD_TIMEOUT: Duration = Duration::from_secs(3);
-const SCENARIOS: [&str; 5] = [
+const SCENARIOS: [&str; 11] = [
     "baseline",
     "slowloris",
     "slowloris-per-source",
     "slow-readers",
     "stuck-log",
+    "flood-one",
+    "flood-one-penalty",
+    "flood-one-early-drop",
+    "flood-many",
+    "flood-many-penalty",
+    "flood-many-early-drop",
 ];
+
+/// Dribbling connections of the flood scenarios.
+const FLOOD: usize = 1000;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -94,10 +109,25 @@ struct Row {
 fn run(forkd: &str, scenario: &str, window: Duration) -> Row {
     let dir = std::env::temp_dir().join(format!("forkd-siege-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut args: Vec<String> = ["--max-children", "64", "--idle-timeout", "5", "-q"]
+    // The floods are measured as the attacks they stand for were: with a 3 s idle limit.
+    let idle = if scenario.starts_with("flood-") {
+        "3"
+    } else {
+        "5"
+    };
+    let mut args: Vec<String> = ["--max-children", "64", "--idle-timeout", idle, "-q"]
         .map(String::from)
         .to_vec();
     let mut syslog = None;
+    if scenario.starts_with("flood-many") {
+        args.extend(["--per-source", "8", "--overload", "reject"].map(String::from));
+    }
+    if scenario.ends_with("-penalty") {
+        args.extend(["--penalty", "timeout=60s"].map(String::from));
+    }
+    if scenario.ends_with("-early-drop") {
+        args.extend(["--early-drop", "16:30"].map(String::from));
+    }
     match scenario {
         "slowloris-per-source" => args.extend(["--per-source", "8"].map(String::from)),
         "slow-readers" => args.extend(["--max-frame", "20M"].map(String::from)),
@@ -234,7 +264,17 @@ fn attack(
     let stop = Arc::clone(stop);
     match scenario {
         "slowloris" | "slowloris-per-source" => {
-            std::thread::spawn(move || slowloris(addr, &stop, 200))
+            std::thread::spawn(move || slowloris(addr, &stop, &[[127, 0, 0, 2]], 200))
+        }
+        s if s.starts_with("flood-one") => {
+            std::thread::spawn(move || slowloris(addr, &stop, &[[127, 0, 0, 2]], FLOOD))
+        }
+        s if s.starts_with("flood-many") => {
+            // 127.1.0.1 onwards: another address for each connection.
+            let sources: Vec<[u8; 4]> = (0..FLOOD)
+                .map(|i| [127, 1, (i / 250) as u8, (i % 250 + 1) as u8])
+                .collect();
+            std::thread::spawn(move || slowloris(addr, &stop, &sources, FLOOD))
         }
         "slow-readers" => std::thread::spawn(move || slow_readers(addr, &stop, 64)),
         "stuck-log" => std::thread::spawn(|| "a syslog socket that reads nothing".to_string()),
@@ -242,17 +282,20 @@ fn attack(
     }
 }
 
-/// `count` connections from 127.0.0.2, each sending a frame one byte a second; a closed one
-/// is opened again. Counts how many the server cut off.
-fn slowloris(addr: SocketAddr, stop: &AtomicBool, count: usize) -> String {
+/// `count` connections, the i-th from `sources[i % len]`, each sending a frame one byte a
+/// second; a closed one is opened again. Counts how many the server cut off or refused.
+fn slowloris(addr: SocketAddr, stop: &AtomicBool, sources: &[[u8; 4]], count: usize) -> String {
     let frame = Frame::new(Kind::Data, vec![b'x'; 100]).encode();
     let mut conns: Vec<Option<(TcpStream, usize)>> = (0..count).map(|_| None).collect();
     let (mut opened, mut cut) = (0u64, 0u64);
     let mut tick = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        for slot in conns.iter_mut() {
+        for (i, slot) in conns.iter_mut().enumerate() {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
             if slot.is_none()
-                && let Ok(s) = connect_from([127, 0, 0, 2], addr)
+                && let Ok(s) = connect_from(sources[i % sources.len()], addr)
             {
                 let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
                 opened += 1;
@@ -274,7 +317,11 @@ fn slowloris(addr: SocketAddr, stop: &AtomicBool, count: usize) -> String {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    format!("{count} dribbling connections held open; {opened} opened, {cut} cut off")
+    let from = match sources.len() {
+        1 => "one address".to_string(),
+        n => format!("{n} addresses"),
+    };
+    format!("{count} dribbling connections from {from}; {opened} opened, {cut} cut off or refused")
 }
 
 /// Whether the server has closed (or answered on) `stream`, without waiting.

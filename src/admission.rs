@@ -177,7 +177,8 @@ impl Admission {
         }
     }
 
-    /// Penalises `peer`'s source for `offence` (`--penalty`); the line to log, if it was.
+    /// Penalises `peer`'s source for `offence` (`--penalty`); if it was, the fields of the
+    /// line to log after `peer=`.
     pub fn penalise(&mut self, peer: &Peer, offence: Offence, now: Instant) -> Option<String> {
         let Peer::Tcp(sa) = peer else { return None };
         let source = self.source_of(peer)?;
@@ -186,7 +187,7 @@ impl Admission {
             .as_mut()?
             .penalise(sa.ip(), source, offence, now)?;
         Some(format!(
-            "status peer={peer} source={source} penalty={offence} left={:.0}s",
+            "source={source} penalty={offence} left={:.0}s",
             left.as_secs_f64().ceil()
         ))
     }

@@ -80,7 +80,10 @@ fn parse_v1(bytes: &[u8]) -> Parsed {
         return Parsed::Need(window.len() + 1);
     };
     let length = end + 2;
-    let Ok(line) = std::str::from_utf8(&bytes[V1_SIGNATURE.len()..end]) else {
+    let Some(line) = std::str::from_utf8(&bytes[V1_SIGNATURE.len()..end])
+        .ok()
+        .filter(|line| line.is_ascii())
+    else {
         return invalid("version 1 header is not ASCII");
     };
     let fields: Vec<&str> = line.split(' ').collect();
@@ -143,8 +146,7 @@ fn parse_v2(bytes: &[u8]) -> Parsed {
     }
     let version = bytes[12] >> 4;
     let command = bytes[12] & 0x0f;
-    let family = bytes[13] >> 4;
-    let transport = bytes[13] & 0x0f;
+    let family_and_transport = bytes[13];
     let length = 16 + usize::from(u16::from_be_bytes([bytes[14], bytes[15]]));
     if version != 2 {
         return invalid(format!("version 2 signature with version {version}"));
@@ -159,16 +161,13 @@ fn parse_v2(bytes: &[u8]) -> Parsed {
     let header = match command {
         // LOCAL: the proxy's own connection; the address block, if any, is ignored.
         0 => Header::Unproxied,
+        // The specification's seven pairs; any other "must be rejected as invalid".
         1 => {
-            // STREAM, or UNSPEC (which the specification allows with AF_UNSPEC); not DGRAM.
-            if transport > 1 {
-                return invalid(format!(
-                    "version 2 header's transport {transport} is not a stream"
-                ));
-            }
-            match family {
-                0 | 3 => Header::Unproxied,
-                1 => {
+            match family_and_transport {
+                // UNSPEC, and a Unix-socket stream: no client address.
+                0x00 | 0x31 => Header::Unproxied,
+                0x12 | 0x22 | 0x32 => return invalid("version 2 header is for datagrams"),
+                0x11 => {
                     if body.len() < 12 {
                         return invalid("version 2 IPv4 address block is short");
                     }
@@ -186,7 +185,7 @@ fn parse_v2(bytes: &[u8]) -> Parsed {
                         destination: SocketAddr::new(ip(4), port(10)),
                     }
                 }
-                2 => {
+                0x21 => {
                     if body.len() < 36 {
                         return invalid("version 2 IPv6 address block is short");
                     }
@@ -200,7 +199,11 @@ fn parse_v2(bytes: &[u8]) -> Parsed {
                         destination: SocketAddr::new(ip(16), port(34)),
                     }
                 }
-                other => return invalid(format!("version 2 header's family {other} is unknown")),
+                other => {
+                    return invalid(format!(
+                        "version 2 header's family and transport 0x{other:02x} are unknown"
+                    ));
+                }
             }
         }
         other => return invalid(format!("version 2 header's command {other} is unknown")),
@@ -253,6 +256,15 @@ mod tests {
                 length: 32,
                 header: Header::Unproxied
             }
+        );
+    }
+
+    #[test]
+    fn version_1_refuses_what_is_not_ascii() {
+        let line = "PROXY TCP4 192.0.2.7 198.51.100.1 56324 44\u{b3}\r\n";
+        assert_eq!(
+            parse(line.as_bytes()),
+            Parsed::Invalid("version 1 header is not ASCII".into())
         );
     }
 
@@ -335,6 +347,10 @@ mod tests {
             v2(2, 0x11, &[0; 12]),
             v2(1, 0x41, &[0; 12]),
             v2(1, 0x12, &[0; 12]),
+            // AF_INET or AF_INET6 with an unspecified transport, a transport with no family.
+            v2(1, 0x10, &[0; 12]),
+            v2(1, 0x20, &[0; 36]),
+            v2(1, 0x01, &[]),
             v2(1, 0x11, &[0; 11]),
             v2(1, 0x21, &[0; 35]),
         ] {

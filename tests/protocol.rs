@@ -225,26 +225,6 @@ fn the_documented_netcat_example_runs() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expected);
 }
 
-/// Closes `client` with a reset (SO_LINGER 0) rather than a FIN.
-fn reset(client: Client) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    let fd = std::os::fd::AsRawFd::as_raw_fd(client.stream_ref());
-    // SAFETY: the descriptor is the client's, open; the value lives across the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
-}
-
 #[test]
 fn a_reset_between_frames_ends_cleanly_and_inside_a_frame_is_an_error() {
     let mut server = Forkd::start(&[]);
@@ -252,7 +232,7 @@ fn a_reset_between_frames_ends_cleanly_and_inside_a_frame_is_an_error() {
     let mut between = Client::connect(&server.addr());
     assert_eq!(between.echo(b"hc").payload, b"hc");
     let pid = server.child_for(between.stream_ref());
-    reset(between);
+    between.reset();
     let end = server.wait_log(&format!(" pid={pid} status="));
     assert!(end.contains(" status=exit:0 "), "{end}");
 
@@ -261,7 +241,7 @@ fn a_reset_between_frames_ends_cleanly_and_inside_a_frame_is_an_error() {
     inside.send_raw(&[0, 0, 0, 9, 1, b'p']);
     let pid = server.child_for(inside.stream_ref());
     std::thread::sleep(Duration::from_millis(100));
-    reset(inside);
+    inside.reset();
     let end = server.wait_log(&format!(" pid={pid} status="));
     assert!(end.contains(" status=exit:1 "), "{end}");
     server.wait_log(" error peer=127.0.0.1:");

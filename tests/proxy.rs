@@ -250,6 +250,40 @@ fn a_header_in_pieces_is_waited_for_without_spinning_or_holding_up_others() {
 }
 
 #[test]
+fn a_balancer_hanging_up_mid_header_is_closed_at_once_without_spinning() {
+    let mut server = Forkd::start(&["--proxy-from", "127.0.0.1", "--proxy-timeout", "30s", "-v"]);
+    let descriptors = server.fd_count();
+    let before = cpu_time(server.pid);
+    let mut closed = Client::connect_from("127.0.0.1", &server.addr());
+    closed.send_raw(b"PROXY TCP4 1");
+    closed.half_close();
+    let mut reset = Client::connect_from("127.0.0.1", &server.addr());
+    let header = v2(
+        "192.0.2.9:999".parse().unwrap(),
+        "192.0.2.1:443".parse().unwrap(),
+        &[],
+    );
+    reset.send_raw(&header[..20]);
+    std::thread::sleep(Duration::from_millis(50));
+    reset.reset();
+    server.wait_log_count("error=\"closed before a PROXY header\"", 2);
+    // Closed, not waited on until the 30 s timeout, and the loop sleeps meanwhile.
+    std::thread::sleep(Duration::from_secs(1));
+    let spent = cpu_time(server.pid) - before;
+    assert!(
+        spent < Duration::from_millis(300),
+        "supervisor used {spent:?}"
+    );
+    assert_eq!(server.fd_count(), descriptors);
+    assert!(
+        !server
+            .log()
+            .iter()
+            .any(|l| l.contains(" reject ") && l.contains("warning:"))
+    );
+}
+
+#[test]
 fn per_source_counts_the_clients_behind_one_balancer() {
     let mut server = Forkd::start(&["--proxy-from", "127.0.0.1", "--per-source", "1"]);
     let mut first = proxied_echo(

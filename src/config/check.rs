@@ -90,8 +90,8 @@ impl Config {
         check_setting("--defer-accept", self.defer_accept, false)?;
         if self.proxy_timeout.is_zero() || self.proxy_timeout > MAX_PROXY_TIMEOUT {
             return Err(format!(
-                "--proxy-timeout {:?} is not from 1 ms to 1h",
-                self.proxy_timeout
+                "--proxy-timeout {}s: a balancer's header must be given 1 ms to 1 h",
+                self.proxy_timeout.as_secs_f64()
             ));
         }
         if self.print_port

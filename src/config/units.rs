@@ -74,7 +74,7 @@ fn names_nonzero(number: &str) -> bool {
 }
 
 const TOO_LONG: &str = "is longer than 365 days, the longest duration forkd takes";
-const TOO_SHORT: &str = "is shorter than 1 ms (0 turns the limit off)";
+const TOO_SHORT: &str = "is shorter than 1 ms, the shortest duration forkd takes";
 
 /// The range rule of every duration, for values given in code as well as typed: 0, or from
 /// [`MIN_DURATION`] to [`MAX_DURATION`].

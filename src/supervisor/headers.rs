@@ -6,9 +6,11 @@
 //! [`proxy::parse`](crate::proxy::parse) finds a whole header are exactly its bytes consumed:
 //! what follows is the client's and reaches the handler untouched. While a header is
 //! incomplete, SO_RCVLOWAT is raised to the length it needs at least, so poll() reports the
-//! socket again only once that many bytes are there (or it closed): the loop neither spins on
-//! bytes it has seen nor keeps a buffer per connection. A header is at most
-//! [`MAX_V2`](crate::proxy::MAX_V2) bytes, within any receive buffer.
+//! socket again only once that many bytes are there: the loop neither spins on bytes it has
+//! seen nor keeps a buffer per connection. A peer that closes or resets mid-header is
+//! reported at every poll whatever SO_RCVLOWAT says; POLLRDHUP tells it apart, and it is
+//! closed at once. A header is at most [`MAX_V2`](crate::proxy::MAX_V2) bytes, within any
+//! receive buffer.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -118,13 +120,24 @@ impl HeaderWaits {
         self.list.iter().map(|w| w.deadline).min()
     }
 
-    /// Looks at the sockets at `ready` (indices into [`HeaderWaits::fds`]) and at those past
-    /// their deadline; what is settled leaves the table for `settled`.
-    pub(super) fn service(&mut self, ready: &[usize], now: Instant, settled: &mut Vec<Outcome>) {
+    /// Looks at the sockets at `ready` (indices into [`HeaderWaits::fds`], each with whether
+    /// its peer hung up) and at those past their deadline; what is settled leaves the table
+    /// for `settled`.
+    pub(super) fn service(
+        &mut self,
+        ready: &[(usize, bool)],
+        now: Instant,
+        settled: &mut Vec<Outcome>,
+    ) {
         let mut steps: Vec<Option<Step>> = Vec::with_capacity(self.list.len());
         steps.resize_with(self.list.len(), || None);
-        for &i in ready {
+        for &(i, hung_up) in ready {
             steps[i] = look(&mut self.list[i]);
+            // What has come is all that will: a header still short of it never completes,
+            // and the socket would be reported again at every poll.
+            if steps[i].is_none() && hung_up {
+                steps[i] = Some(Step::Failed(Failure::Closed));
+            }
         }
         let mut kept = Vec::with_capacity(self.list.len());
         for (waiting, step) in self.list.drain(..).zip(steps) {

@@ -328,7 +328,9 @@ impl Supervisor {
         }
         self.drains.fds().for_each(|fd| poll.push(fd));
         let drains_end = poll.fds.len();
-        self.headers.fds().for_each(|fd| poll.push(fd));
+        self.headers
+            .fds()
+            .for_each(|fd| poll.push_watching_hangup(fd));
         let headers_end = poll.fds.len();
         self.relays.fds().for_each(|fd| poll.push(fd));
         let timeout = until.map(|t| t.saturating_duration_since(Instant::now()));
@@ -357,7 +359,7 @@ impl Supervisor {
         Ready {
             signals: poll.readable(0),
             drains: poll.ready_in(listeners_end..drains_end),
-            headers: poll.ready_in(drains_end..headers_end),
+            headers: poll.ready_or_hung_up_in(drains_end..headers_end),
             relays: poll.ready_in(headers_end..poll.fds.len()),
         }
     }
@@ -365,7 +367,7 @@ impl Supervisor {
     /// Logs the moments the child limit is reached and left, so the log shows when
     /// connections were waiting in the backlog (or being turned away).
     fn note_limit(&mut self) {
-        let at_limit = self.workers.len() >= self.max_children;
+        let at_limit = self.occupied() >= self.max_children;
         if at_limit != self.at_limit {
             self.at_limit = at_limit;
             let accepting = match (at_limit, self.overload) {
@@ -690,9 +692,9 @@ impl Supervisor {
         self.workers.collect(|active, id, record, how| {
             admission.ended(&record.peer);
             if let Some(offence) = Offence::of(how, record.outlived, work.is_program())
-                && let Some(line) = admission.penalise(&record.peer, offence, Instant::now())
+                && let Some(fields) = admission.penalise(&record.peer, offence, Instant::now())
             {
-                log::warn!("{line}");
+                log::warn!("status peer={} {fields}", record.who());
             }
             if let WorkerId::Process(pid) = id {
                 relays.finish(pid);

@@ -10,7 +10,9 @@ use std::time::Duration;
 pub(super) struct Ready {
     pub signals: bool,
     pub drains: Vec<usize>,
-    pub headers: Vec<usize>,
+    /// Connections waiting for a PROXY header that poll reported, and whether their peer hung
+    /// up (or reset).
+    pub headers: Vec<(usize, bool)>,
     pub relays: Vec<usize>,
 }
 
@@ -26,9 +28,20 @@ pub(super) struct PollSet {
 
 impl PollSet {
     pub(super) fn push(&mut self, fd: BorrowedFd<'_>) {
+        self.push_for(fd, libc::POLLIN);
+    }
+
+    /// For input and for the peer's end of the stream (POLLRDHUP), which SO_RCVLOWAT cannot
+    /// hold back: once a peer has closed, poll reports the socket at every call, and only
+    /// this bit tells that from new bytes.
+    pub(super) fn push_watching_hangup(&mut self, fd: BorrowedFd<'_>) {
+        self.push_for(fd, libc::POLLIN | libc::POLLRDHUP);
+    }
+
+    fn push_for(&mut self, fd: BorrowedFd<'_>, events: libc::c_short) {
         self.fds.push(libc::pollfd {
             fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
+            events,
             revents: 0,
         });
     }
@@ -40,6 +53,17 @@ impl PollSet {
     /// Whether listener `index` has a connection waiting.
     pub(super) fn listener_ready(&self, index: usize) -> bool {
         index < self.listeners && self.readable(1 + index)
+    }
+
+    /// The readable entries of `range`, as indices from its start, each with whether its peer
+    /// hung up or reset (POLLRDHUP, POLLHUP, POLLERR).
+    pub(super) fn ready_or_hung_up_in(&self, range: std::ops::Range<usize>) -> Vec<(usize, bool)> {
+        const HUNG_UP: libc::c_short = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR;
+        let start = range.start;
+        range
+            .filter(|i| self.readable(*i))
+            .map(|i| (i - start, self.fds[i].revents & HUNG_UP != 0))
+            .collect()
     }
 
     /// The readable entries of `range`, as indices from its start.

@@ -447,6 +447,26 @@ impl Client {
         }
     }
 
+    /// Closes with a reset (SO_LINGER 0) rather than a FIN.
+    pub fn reset(self) {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(self.stream_ref());
+        // SAFETY: the descriptor is this client's, open; the value lives across the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    }
+
     pub fn half_close(&mut self) {
         self.reader.get_mut().shutdown(Shutdown::Write).unwrap();
     }
