@@ -15,6 +15,7 @@
 //! | `flood-many` | 1,000 dribbling connections from 1,000 addresses, `--idle-timeout 3 --per-source 8 --overload reject` |
 //! | `flood-many-penalty` | the same with `--penalty timeout=60s` |
 //! | `flood-many-early-drop` | the same with `--early-drop 16:30` |
+//! | `flood-many-netblock` | the same with `--penalty timeout=60s --per-source-prefix 24:64` (the 1,000 addresses are four /24s) |
 //!
 //! Good clients: two threads, each one conversation (connect, echo 64 bytes, close) after
 //! another, a conversation that takes over 3 s counted as failed. Every server runs with
@@ -36,7 +37,7 @@ use std::time::{Duration, Instant};
 use forkd::frame::{Frame, Kind};
 
 const GOOD_TIMEOUT: Duration = Duration::from_secs(3);
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 12] = [
     "baseline",
     "slowloris",
     "slowloris-per-source",
@@ -48,6 +49,7 @@ const SCENARIOS: [&str; 11] = [
     "flood-many",
     "flood-many-penalty",
     "flood-many-early-drop",
+    "flood-many-netblock",
 ];
 
 /// Dribbling connections of the flood scenarios.
@@ -122,8 +124,11 @@ fn run(forkd: &str, scenario: &str, window: Duration) -> Row {
     if scenario.starts_with("flood-many") {
         args.extend(["--per-source", "8", "--overload", "reject"].map(String::from));
     }
-    if scenario.ends_with("-penalty") {
+    if scenario.ends_with("-penalty") || scenario.ends_with("-netblock") {
         args.extend(["--penalty", "timeout=60s"].map(String::from));
+    }
+    if scenario.ends_with("-netblock") {
+        args.extend(["--per-source-prefix", "24:64"].map(String::from));
     }
     if scenario.ends_with("-early-drop") {
         args.extend(["--early-drop", "16:30"].map(String::from));
