@@ -31,6 +31,8 @@ mod args;
 #[path = "../src/bin/forkd/cli.rs"]
 #[allow(dead_code)]
 mod cli;
+#[path = "../src/bin/forkd/file.rs"]
+mod file;
 
 use std::hint::black_box;
 use std::process::ExitCode;

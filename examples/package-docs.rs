@@ -23,6 +23,9 @@ mod forkc_cli;
 #[path = "../src/bin/forkd/cli.rs"]
 #[allow(dead_code)]
 mod forkd_cli;
+#[path = "../src/bin/forkd/file.rs"]
+#[allow(dead_code)]
+mod file;
 
 const PROSE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/man");
 

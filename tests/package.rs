@@ -156,27 +156,30 @@ fn install_serve_upgrade_and_purge() {
         assert!(Path::new(path).exists(), "{path}");
     }
     let conffiles = run_ok("dpkg-query", &["-W", "-f=${Conffiles}", "forkd"]);
-    assert!(conffiles.contains("/etc/forkd/forkd.conf"), "{conffiles}");
+    assert!(conffiles.contains("/etc/forkd/forkd.toml"), "{conffiles}");
+    let unit = std::fs::read_to_string("/usr/lib/systemd/system/forkd.service").unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/sbin/forkd --config /etc/forkd/forkd.toml\n"),
+        "{unit}"
+    );
 
     // The installed forkd, started as the unit starts it (as user forkd, with the packaged
-    // FORKD_OPTS), answers a ping. Only the port differs, so as not to collide.
-    let conf = std::fs::read_to_string("/etc/forkd/forkd.conf").unwrap();
-    let opts = conf
-        .lines()
-        .find_map(|l| l.strip_prefix("FORKD_OPTS="))
-        .expect("FORKD_OPTS in /etc/forkd/forkd.conf")
-        .trim_matches('"')
-        .replace("127.0.0.1:7000", "127.0.0.1:0")
-        .replace("--log syslog", "--log stderr");
-    assert!(opts.contains("--listen"), "{opts}");
+    // forkd.toml), answers a ping. Only the port and the log differ, given on the command
+    // line, which overrides the file.
+    let conf = std::fs::read_to_string("/etc/forkd/forkd.toml").unwrap();
     let mut cmd = Command::new("setpriv");
     cmd.args([
         "--reuid=forkd",
         "--regid=forkd",
         "--clear-groups",
         "/usr/sbin/forkd",
-    ])
-    .args(opts.split_whitespace());
+        "--config",
+        "/etc/forkd/forkd.toml",
+        "--listen",
+        "127.0.0.1:0",
+        "--log",
+        "stderr",
+    ]);
     let server = Forkd::start_with(&mut cmd, tempfile::tempdir().unwrap());
     let addr = server.addrs[0].clone();
     let ping = run_ok("/usr/bin/forkc", &["--connect", &addr, "ping"]);
@@ -246,20 +249,27 @@ fn install_serve_upgrade_and_purge() {
 
     // An upgrade in place keeps the admin's edit of the conffile.
     let edited = format!("{conf}\n# edited by the admin\n");
-    std::fs::write("/etc/forkd/forkd.conf", &edited).unwrap();
+    std::fs::write("/etc/forkd/forkd.toml", &edited).unwrap();
     run_ok("apt-get", &["install", "-y", "-q", "--reinstall", &deb]);
     assert_eq!(
-        std::fs::read_to_string("/etc/forkd/forkd.conf").unwrap(),
+        std::fs::read_to_string("/etc/forkd/forkd.toml").unwrap(),
         edited
     );
     assert!(user_exists("forkd"), "the user survives an upgrade");
 
+    // The packaged instance example, as an admin installs it, is a valid configuration.
+    let check = run_ok(
+        "/usr/sbin/forkd",
+        &[
+            "--config",
+            "/usr/share/doc/forkd/examples/instance.toml",
+            "--check",
+        ],
+    );
+    assert_eq!(check.trim(), "ok");
+
     // An instance the admin enabled goes with the purge, its links included.
-    std::fs::write(
-        "/etc/forkd/purged.conf",
-        "FORKD_OPTS=\"--listen 127.0.0.1:7199\"\n",
-    )
-    .unwrap();
+    std::fs::write("/etc/forkd/purged.toml", "listen = [\"127.0.0.1:7199\"]\n").unwrap();
     run_ok(
         "systemctl",
         &[
@@ -279,7 +289,7 @@ fn install_serve_upgrade_and_purge() {
     run_ok("apt-get", &["remove", "-y", "-q", "forkd"]);
     assert!(!Path::new("/usr/sbin/forkd").exists());
     assert!(
-        Path::new("/etc/forkd/forkd.conf").exists(),
+        Path::new("/etc/forkd/forkd.toml").exists(),
         "remove keeps /etc/forkd"
     );
     let purge = run_ok("apt-get", &["purge", "-y", "-q", "forkd"]);

@@ -335,6 +335,12 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     pidfile: Option<PathBuf>,
 
+    /// Read settings from FILE, TOML whose keys are the long flag names (listen = [":7000"],
+    /// max-children = 64, idle-timeout = "30s", program = ["cmd", "arg"]); a flag on the command
+    /// line overrides the file's key (docs/operations.md).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
     /// Check the command line as a start would (addresses, limits, the program on PATH, the
     /// user and group) without serving: print ok and exit 0, or the error and exit 2, as
     /// sshd -t and nginx -t do.
@@ -385,7 +391,8 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let matches = command().try_get_matches_from(args).map_err(clap_error)?;
+    let argv = with_config_file(args.into_iter().map(Into::into).collect())?;
+    let matches = command().try_get_matches_from(argv).map_err(clap_error)?;
     let cli = Cli::from_arg_matches(&matches).map_err(clap_error)?;
     let rules = rules_in_order(&matches);
     let handler = match (cli.handler, cli.program.is_empty()) {
@@ -481,6 +488,77 @@ where
         Intent::Serve
     };
     Ok((config, service, intent))
+}
+
+/// argv with the settings of `--config FILE` (if given) before the command line's own, less
+/// those the command line gives itself.
+fn with_config_file(argv: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>, Stop> {
+    let options = argv.split(|a| a == "--").next().unwrap_or(&[]);
+    let path = options.iter().enumerate().find_map(|(i, a)| {
+        let a = a.to_str()?;
+        match a.strip_prefix("--config") {
+            Some("") => options.get(i + 1).map(PathBuf::from),
+            Some(rest) => rest.strip_prefix('=').map(PathBuf::from),
+            None => None,
+        }
+    });
+    let Some(path) = path else { return Ok(argv) };
+    let command = command();
+    let settings = super::file::read(&path, &command).map_err(Stop::Invalid)?;
+    let given = given_on_command_line(&argv, &command);
+    let mut merged = argv[..1].to_vec();
+    let mut program = None;
+    for setting in settings.into_iter().filter(|s| !given.contains(&s.key)) {
+        if setting.key == "program" {
+            program = Some(setting.args);
+        } else {
+            merged.extend(setting.args);
+        }
+    }
+    merged.extend_from_slice(&argv[1..]);
+    if let Some(program) = program {
+        merged.push("--".into());
+        merged.extend(program);
+    }
+    Ok(merged)
+}
+
+/// The long names of the flags `argv` gives (`program` when it has `--`), and of those they
+/// conflict with: `-v` on the command line sets aside the file's `quiet`, `--inetd` its
+/// `listen`.
+fn given_on_command_line(argv: &[std::ffi::OsString], command: &clap::Command) -> Vec<String> {
+    let given = named_on_command_line(argv, command);
+    let conflicting = given.iter().flat_map(|long| {
+        let arg = command.get_arguments().find(|a| a.get_long() == Some(long));
+        arg.into_iter()
+            .flat_map(|arg| command.get_arg_conflicts_with(arg))
+            .filter_map(|other| other.get_long().map(str::to_string))
+    });
+    conflicting.chain(given.iter().cloned()).collect()
+}
+
+/// The long names of the flags `argv` gives (`program` when it has `--`).
+fn named_on_command_line(argv: &[std::ffi::OsString], command: &clap::Command) -> Vec<String> {
+    let mut given = Vec::new();
+    for arg in argv.iter().skip(1).filter_map(|a| a.to_str()) {
+        if arg == "--" {
+            given.push("program".to_string());
+            break;
+        }
+        if let Some(long) = arg.strip_prefix("--") {
+            given.push(long.split('=').next().unwrap_or(long).to_string());
+        } else if let Some(shorts) = arg.strip_prefix('-') {
+            let long_of = |c: char| {
+                command
+                    .get_arguments()
+                    .find(|a| a.get_short() == Some(c))
+                    .and_then(|a| a.get_long())
+                    .map(str::to_string)
+            };
+            given.extend(shorts.chars().filter_map(long_of));
+        }
+    }
+    given
 }
 
 /// --allow and --deny as one list in command-line order, since the first match wins.
@@ -620,6 +698,142 @@ mod tests {
         assert_eq!(
             run(&["--listen", ":1", "--idle-timeout", "0"]).idle_timeout,
             None
+        );
+    }
+
+    /// `args` after `--config FILE`, FILE holding `toml`.
+    fn with_file(toml: &str, args: &[&str]) -> Result<(Config, Service, Intent), Stop> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("forkd.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut argv = vec![
+            "forkd".to_string(),
+            "--config".into(),
+            path.display().to_string(),
+        ];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        parse(argv)
+    }
+
+    fn file_error(toml: &str) -> String {
+        match with_file(toml, &[]) {
+            Err(Stop::Invalid(line)) => line,
+            _ => panic!("accepted {toml:?}"),
+        }
+    }
+
+    #[test]
+    fn a_config_file_takes_the_long_flag_names() {
+        let toml = r#"
+listen = ["127.0.0.1:7000", "unix:/run/x.sock"]
+max-children = 8
+idle-timeout = "30s"
+grace = 2.5
+no-keepalive = true
+inetd = false
+quiet = 1
+deny = ["10.0.0.0/8"]
+allow = "10.1.0.0/16"
+sandbox = true
+handler = "frame-exec"
+program = ["tr", "a-z", "A-Z"]
+"#;
+        let (c, service, _) = with_file(toml, &[]).unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.max_children, 8);
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(c.grace, Duration::from_millis(2500));
+        assert!(!c.keepalive);
+        assert!(!c.log.connections);
+        assert!(c.sandbox.is_some_and(|s| !s.required));
+        // The file's order: deny before allow.
+        let allows: Vec<bool> = c.admission.rules.iter().map(|r| r.allow).collect();
+        assert_eq!(allows, [false, true]);
+        let Service::FrameExec(program) = service else {
+            panic!("{service:?}")
+        };
+        assert_eq!(program.argv, ["tr", "a-z", "A-Z"]);
+    }
+
+    #[test]
+    fn the_command_line_overrides_the_file_key_by_key() {
+        let toml = "listen = [\"127.0.0.1:7000\", \"[::1]:7000\"]\nmax-children = 8\nquiet = 1\nprogram = [\"cat\"]\n";
+        let (c, service, _) = with_file(
+            toml,
+            &[
+                "--max-children",
+                "9",
+                "--listen",
+                ":7001",
+                "-v",
+                "--",
+                "tac",
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.max_children, 9);
+        // A repeatable flag replaces the file's list.
+        assert_eq!(c.listen, vec![":7001".parse::<Addr>().unwrap()]);
+        // -v on the command line drops the file's quiet (they conflict as flags).
+        assert_eq!(c.log.level, LevelFilter::Debug);
+        let Service::Exec(program) = service else {
+            panic!("{service:?}")
+        };
+        assert_eq!(program.argv, ["tac"]);
+    }
+
+    #[test]
+    fn a_bad_file_is_one_line_with_the_file_the_line_and_the_key() {
+        for (toml, line, says) in [
+            (
+                "listen = [\":1\"]\nmax-children = 0\n",
+                2,
+                "max-children: must be at least 1",
+            ),
+            (
+                "listen = [\":1\"]\n\nmax-childs = 3\n",
+                3,
+                "max-childs: not a setting of forkd",
+            ),
+            ("listen = [\":1\"\nmax-children = 3\n", 2, ""),
+            (
+                "log = \"file\"\n",
+                1,
+                "log: 'file' is not one of syslog, stderr",
+            ),
+            (
+                "idle-timeout = \"2 fortnights\"\n",
+                1,
+                "idle-timeout: '2 fortnights' is not a duration",
+            ),
+            ("listen = 7000\n", 1, "listen: "),
+            (
+                "max-children = [1, 2]\n",
+                1,
+                "max-children: takes one value",
+            ),
+            (
+                "no-keepalive = \"yes\"\n",
+                1,
+                "no-keepalive: expects true or false",
+            ),
+            (
+                "check = true\n",
+                1,
+                "check: --check is for the command line",
+            ),
+            ("program = []\n", 1, "program: an empty program"),
+        ] {
+            let error = file_error(toml);
+            assert!(
+                error.contains(&format!("forkd.toml:{line}: {says}")),
+                "{toml:?}: {error}"
+            );
+            assert_eq!(error.lines().count(), 1, "{error}");
+        }
+        let missing = parse(["forkd", "--config", "/nonexistent/forkd.toml"]);
+        assert!(
+            matches!(missing, Err(Stop::Invalid(e)) if e.contains("--config /nonexistent/forkd.toml"))
         );
     }
 

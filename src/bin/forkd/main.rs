@@ -8,6 +8,7 @@
 #[path = "../shared/args.rs"]
 mod args;
 mod cli;
+mod file;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -22,6 +23,11 @@ fn main() -> ExitCode {
         Ok(parsed) => parsed,
         Err(stop) => return stop.finish("forkd"),
     };
+    // `inetd = true` in a --config file: from here on. (A bad file is reported before this is
+    // known, so inetd.conf lines give --inetd themselves.)
+    if config.inetd {
+        forkd::protect_inetd_stderr();
+    }
     if intent == cli::Intent::Check {
         // Everything a start checks before binding has been checked.
         let _ = writeln!(std::io::stdout(), "ok");
