@@ -17,15 +17,15 @@ use clap_complete::Shell;
 #[path = "../src/bin/shared/args.rs"]
 #[allow(dead_code)]
 mod args;
+#[path = "../src/bin/forkd/file.rs"]
+#[allow(dead_code)]
+mod file;
 #[path = "../src/bin/forkc/cli.rs"]
 #[allow(dead_code)]
 mod forkc_cli;
 #[path = "../src/bin/forkd/cli.rs"]
 #[allow(dead_code)]
 mod forkd_cli;
-#[path = "../src/bin/forkd/file.rs"]
-#[allow(dead_code)]
-mod file;
 
 const PROSE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/man");
 
