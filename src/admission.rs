@@ -79,6 +79,34 @@ impl Admission {
         }
     }
 
+    /// A reload: `policy` from now on. Children per source are counted afresh from `peers`,
+    /// those being served (what makes a source may have changed); rate buckets are kept
+    /// unless it did, and penalties being served run to their end unless `--penalty` is gone.
+    pub fn reconfigure<'a>(
+        &mut self,
+        policy: Policy,
+        count_sources: bool,
+        peers: impl Iterator<Item = &'a Peer>,
+    ) {
+        if policy.source_prefix != self.policy.source_prefix {
+            self.buckets.clear();
+        }
+        self.penalties = match (self.penalties.take(), policy.penalty.clone()) {
+            (Some(mut kept), Some(settings)) => {
+                kept.set(settings);
+                Some(kept)
+            }
+            (None, Some(settings)) => Some(Penalties::new(settings)),
+            (_, None) => None,
+        };
+        self.counting = count_sources || policy.per_source.is_some();
+        self.policy = policy;
+        self.children_per_source.clear();
+        for peer in peers {
+            self.started(peer);
+        }
+    }
+
     /// Whether `peer` may have a child now. An admitted connection spends a rate token; call
     /// [`Admission::started`] once its child runs.
     pub fn check(&mut self, peer: &Peer, now: Instant) -> Result<(), Refusal> {

@@ -36,6 +36,9 @@ pub struct Listener {
     /// The read and write timeout its accepted sockets come with (see
     /// [`Listener::pass_on_options`]).
     passed_timeout: Option<Duration>,
+    /// The `--listen` address it was bound for (`:7000` binds two), so that a reload keeps
+    /// the listeners of the addresses it still names; `None` for a socket handed over.
+    bound_for: Option<Addr>,
 }
 
 #[derive(Debug)]
@@ -88,7 +91,12 @@ pub fn bind_all(
             Addr::Unix(path) => bind_unix(path, backlog, socket_file).map(|l| vec![l]),
         };
         match result {
-            Ok(mut bound) => listeners.append(&mut bound),
+            Ok(mut bound) => {
+                for listener in &mut bound {
+                    listener.bound_for = Some(addr.clone());
+                }
+                listeners.append(&mut bound)
+            }
             Err(reason) => {
                 listeners.iter().for_each(Listener::remove_socket_file);
                 return Err(err(reason));
@@ -144,6 +152,7 @@ fn bind_tcp(addr: SocketAddr, backlog: i32) -> Result<Listener, Errno> {
         owned_path: None,
         name: None,
         handed_over: false,
+        bound_for: None,
         passed_timeout: None,
     })
 }
@@ -170,6 +179,7 @@ fn bind_unix(path: &Path, backlog: i32, file: SocketFile) -> Result<Listener, St
         owned_path: Some(path.to_path_buf()),
         name: None,
         handed_over: false,
+        bound_for: None,
         passed_timeout: None,
     };
     // lchown: a link put in the socket's place is changed itself, never its target.
@@ -241,6 +251,7 @@ impl Listener {
             owned_path: None,
             name,
             handed_over: true,
+            bound_for: None,
             passed_timeout: None,
         };
         match &listener.socket {
@@ -310,6 +321,11 @@ impl Listener {
                 })
             }
         }
+    }
+
+    /// The `--listen` address it was bound for; `None` for a socket systemd handed over.
+    pub fn bound_for(&self) -> Option<&Addr> {
+        self.bound_for.as_ref()
     }
 
     /// Whether systemd handed the socket over (and keeps it after forkd exits).

@@ -1,5 +1,5 @@
-//! Telling systemd how forkd is doing (sd_notify(3)): READY=1 once serving, STOPPING=1 on
-//! shutdown, and STATUS= with the active and maximum children when that changes, at most four
+//! Telling systemd how forkd is doing (sd_notify(3)): READY=1 once serving, RELOADING=1 then
+//! READY=1 again around a reload, STOPPING=1 on shutdown, and STATUS= with the active and maximum children when that changes, at most four
 //! times a second so a busy server does not flood the manager.
 //!
 //! The socket is non-blocking: a manager that stops reading costs a warning (once), never a
@@ -89,6 +89,19 @@ impl Notifier {
             self.pending = Some(status);
         }
         self.sent_at = Some(now);
+    }
+
+    /// Says a reload has begun (RELOADING=1, with the CLOCK_MONOTONIC time systemd's
+    /// notify-reload services give it); [`Notifier::ready`] says it is over.
+    pub fn reloading(&mut self) {
+        let mut time = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid clock and a timespec to fill, which lives across the call.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut time) };
+        let now = time.tv_sec as u64 * 1_000_000 + time.tv_nsec as u64 / 1_000;
+        self.send(&format!("RELOADING=1\nMONOTONIC_USEC={now}"));
     }
 
     /// Says forkd is stopping; no status is sent after this.

@@ -172,6 +172,12 @@ impl Penalties {
         }
     }
 
+    /// A reload: offences from now on cost what `settings` say; sentences being served run
+    /// to their end.
+    pub(crate) fn set(&mut self, settings: Penalty) {
+        self.settings = settings;
+    }
+
     /// Adds `offence`'s penalty to `source`, the network of `peer`, unless `peer` is exempt
     /// or the offence costs nothing. Returns the time the source now has left.
     pub(crate) fn penalise(

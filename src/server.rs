@@ -41,6 +41,7 @@ use crate::handler::{NewFramed, StreamHandler, Work};
 pub struct Server {
     config: Config,
     handler: Handler,
+    reload: Option<crate::supervisor::ReloadSource>,
 }
 
 /// The handler a server was given.
@@ -79,6 +80,7 @@ impl Server {
     pub fn from_config(config: Config, service: Service) -> Server {
         Server {
             config,
+            reload: None,
             handler: Handler::Builtin(service),
         }
     }
@@ -188,6 +190,17 @@ impl Server {
         self
     }
 
+    /// Makes SIGHUP a reload: `source` is called for the new configuration, which applies to
+    /// connections accepted from then on (admission, limits, timeouts, the log, the listeners;
+    /// running conversations keep theirs). An `Err`, an invalid configuration or a change
+    /// only a restart can make (user, model, sandbox) is refused and logged, and the server
+    /// goes on as it was. The handler stays the one the server was built with. Without a
+    /// source, SIGHUP only reconnects the log.
+    pub fn on_reload(mut self, source: impl FnMut() -> Result<Config, String> + 'static) -> Server {
+        self.reload = Some(Box::new(source));
+        self
+    }
+
     /// Resource limits of each worker process.
     pub fn limits(mut self, limits: Limits) -> Server {
         self.config.limits = limits;
@@ -262,7 +275,11 @@ impl Server {
     /// fork copies only the calling thread.
     pub fn serve(self) -> Result<(), Error> {
         self.check()?;
-        let Server { config, handler } = self;
+        let Server {
+            config,
+            handler,
+            reload,
+        } = self;
         let work = match handler {
             Handler::Builtin(service) => Work::of(&service, config.max_frame)
                 .map_err(|e| Error(format!("the program: {e}")))?,
@@ -286,7 +303,7 @@ impl Server {
         }
         let target = crate::logging::init(config.log.clone());
         crate::logging::log_panics();
-        crate::supervisor::run(&config, work, handed_over).map_err(|line| {
+        crate::supervisor::run(&config, work, handed_over, reload).map_err(|line| {
             if target == crate::logging::Target::Syslog {
                 log::error!("stop reason={}", crate::logging::quote(&line));
             }

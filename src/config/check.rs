@@ -49,11 +49,17 @@ impl Config {
     /// frames of up to `max_frame` bytes a worker may hold at once (0 for a handler that does
     /// not speak protocol v1), for the room `--rlimit-as` must leave.
     pub(crate) fn check_settings(&self, frames_held: u64) -> Result<(), String> {
-        if self.max_children == 0 {
-            return Err("--max-children must be at least 1".to_string());
-        }
         if self.listen.is_empty() && !self.inetd && !sockets_offered() {
             return Err(NO_ADDRESS.to_string());
+        }
+        self.check_values(frames_held)
+    }
+
+    /// [`Config::check_settings`] but for where connections come from, which a reload judges
+    /// against the sockets it has (systemd's included).
+    pub(crate) fn check_values(&self, frames_held: u64) -> Result<(), String> {
+        if self.max_children == 0 {
+            return Err("--max-children must be at least 1".to_string());
         }
         if self.inetd && !self.listen.is_empty() {
             return Err("--inetd serves descriptor 0 and cannot also --listen".to_string());

@@ -208,4 +208,10 @@ impl Isolation for Fork {
         self.asked.remove(&pid);
         reap(pid, None)
     }
+
+    fn reconfigure(&mut self, update: &super::ChildUpdate) {
+        self.setup.supervisor_fds = update.supervisor_fds.clone();
+        self.setup.limits = update.limits;
+        self.setup.keepalive = update.keepalive;
+    }
 }

@@ -133,6 +133,17 @@ pub(crate) trait Isolation {
     /// Waits for worker `id` to end, after [`Termination::Force`]; `None` for a worker that
     /// cannot be waited for (a thread ends with the process).
     fn wait(&mut self, id: WorkerId) -> Option<Ended>;
+
+    /// What workers started from now on get (a reload); running ones keep what they had.
+    fn reconfigure(&mut self, update: &ChildUpdate);
+}
+
+/// What a reload changes for the workers it starts next.
+pub(crate) struct ChildUpdate {
+    /// The supervisor's descriptors a new worker closes: its listeners changed.
+    pub supervisor_fds: Vec<std::os::fd::RawFd>,
+    pub limits: crate::config::Limits,
+    pub keepalive: bool,
 }
 
 /// The workers the supervisor knows to be running, as [`Isolation::collect`] reports to them.

@@ -31,7 +31,10 @@ const MAX_SLOTS: usize = 65_536;
 /// The supervisor's side: the shared slots and which are free.
 pub(crate) struct Tally {
     slots: &'static [Counter],
+    /// Slots given back, to be taken again first.
     free: Vec<u32>,
+    /// Slots below this have been handed out at least once.
+    fresh_from: u32,
 }
 
 /// A slot handed to a worker.
@@ -39,21 +42,30 @@ pub(crate) struct Tally {
 pub(crate) struct Slot(u32);
 
 impl Tally {
-    /// Room for `workers` conversations at once (up to [`MAX_SLOTS`]); an empty table if the
-    /// memory cannot be had.
-    pub(crate) fn new(workers: usize) -> Tally {
+    /// Room for [`MAX_SLOTS`] conversations at once, whatever `--max-children` is now or
+    /// becomes at a reload: pages of the table are only touched as slots are used. An empty
+    /// table if the memory cannot be had.
+    pub(crate) fn new() -> Tally {
         // SAFETY: a counter is two atomics, all zero a zero count; shared, so a forked
         // worker's counts reach the supervisor.
-        let slots: &'static [Counter] = unsafe { super::shared_table(workers.clamp(1, MAX_SLOTS)) };
+        let slots: &'static [Counter] = unsafe { super::shared_table(MAX_SLOTS) };
         Tally {
-            free: (0..slots.len() as u32).rev().collect(),
+            free: Vec::new(),
+            fresh_from: 0,
             slots,
         }
     }
 
     /// A zeroed slot for a worker about to start, and its counter; `None` when all are taken.
     pub(crate) fn take(&mut self) -> Option<(Slot, &'static Counter)> {
-        let index = self.free.pop()?;
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None if (self.fresh_from as usize) < self.slots.len() => {
+                self.fresh_from += 1;
+                self.fresh_from - 1
+            }
+            None => return None,
+        };
         let counter = &self.slots[index as usize];
         counter.read.store(0, Ordering::Relaxed);
         counter.written.store(0, Ordering::Relaxed);

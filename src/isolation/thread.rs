@@ -89,4 +89,9 @@ impl Isolation for Threads {
     fn wait(&mut self, _id: WorkerId) -> Option<Ended> {
         None
     }
+
+    /// A thread closes no descriptor and sets no limit: only keepalive applies.
+    fn reconfigure(&mut self, update: &super::ChildUpdate) {
+        self.keepalive = update.keepalive;
+    }
 }

@@ -17,8 +17,9 @@ pub(crate) mod emergency;
 mod stderr;
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use log::{Level, LevelFilter, Log, Metadata, Record};
+use log::{Level, Log, Metadata, Record};
 use syslog::{Formatter3164, LoggerBackend};
 
 use crate::config::LogOptions;
@@ -52,8 +53,9 @@ struct State {
 
 struct Logger {
     state: Mutex<State>,
-    level: LevelFilter,
-    connections: bool,
+    /// The least severe level logged, as `LevelFilter as usize`: a reload may change it.
+    level: AtomicUsize,
+    connections: AtomicBool,
 }
 
 /// The log target of a connection's routine lines (`accept`, `end` with an exit status),
@@ -94,8 +96,8 @@ pub(crate) fn init(options: LogOptions) -> Target {
             stderr,
             dropped: Dropped::default(),
         }),
-        level: options.level,
-        connections: options.connections,
+        level: AtomicUsize::new(options.level as usize),
+        connections: AtomicBool::new(options.connections),
     };
     // A second init (tests in one process) keeps the first logger.
     let logger: &'static Logger = Box::leak(Box::new(logger));
@@ -217,6 +219,34 @@ pub(crate) fn reopen() -> &'static str {
             Err(_) => "syslog-unreachable",
         },
     }
+}
+
+/// A reload: the log goes where `options` say from the next line on. A syslog socket that
+/// cannot be reached refuses the change (the log stays where it was) rather than falling back
+/// to stderr as a start does. Without forkd's logger (an embedder's), nothing to do.
+pub(crate) fn reconfigure(options: &LogOptions) -> Result<(), String> {
+    let Some(logger) = INSTALLED.get() else {
+        return Ok(());
+    };
+    let backend = match options.target {
+        Target::Stderr => Backend::Stderr,
+        Target::Syslog => Backend::Syslog {
+            writer: connect_syslog(options).map_err(|why| format!("syslog: {why}"))?,
+            options: options.clone(),
+        },
+    };
+    let mut state = logger.lock();
+    state.backend = backend;
+    state.direct_emergency_lines();
+    drop(state);
+    logger
+        .level
+        .store(options.level as usize, Ordering::Relaxed);
+    logger
+        .connections
+        .store(options.connections, Ordering::Relaxed);
+    log::set_max_level(options.level);
+    Ok(())
 }
 
 fn connect_syslog(options: &LogOptions) -> Result<SyslogWriter, String> {
@@ -356,7 +386,9 @@ fn send_local(
 
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= self.level && (self.connections || metadata.target() != CONNECTION)
+        let level = self.level.load(Ordering::Relaxed);
+        metadata.level() as usize <= level
+            && (self.connections.load(Ordering::Relaxed) || metadata.target() != CONNECTION)
     }
 
     fn log(&self, record: &Record) {

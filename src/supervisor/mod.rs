@@ -16,18 +16,20 @@
 mod headers;
 mod lines;
 mod poll;
+mod reload;
 mod shutdown;
 mod startup;
 mod throttle;
 mod workers;
 
 use std::io;
-use std::os::fd::{AsFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
+pub use reload::ReloadSource;
 pub(crate) use startup::run;
 
 use crate::admission::{Admission, Refusal};
@@ -68,6 +70,14 @@ enum Origin {
 }
 
 struct Supervisor {
+    /// The configuration being served, as a reload compares a new one with it.
+    config: Config,
+    /// Where SIGHUP gets a new configuration; `None`: SIGHUP only reopens the log.
+    reload_source: Option<ReloadSource>,
+    /// The supervisor's own descriptors a worker closes, but for the listeners.
+    own_fds: Vec<RawFd>,
+    /// The owner of Unix socket files forkd creates (`--user`, `--group`).
+    socket_owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
     listeners: Vec<Listener>,
     /// The listeners' names for log lines, made once.
     listener_names: Vec<String>,
@@ -126,10 +136,18 @@ impl Supervisor {
         lifecycle: log::Level,
         in_place: ChildSetup,
     ) -> Supervisor {
-        let tally = work
-            .is_framed()
-            .then(|| Tally::new(config.max_children as usize));
+        let tally = work.is_framed().then(Tally::new);
+        let listener_fds: Vec<RawFd> = listeners.iter().map(|l| l.as_fd().as_raw_fd()).collect();
         Supervisor {
+            config: config.clone(),
+            reload_source: None,
+            own_fds: in_place
+                .supervisor_fds
+                .iter()
+                .copied()
+                .filter(|fd| !listener_fds.contains(fd))
+                .collect(),
+            socket_owner: None,
             listener_names: listeners.iter().map(Listener::local_name).collect(),
             listeners,
             signals,
@@ -163,6 +181,12 @@ impl Supervisor {
             early_drop: config.early_drop,
             dice: Dice::new(),
         }
+    }
+
+    /// The descriptors a new worker closes: the supervisor's own and its listeners.
+    fn supervisor_fds(&self) -> Vec<RawFd> {
+        let listeners = self.listeners.iter().map(|l| l.as_fd().as_raw_fd());
+        self.own_fds.iter().copied().chain(listeners).collect()
     }
 
     /// For systemd's STATUS=.
@@ -265,6 +289,7 @@ impl Supervisor {
                 if signals.contains(Signal::SIGHUP) {
                     let log = crate::logging::reopen();
                     log::info!("status signal=SIGHUP log={log}");
+                    self.reload();
                 }
                 if signals.contains(Signal::SIGUSR1) {
                     self.log_status();
@@ -644,6 +669,7 @@ impl Supervisor {
             started: Instant::now(),
             tally: slot,
             outlived: false,
+            lifetime_ends: None,
         };
         let pid = format!("pid={}", std::process::id());
         log::info!(

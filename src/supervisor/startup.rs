@@ -27,8 +27,10 @@ pub(crate) fn run(
     config: &Config,
     work: Work,
     handed_over: Option<Vec<Listener>>,
+    reload_source: Option<super::ReloadSource>,
 ) -> Result<(), String> {
     let identity = privilege::resolve(config.user.as_deref(), config.group.as_deref())?;
+    let socket_owner = identity.as_ref().map(|id| (id.uid, id.gid));
     // Taken first, while still root (so it may live in /run): a second instance is refused
     // before it binds anything.
     let pidfile = config.pidfile.as_deref().map(Pidfile::take).transpose()?;
@@ -45,7 +47,7 @@ pub(crate) fn run(
     } else {
         let socket_file = listen::SocketFile {
             mode: config.socket_mode,
-            owner: identity.as_ref().map(|id| (id.uid, id.gid)),
+            owner: socket_owner,
         };
         let bound = listen::bind_all(&config.listen, config.backlog, socket_file)
             .map_err(|e| e.to_string())?;
@@ -168,6 +170,9 @@ pub(crate) fn run(
     let mut supervisor = Supervisor::new(
         config, listeners, signals, work, settings, isolation, notifier, lifecycle, setup,
     );
+    // Under inetd a forkd serves one connection: nothing to reload.
+    supervisor.reload_source = reload_source.filter(|_| !config.inetd);
+    supervisor.socket_owner = socket_owner;
     if let Some(conn) = inetd_connection {
         supervisor.take(conn, Origin::Inetd, false);
     }

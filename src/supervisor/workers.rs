@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::conn::{Connection, Peer, Who};
 use crate::isolation::tally::Slot;
 use crate::isolation::{
-    Ended, Isolation, Job, NotStarted, Running, Started, Termination, WorkerId,
+    ChildUpdate, Ended, Isolation, Job, NotStarted, Running, Started, Termination, WorkerId,
 };
 
 /// Between the SIGTERM and the SIGKILL for a worker past `--max-lifetime`.
@@ -29,6 +29,8 @@ pub(super) struct WorkerRecord {
     pub tally: Option<Slot>,
     /// Whether forkd ended it at `--max-lifetime`.
     pub outlived: bool,
+    /// When `--max-lifetime` (as it was when the worker started) ends it.
+    pub lifetime_ends: Option<Instant>,
 }
 
 impl WorkerRecord {
@@ -42,8 +44,8 @@ pub(super) struct Workers {
     isolation: Box<dyn Isolation>,
     table: HashMap<WorkerId, WorkerRecord>,
     max_lifetime: Option<Duration>,
-    /// Workers by start time, when `--max-lifetime` is set: the first is the next to outlive
-    /// it. Entries leave when the worker is collected, so this is as small as the table.
+    /// Workers with a lifetime, by the moment it ends: the first is the next to outlive it.
+    /// Entries leave when the worker is collected, so this is as small as the table.
     lifetimes: BTreeSet<(Instant, WorkerId)>,
     /// Workers sent SIGTERM for their lifetime, with the moment SIGKILL follows.
     kills_due: VecDeque<(Instant, WorkerId, Instant)>,
@@ -58,6 +60,18 @@ impl Workers {
             lifetimes: BTreeSet::new(),
             kills_due: VecDeque::new(),
         }
+    }
+
+    /// A reload: workers started from now on get `max_lifetime` and `update`; those running
+    /// keep the lifetime they started with.
+    pub(super) fn reconfigure(&mut self, max_lifetime: Option<Duration>, update: &ChildUpdate) {
+        self.max_lifetime = max_lifetime;
+        self.isolation.reconfigure(update);
+    }
+
+    /// The peers being served, for counting them afresh.
+    pub(super) fn peers(&self) -> impl Iterator<Item = &Peer> {
+        self.table.values().map(|r| &r.peer)
     }
 
     /// Connections being served.
@@ -76,8 +90,9 @@ impl Workers {
         let via = conn.proxied.as_ref().map(|p| p.via);
         let started = self.isolation.start(conn, job)?;
         let now = Instant::now();
-        if self.max_lifetime.is_some() {
-            self.lifetimes.insert((now, started.id));
+        let lifetime_ends = self.max_lifetime.map(|lifetime| now + lifetime);
+        if let Some(ends) = lifetime_ends {
+            self.lifetimes.insert((ends, started.id));
         }
         let record = WorkerRecord {
             peer,
@@ -85,6 +100,7 @@ impl Workers {
             started: now,
             tally,
             outlived: false,
+            lifetime_ends,
         };
         self.table.insert(started.id, record);
         Ok(started)
@@ -110,18 +126,17 @@ impl Workers {
     /// later. A process can be ended whatever it is doing, even spinning inside its handler:
     /// the reason to fork.
     pub(super) fn enforce_lifetimes(&mut self, now: Instant) {
-        let Some(lifetime) = self.max_lifetime else {
-            return;
-        };
-        while let Some(&(started, id)) = self.lifetimes.first() {
-            if started + lifetime > now {
+        while let Some(&(ends, id)) = self.lifetimes.first() {
+            if ends > now {
                 break;
             }
             self.lifetimes.pop_first();
+            let Some(record) = self.table.get_mut(&id) else {
+                continue;
+            };
+            record.outlived = true;
+            let started = record.started;
             self.isolation.terminate(id, Termination::Ask);
-            if let Some(record) = self.table.get_mut(&id) {
-                record.outlived = true;
-            }
             log::warn!(
                 "status {id} peer={} action=SIGTERM reason=max-lifetime age={:.3}s",
                 self.table[&id].who(),
@@ -150,11 +165,7 @@ impl Workers {
 
     /// The next moment [`Workers::enforce_lifetimes`] has something to do.
     pub(super) fn next_timer(&self) -> Option<Instant> {
-        let next_expiry = self
-            .lifetimes
-            .first()
-            .zip(self.max_lifetime)
-            .map(|((started, _), lifetime)| *started + lifetime);
+        let next_expiry = self.lifetimes.first().map(|(ends, _)| *ends);
         let next_kill = self.kills_due.front().map(|(t, _, _)| *t);
         next_expiry.into_iter().chain(next_kill).min()
     }
@@ -202,7 +213,9 @@ impl<F: FnMut(usize, WorkerId, WorkerRecord, Ended)> Running for Table<'_, F> {
 
     fn ended(&mut self, id: WorkerId, how: Ended) {
         if let Some(record) = self.table.remove(&id) {
-            self.lifetimes.remove(&(record.started, id));
+            if let Some(ends) = record.lifetime_ends {
+                self.lifetimes.remove(&(ends, id));
+            }
             (self.ended)(self.table.len(), id, record, how);
         }
     }

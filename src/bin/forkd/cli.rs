@@ -337,7 +337,8 @@ struct Cli {
 
     /// Read settings from FILE, TOML whose keys are the long flag names (listen = [":7000"],
     /// max-children = 64, idle-timeout = "30s", program = ["cmd", "arg"]); a flag on the command
-    /// line overrides the file's key (docs/operations.md).
+    /// line overrides the file's key. SIGHUP reads both again and applies them to new
+    /// connections (docs/operations.md).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 
@@ -387,6 +388,23 @@ pub enum Intent {
 /// Parses argv (the program name first) into what to serve, with which handler, and whether
 /// to serve it or only check it.
 pub fn parse<I, T>(args: I) -> Result<(Config, Service, Intent), Stop>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    parse_as(args, false)
+}
+
+/// [`parse`] again at a reload (SIGHUP), for the configuration the file now holds.
+pub fn reparse(args: &[std::ffi::OsString]) -> Result<(Config, Service), String> {
+    match parse_as(args.to_vec(), true) {
+        Ok((config, service, _)) => Ok((config, service)),
+        Err(Stop::Invalid(why)) => Err(why),
+        Err(Stop::Print(_)) => Err("--help or --version is not a configuration".into()),
+    }
+}
+
+fn parse_as<I, T>(args: I, reloading: bool) -> Result<(Config, Service, Intent), Stop>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
@@ -481,7 +499,12 @@ where
             write: cli.sandbox_write,
         }),
     };
-    config.check(&service).map_err(Stop::Invalid)?;
+    match config.check(&service) {
+        // Under socket activation at a reload, the sockets systemd passed are in use and no
+        // longer offered: whether there is an address is the supervisor's to judge.
+        Err(e) if e == forkd::config::NO_ADDRESS && reloading => {}
+        checked => checked.map_err(Stop::Invalid)?,
+    }
     let intent = if cli.check {
         Intent::Check
     } else {
@@ -490,19 +513,30 @@ where
     Ok((config, service, intent))
 }
 
-/// argv with the settings of `--config FILE` (if given) before the command line's own, less
-/// those the command line gives itself.
-fn with_config_file(argv: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>, Stop> {
+/// Whether argv names a `--config` file.
+pub fn has_config_file(argv: &[std::ffi::OsString]) -> bool {
+    config_file(argv).is_some()
+}
+
+/// The file `--config FILE` (or `--config=FILE`) names, before any `--`.
+fn config_file(argv: &[std::ffi::OsString]) -> Option<PathBuf> {
     let options = argv.split(|a| a == "--").next().unwrap_or(&[]);
-    let path = options.iter().enumerate().find_map(|(i, a)| {
+    options.iter().enumerate().find_map(|(i, a)| {
         let a = a.to_str()?;
         match a.strip_prefix("--config") {
             Some("") => options.get(i + 1).map(PathBuf::from),
             Some(rest) => rest.strip_prefix('=').map(PathBuf::from),
             None => None,
         }
-    });
-    let Some(path) = path else { return Ok(argv) };
+    })
+}
+
+/// argv with the settings of `--config FILE` (if given) before the command line's own, less
+/// those the command line gives itself.
+fn with_config_file(argv: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>, Stop> {
+    let Some(path) = config_file(&argv) else {
+        return Ok(argv);
+    };
     let command = command();
     let settings = super::file::read(&path, &command).map_err(Stop::Invalid)?;
     let given = given_on_command_line(&argv, &command);

@@ -19,7 +19,8 @@ fn main() -> ExitCode {
     if std::env::args_os().any(|a| a == "--inetd") {
         forkd::protect_inetd_stderr();
     }
-    let (config, service, intent) = match cli::parse(std::env::args_os()) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (config, service, intent) = match cli::parse(argv.clone()) {
         Ok(parsed) => parsed,
         Err(stop) => return stop.finish("forkd"),
     };
@@ -33,7 +34,18 @@ fn main() -> ExitCode {
         let _ = writeln!(std::io::stdout(), "ok");
         return ExitCode::SUCCESS;
     }
-    match forkd::Server::from_config(config, service).serve() {
+    let mut server = forkd::Server::from_config(config, service.clone());
+    // With a file, SIGHUP reads it again (and the command line, which still overrides it).
+    if cli::has_config_file(&argv) {
+        server = server.on_reload(move || {
+            let (config, now) = cli::reparse(&argv)?;
+            if now != service {
+                return Err("the handler or its program changed: that takes a restart".into());
+            }
+            Ok(config)
+        });
+    }
+    match server.serve() {
         Ok(()) => ExitCode::SUCCESS,
         Err(line) => {
             // Always on stderr, where whoever started forkd looks (the library has logged it
