@@ -356,16 +356,8 @@ fn headers_on_their_way_at_shutdown_are_refused_with_error_9() {
     let mut server = Forkd::start(&["--proxy-from", "127.0.0.1"]);
     let mut waiting = Client::connect_from("127.0.0.1", &server.addr());
     waiting.send_raw(b"PROXY TCP4 ");
-    // Once accepted, it is in the table: ask until the status line says so.
-    for asked in 1.. {
-        server.signal(libc::SIGUSR1);
-        let lines = server.wait_log_count(" status signal=SIGUSR1 ", asked);
-        if field(&lines[asked - 1], "proxy_headers") == Some("1") {
-            break;
-        }
-        assert!(asked < 100, "{lines:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Once accepted, it is in the table.
+    server.wait_status("proxy_headers", "1");
     server.signal(libc::SIGTERM);
     waiting.expect_error(9);
     let stop = server.wait_log(" stop served=");

@@ -200,3 +200,33 @@ fn ten_reloads_under_load_fail_no_connection() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"errors\":{}"), "{out}");
 }
+
+#[test]
+fn connections_waiting_for_a_proxy_header_keep_their_listener_across_a_reload() {
+    let (first, second) = (free_port(), free_port());
+    let both = format!(
+        "listen = [\"127.0.0.1:{first}\", \"127.0.0.1:{second}\"]\nlog = \"stderr\"\n\
+         proxy-from = [\"127.0.0.1\"]\n"
+    );
+    let (mut server, path) = start(&both);
+    // Half a header on each listener, then the first listener goes.
+    let mut on_first = Client::connect(&format!("127.0.0.1:{first}").parse().unwrap());
+    let mut on_second = Client::connect(&format!("127.0.0.1:{second}").parse().unwrap());
+    on_first.send_raw(b"PROXY TCP4 192.0.2.1 ");
+    on_second.send_raw(b"PROXY TCP4 192.0.2.2 ");
+    server.wait_status("proxy_headers", "2");
+    let only_second = both.replace(&format!("\"127.0.0.1:{first}\", "), "");
+    let line = reload(&mut server, &path, &only_second, 1);
+    assert!(line.contains(" reload=applied "), "{line}");
+    on_first.send_raw(b"192.0.2.100 1 2\r\n");
+    on_second.send_raw(b"192.0.2.100 1 2\r\n");
+    assert_eq!(on_first.echo(b"one").payload, b"one");
+    assert_eq!(on_second.echo(b"two").payload, b"two");
+    let accept = server.wait_log(" accept peer=192.0.2.2:1 via=127.0.0.1:");
+    assert_eq!(
+        field(&accept, "listen"),
+        Some(&*format!("127.0.0.1:{second}"))
+    );
+    let accept = server.wait_log(" accept peer=192.0.2.1:1 ");
+    assert_eq!(field(&accept, "listen"), Some("removed"));
+}

@@ -154,6 +154,13 @@ impl HeaderWaits {
         self.list = kept;
     }
 
+    /// Names each waiting connection's origin anew (a reload renumbered the listeners).
+    pub(super) fn renumber(&mut self, new: impl Fn(Origin) -> Origin) {
+        for waiting in &mut self.list {
+            waiting.origin = new(waiting.origin);
+        }
+    }
+
     /// Every waiting connection, leaving the table (shutdown).
     pub(super) fn take_all(&mut self) -> Vec<(Connection, Origin)> {
         self.list.drain(..).map(|w| (w.conn, w.origin)).collect()

@@ -65,7 +65,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Where a connection came from.
 #[derive(Clone, Copy)]
 enum Origin {
+    /// The listener at this index of the supervisor's list.
     Listener(usize),
+    /// A listener a reload has closed since (the connection was waiting for its PROXY header).
+    Removed,
     Inetd,
 }
 
@@ -455,6 +458,7 @@ impl Supervisor {
         match origin {
             // A Unix socket's path may hold spaces or `=`.
             Origin::Listener(index) => quote(&self.listener_names[index]),
+            Origin::Removed => "removed".to_string(),
             Origin::Inetd => "inetd".to_string(),
         }
     }

@@ -150,6 +150,22 @@ impl Supervisor {
                 self.reject(conn, Origin::Listener(index), refusal);
             }
         }
+        // Connections waiting for a PROXY header name their listener by index: renumbered.
+        let mut next = 0;
+        let renumbered: Vec<Option<usize>> = self
+            .listeners
+            .iter()
+            .map(|l| {
+                (!removed(l)).then(|| {
+                    next += 1;
+                    next - 1
+                })
+            })
+            .collect();
+        self.headers.renumber(|origin| match origin {
+            Origin::Listener(index) => renumbered[index].map_or(Origin::Removed, Origin::Listener),
+            other => other,
+        });
         let (kept, gone): (Vec<Listener>, Vec<Listener>) = std::mem::take(&mut self.listeners)
             .into_iter()
             .partition(|l| !removed(l));

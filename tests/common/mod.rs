@@ -249,6 +249,19 @@ impl Forkd {
         field(&line, "pid").unwrap().parse().unwrap()
     }
 
+    /// Asks for SIGUSR1 status lines until one says `key=value`.
+    pub fn wait_status(&mut self, key: &str, value: &str) {
+        for asked in 1..=100 {
+            self.signal(libc::SIGUSR1);
+            let lines = self.wait_log_count(" status signal=SIGUSR1 ", asked);
+            if field(&lines[asked - 1], key) == Some(value) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no status line with {key}={value}: {:?}", self.log());
+    }
+
     pub fn signal(&self, sig: libc::c_int) {
         assert_eq!(unsafe { libc::kill(self.pid, sig) }, 0, "kill {sig}");
     }
