@@ -19,6 +19,19 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// A connected socket of either family, as a descriptor handed over.
+    pub(crate) fn from_socket(fd: OwnedFd) -> io::Result<Stream> {
+        use nix::sys::socket::{AddressFamily, SockaddrLike, SockaddrStorage, getsockname};
+        let family = getsockname::<SockaddrStorage>(fd.as_raw_fd())?.family();
+        match family {
+            Some(AddressFamily::Unix) => Ok(Stream::Unix(UnixStream::from(fd))),
+            Some(AddressFamily::Inet | AddressFamily::Inet6) => {
+                Ok(Stream::Tcp(TcpStream::from(fd)))
+            }
+            _ => Err(io::ErrorKind::InvalidInput.into()),
+        }
+    }
+
     /// Shuts down the read side, the write side or both (`shutdown(2)`).
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         match self {
@@ -247,6 +260,22 @@ impl fmt::Display for Who<'_> {
 }
 
 impl Connection {
+    /// A connection as accept() would give it, from its stream (an upgrade in place hands
+    /// over connections still waiting for a PROXY header).
+    pub(crate) fn accepted(stream: Stream) -> io::Result<Connection> {
+        let peer = match &stream {
+            Stream::Tcp(s) => Peer::Tcp(s.peer_addr()?),
+            Stream::Unix(s) => Peer::of_unix(s),
+        };
+        Ok(Connection {
+            stream,
+            peer,
+            from_source: 1,
+            timeout: None,
+            proxied: None,
+        })
+    }
+
     /// Who is on the other end: behind a load balancer, the client its PROXY header named.
     pub fn peer(&self) -> &Peer {
         &self.peer

@@ -54,6 +54,17 @@ impl Drains {
         });
     }
 
+    /// A socket the previous image was draining (an upgrade in place), drained afresh.
+    pub fn adopt(&mut self, stream: Stream, now: Instant) {
+        if self.list.len() < MAX_DRAINING && stream.set_nonblocking(true).is_ok() {
+            self.list.push(Draining {
+                stream,
+                deadline: now + DRAIN_TIME,
+                drained: 0,
+            });
+        }
+    }
+
     pub fn count(&self) -> usize {
         self.list.len()
     }

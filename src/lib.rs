@@ -61,6 +61,7 @@ mod signals;
 mod spawn;
 mod supervisor;
 mod ucspi;
+mod upgrade;
 
 pub use activation::protect_inetd_stderr;
 pub use addr::Addr;
@@ -69,3 +70,4 @@ pub use conn::{Connection, Peer, Proxied, Stream};
 pub use handler::{FramedHandler, NewFramed, Payload, Reply, StreamHandler};
 pub use logging::stderr_is_journal;
 pub use server::{Error, Server};
+pub use supervisor::CHECK_ENV as UPGRADE_CHECK_ENV;

@@ -323,6 +323,32 @@ impl Listener {
         }
     }
 
+    /// The name systemd gave the socket, if it did.
+    pub fn systemd_name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// The socket file forkd made for it (and removes at exit).
+    pub fn owned_path(&self) -> Option<&Path> {
+        self.owned_path.as_deref()
+    }
+
+    /// Takes over a listener the previous image of this process handed over at an upgrade
+    /// in place, as it was.
+    pub(crate) fn adopted(
+        fd: OwnedFd,
+        bound_for: Option<Addr>,
+        name: Option<String>,
+        handed_over: bool,
+        owned_path: Option<PathBuf>,
+    ) -> Result<Listener, String> {
+        let mut listener = Listener::inherited(fd, name)?;
+        listener.bound_for = bound_for;
+        listener.handed_over = handed_over;
+        listener.owned_path = owned_path;
+        Ok(listener)
+    }
+
     /// The `--listen` address it was bound for; `None` for a socket systemd handed over.
     pub fn bound_for(&self) -> Option<&Addr> {
         self.bound_for.as_ref()
@@ -385,8 +411,10 @@ impl Listener {
         if let Socket::Tcp(l) = &self.socket {
             socket::setsockopt(l, sockopt::TcpNoDelay, &true)?;
             socket::setsockopt(l, sockopt::KeepAlive, &keepalive)?;
+            // Set also when off (0), so that a reload turning it off reaches a kept listener.
             #[cfg(target_os = "linux")]
-            if let Some(wait) = defer_accept {
+            {
+                let wait = defer_accept.unwrap_or_default();
                 // Whole seconds, rounded up: the kernel's unit.
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 let secs = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
@@ -406,14 +434,16 @@ impl Listener {
             }
             #[cfg(not(target_os = "linux"))]
             let _ = defer_accept;
-            if let Some(t) = timeout.filter(|_| ACCEPTED_SOCKETS_INHERIT) {
+            if ACCEPTED_SOCKETS_INHERIT {
+                // Zero is no timeout: a reload turning it off clears what a kept listener had.
+                let t = timeout.unwrap_or_default();
                 let tv = nix::sys::time::TimeVal::new(
                     t.as_secs() as libc::time_t,
                     t.subsec_micros() as libc::suseconds_t,
                 );
                 socket::setsockopt(l, sockopt::ReceiveTimeout, &tv)?;
                 socket::setsockopt(l, sockopt::SendTimeout, &tv)?;
-                self.passed_timeout = Some(t);
+                self.passed_timeout = timeout;
             }
         }
         Ok(())

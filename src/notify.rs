@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 const STATUS_INTERVAL: Duration = Duration::from_millis(250);
 
 pub struct Notifier {
+    /// NOTIFY_SOCKET as it was given, for the next image at an upgrade.
+    path: String,
     socket: UnixDatagram,
     target: SocketAddr,
     sent_status: Option<String>,
@@ -31,7 +33,12 @@ impl Notifier {
         let path = std::env::var_os("NOTIFY_SOCKET")?;
         // SAFETY: forkd is single-threaded at start.
         unsafe { std::env::remove_var("NOTIFY_SOCKET") };
-        let path = path.to_string_lossy().into_owned();
+        Notifier::to(path.to_string_lossy().into_owned())
+    }
+
+    /// For the socket NOTIFY_SOCKET named (as the previous image hands it over at an
+    /// upgrade in place).
+    pub fn to(path: String) -> Option<Notifier> {
         let target = match path.strip_prefix('@') {
             Some(name) => {
                 use std::os::linux::net::SocketAddrExt;
@@ -52,6 +59,7 @@ impl Notifier {
         let socket = UnixDatagram::unbound().ok()?;
         socket.set_nonblocking(true).ok()?;
         Some(Notifier {
+            path,
             socket,
             target,
             sent_status: None,
@@ -150,6 +158,11 @@ impl Notifier {
             self.sent_at
                 .map_or_else(Instant::now, |t| t + STATUS_INTERVAL),
         )
+    }
+
+    /// NOTIFY_SOCKET as it was given.
+    pub fn path(&self) -> &str {
+        &self.path
     }
 
     pub fn raw_fd(&self) -> RawFd {

@@ -75,6 +75,22 @@ impl Pidfile {
         })
     }
 
+    /// Takes over the pidfile the previous image of this process held (an upgrade in place):
+    /// the lock belongs to the open file, which crossed the exec, so it is held throughout.
+    pub(crate) fn adopt(fd: std::os::fd::OwnedFd, path: &Path) -> Result<Pidfile, String> {
+        let file = Flock::lock(File::from(fd), FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| format!("pidfile {}: {e}", path.display()))?;
+        Ok(Pidfile {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// Its path, as given.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The descriptor a worker process must close (it would otherwise share the lock).
     pub fn raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()

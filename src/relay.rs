@@ -154,6 +154,14 @@ impl Relays {
         self.list.len()
     }
 
+    /// Each pipe and its program's pid (an upgrade hands them over).
+    pub fn pipes(&self) -> Vec<(RawFd, i32)> {
+        self.list
+            .iter()
+            .map(|r| (r.pipe.as_raw_fd(), r.lines.pid.as_raw()))
+            .collect()
+    }
+
     /// Descriptors a new child must close.
     pub fn raw_fds(&self) -> Vec<RawFd> {
         self.list.iter().map(|r| r.pipe.as_raw_fd()).collect()

@@ -42,6 +42,7 @@ pub struct Server {
     config: Config,
     handler: Handler,
     reload: Option<crate::supervisor::ReloadSource>,
+    upgrade: Option<crate::supervisor::UpgradePlan>,
 }
 
 /// The handler a server was given.
@@ -81,6 +82,7 @@ impl Server {
         Server {
             config,
             reload: None,
+            upgrade: None,
             handler: Handler::Builtin(service),
         }
     }
@@ -201,6 +203,16 @@ impl Server {
         self
     }
 
+    /// Makes SIGUSR2 an upgrade in place: `program` (the file at that path when the signal
+    /// comes) is run with `args` and `--check`, and if that succeeds, execs with `args` in
+    /// this very process, taking over its listeners, children and pidfile. The program must
+    /// be one that serves with [`Server`] (the `forkd` daemon passes its own path and
+    /// command line). Not with the thread model, whose threads cannot outlive the image.
+    pub fn upgrade_in_place(mut self, program: PathBuf, args: Vec<std::ffi::OsString>) -> Server {
+        self.upgrade = Some(crate::supervisor::UpgradePlan { program, args });
+        self
+    }
+
     /// Resource limits of each worker process.
     pub fn limits(mut self, limits: Limits) -> Server {
         self.config.limits = limits;
@@ -279,6 +291,7 @@ impl Server {
             config,
             handler,
             reload,
+            upgrade,
         } = self;
         let work = match handler {
             Handler::Builtin(service) => Work::of(&service, config.max_frame)
@@ -289,9 +302,11 @@ impl Server {
             crate::activation::protect_inetd_stderr();
         }
         crate::fds::cloexec_inherited();
+        // The previous image's state, when this start is an upgrade in place.
+        let upgraded = crate::upgrade::take().map_err(Error)?;
         // Before forkd opens a descriptor of its own (log, pidfile, notify socket): a count
         // larger than what systemd passed must not find forkd's own sockets there.
-        let handed_over = if config.inetd {
+        let handed_over = if config.inetd || upgraded.is_some() {
             None
         } else {
             crate::activation::take().map_err(Error)?
@@ -303,7 +318,13 @@ impl Server {
         }
         let target = crate::logging::init(config.log.clone());
         crate::logging::log_panics();
-        crate::supervisor::run(&config, work, handed_over, reload).map_err(|line| {
+        let start = crate::supervisor::Start {
+            handed_over,
+            reload,
+            upgrade,
+            upgraded,
+        };
+        crate::supervisor::run(&config, work, start).map_err(|line| {
             if target == crate::logging::Target::Syslog {
                 log::error!("stop reason={}", crate::logging::quote(&line));
             }

@@ -11,13 +11,14 @@ use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use nix::sys::signal::{self, SigHandler, SigSet, Signal};
 
 /// The signals the supervisor handles: SIGCHLD (reap), SIGTERM and SIGINT (shut down), SIGHUP
-/// (reconnect to syslog), SIGUSR1 (log a status line).
-pub const HANDLED: [Signal; 5] = [
+/// (reconnect to syslog, reload), SIGUSR1 (log a status line), SIGUSR2 (upgrade in place).
+pub const HANDLED: [Signal; 6] = [
     Signal::SIGCHLD,
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGHUP,
     Signal::SIGUSR1,
+    Signal::SIGUSR2,
 ];
 
 /// The handled signals, readable as a descriptor.

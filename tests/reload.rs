@@ -230,3 +230,24 @@ fn connections_waiting_for_a_proxy_header_keep_their_listener_across_a_reload() 
     let accept = server.wait_log(" accept peer=192.0.2.1:1 ");
     assert_eq!(field(&accept, "listen"), Some("removed"));
 }
+
+#[test]
+fn a_reload_turns_timeouts_off_on_the_listeners_it_keeps() {
+    let with = "listen = [\"127.0.0.1:0\"]\nlog = \"stderr\"\nidle-timeout = 1\ndefer-accept = 5\n";
+    let (mut server, path) = start(with);
+    let without = "listen = [\"127.0.0.1:0\"]\nlog = \"stderr\"\nidle-timeout = 0\n";
+    let line = reload(&mut server, &path, without, 1);
+    assert!(line.contains(" reload=applied "), "{line}");
+    // No TCP_DEFER_ACCEPT: a client that has said nothing yet is accepted at once.
+    let started = std::time::Instant::now();
+    let mut silent = Client::connect(&server.addr());
+    server.wait_log(" accept peer=");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // No idle limit: silent past the old one, still served.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(silent.echo(b"still here").payload, b"still here");
+}

@@ -111,6 +111,32 @@ impl HeaderWaits {
         self.list.iter().map(|w| w.conn.stream.as_fd())
     }
 
+    /// Each waiting socket and the index of its listener (an upgrade hands them over).
+    pub(super) fn raw_fds_and_origins(&self) -> Vec<(RawFd, Option<usize>)> {
+        self.list
+            .iter()
+            .map(|w| {
+                let index = match w.origin {
+                    Origin::Listener(index) => Some(index),
+                    _ => None,
+                };
+                (w.conn.stream.as_raw_fd(), index)
+            })
+            .collect()
+    }
+
+    /// Takes over a connection the previous image was reading a header from.
+    pub(super) fn adopt(&mut self, conn: Connection, origin: Origin, deadline: Instant) {
+        if self.list.len() < MAX_WAITING {
+            self.list.push(Waiting {
+                conn,
+                origin,
+                deadline,
+                raised_lowat: true,
+            });
+        }
+    }
+
     /// Descriptors a new worker must close.
     pub(super) fn raw_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
         self.list.iter().map(|w| w.conn.stream.as_raw_fd())

@@ -20,6 +20,7 @@ mod reload;
 mod shutdown;
 mod startup;
 mod throttle;
+mod upgrade;
 mod workers;
 
 use std::io;
@@ -30,7 +31,9 @@ use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
 pub use reload::ReloadSource;
-pub(crate) use startup::run;
+pub(crate) use startup::{Start, run};
+pub use upgrade::CHECK_ENV;
+pub(crate) use upgrade::UpgradePlan;
 
 use crate::admission::{Admission, Refusal};
 use crate::cidr::Cidr;
@@ -79,6 +82,12 @@ struct Supervisor {
     reload_source: Option<ReloadSource>,
     /// The supervisor's own descriptors a worker closes, but for the listeners.
     own_fds: Vec<RawFd>,
+    /// What SIGUSR2 execs; `None`: no upgrade in place.
+    upgrade_plan: Option<UpgradePlan>,
+    /// The new binary's `--check`, while it runs.
+    upgrade_check: Option<upgrade::Check>,
+    /// The pidfile's descriptor and path, handed to the next image at an upgrade.
+    pidfile: Option<(RawFd, String)>,
     /// The owner of Unix socket files forkd creates (`--user`, `--group`).
     socket_owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
     listeners: Vec<Listener>,
@@ -151,6 +160,9 @@ impl Supervisor {
                 .filter(|fd| !listener_fds.contains(fd))
                 .collect(),
             socket_owner: None,
+            upgrade_plan: None,
+            upgrade_check: None,
+            pidfile: None,
             listener_names: listeners.iter().map(Listener::local_name).collect(),
             listeners,
             signals,
@@ -279,6 +291,7 @@ impl Supervisor {
                 self.accept_resume_at = None;
             }
             self.workers.enforce_lifetimes(now);
+            self.poll_upgrade(now);
             self.rejects.flush_if_due(now);
             self.note_limit();
             let below_limit = self.occupied() < self.max_children;
@@ -296,6 +309,11 @@ impl Supervisor {
                 }
                 if signals.contains(Signal::SIGUSR1) {
                     self.log_status();
+                }
+                // The check of an upgrade is reaped first: not a worker.
+                self.poll_upgrade(Instant::now());
+                if signals.contains(Signal::SIGUSR2) {
+                    self.begin_upgrade();
                 }
                 self.reap();
                 if let Some(sig) = stop {
@@ -336,6 +354,7 @@ impl Supervisor {
             self.drains.next_deadline(),
             self.headers.next_deadline(),
             self.workers.next_timer(),
+            self.upgrade_deadline(),
             self.rejects.flush_due(),
             self.notifier.as_ref().and_then(Notifier::due),
         ]

@@ -3,7 +3,8 @@
 //! sockets inherit, takes the signals, writes the pidfile, drops privileges, logs the start
 //! line, picks the isolation model, and hands over to the loop.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
 
 use super::{Origin, Supervisor};
 use crate::activation;
@@ -17,25 +18,46 @@ use crate::pidfile::Pidfile;
 use crate::privilege;
 use crate::sandbox::Prepared;
 use crate::signals::Signals;
+use crate::upgrade::Handover;
 
 /// Serves `config` with `work` until SIGTERM/SIGINT (or, with `--inetd`, until its connection
 /// ends), then cleans up. Errors are the start-up failures, as one line each.
 ///
-/// `handed_over`: the listening sockets systemd passed ([`crate::activation::take`]), taken
-/// before anything else was opened.
-pub(crate) fn run(
-    config: &Config,
-    work: Work,
-    handed_over: Option<Vec<Listener>>,
-    reload_source: Option<super::ReloadSource>,
-) -> Result<(), String> {
+/// What a start is given besides the configuration and the handler.
+pub(crate) struct Start {
+    /// The listening sockets systemd passed ([`crate::activation::take`]), taken before
+    /// anything else was opened.
+    pub handed_over: Option<Vec<Listener>>,
+    /// Where SIGHUP gets a new configuration.
+    pub reload: Option<super::ReloadSource>,
+    /// What SIGUSR2 execs.
+    pub upgrade: Option<super::UpgradePlan>,
+    /// The state the previous image handed over, when this start is an upgrade in place.
+    pub upgraded: Option<Handover>,
+}
+
+pub(crate) fn run(config: &Config, work: Work, start: Start) -> Result<(), String> {
+    let Start {
+        handed_over,
+        reload,
+        upgrade,
+        mut upgraded,
+    } = start;
     let identity = privilege::resolve(config.user.as_deref(), config.group.as_deref())?;
     let socket_owner = identity.as_ref().map(|id| (id.uid, id.gid));
     // Taken first, while still root (so it may live in /run): a second instance is refused
-    // before it binds anything.
-    let pidfile = config.pidfile.as_deref().map(Pidfile::take).transpose()?;
-    let notifier = Notifier::from_env();
-    let (listeners, inetd_connection) = if config.inetd {
+    // before it binds anything. At an upgrade, the lock held all along is taken over.
+    let pidfile = match upgraded.as_mut().and_then(|u| u.pidfile.take()) {
+        Some((fd, path)) => Some(Pidfile::adopt(adopt_fd(fd)?, Path::new(&path))?),
+        None => config.pidfile.as_deref().map(Pidfile::take).transpose()?,
+    };
+    let notifier = match upgraded.as_ref() {
+        Some(state) => state.notify_socket.clone().and_then(Notifier::to),
+        None => Notifier::from_env(),
+    };
+    let (listeners, inetd_connection) = if let Some(state) = &upgraded {
+        (adopt_listeners(state)?, None)
+    } else if config.inetd {
         (Vec::new(), Some(activation::take_inetd_connection()?))
     } else if let Some(inherited) = handed_over {
         if !config.listen.is_empty() {
@@ -74,7 +96,8 @@ pub(crate) fn run(
     }
     let signals = Signals::install()
         .map_err(|e| cleanup(&listeners, format!("cannot install signal handlers: {e}")))?;
-    if let Some(id) = &identity {
+    // After an upgrade the process serves as whom it dropped to before.
+    if let Some(id) = identity.as_ref().filter(|_| upgraded.is_none()) {
         privilege::drop_to(id).map_err(|e| cleanup(&listeners, e))?;
         // The check at start ran as root: the program must be runnable by whom it runs as.
         if let Some(program) = work.program() {
@@ -170,9 +193,16 @@ pub(crate) fn run(
     let mut supervisor = Supervisor::new(
         config, listeners, signals, work, settings, isolation, notifier, lifecycle, setup,
     );
-    // Under inetd a forkd serves one connection: nothing to reload.
-    supervisor.reload_source = reload_source.filter(|_| !config.inetd);
+    // Under inetd a forkd serves one connection: nothing to reload or upgrade.
+    supervisor.reload_source = reload.filter(|_| !config.inetd);
+    supervisor.upgrade_plan = upgrade.filter(|_| !config.inetd);
     supervisor.socket_owner = socket_owner;
+    supervisor.pidfile = pidfile
+        .as_ref()
+        .map(|p| (p.raw_fd(), p.path().display().to_string()));
+    if let Some(state) = upgraded {
+        supervisor.adopt(state);
+    }
     if let Some(conn) = inetd_connection {
         supervisor.take(conn, Origin::Inetd, false);
     }
@@ -240,4 +270,32 @@ fn proxy_fields(config: &Config) -> String {
         nets.join(","),
         config.proxy_timeout.as_secs_f64()
     )
+}
+
+/// A descriptor the previous image handed over, checked to be open.
+fn adopt_fd(fd: RawFd) -> Result<OwnedFd, String> {
+    // SAFETY: F_GETFD on any number only asks.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(format!("upgrade: descriptor {fd} was not handed over"));
+    }
+    // SAFETY: open, and handed to this image alone by the state that names it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The listeners the previous image handed over, as they were.
+fn adopt_listeners(state: &Handover) -> Result<Vec<Listener>, String> {
+    state
+        .listeners
+        .iter()
+        .map(|l| {
+            let bound_for = l.bound_for.as_deref().and_then(|a| a.parse().ok());
+            Listener::adopted(
+                adopt_fd(l.fd)?,
+                bound_for,
+                l.name.clone(),
+                l.handed_over,
+                l.owned_path.as_ref().map(PathBuf::from),
+            )
+        })
+        .collect()
 }

@@ -69,6 +69,28 @@ impl Workers {
         self.isolation.reconfigure(update);
     }
 
+    /// The worker processes and their records (an upgrade hands them over).
+    pub(super) fn records(&self) -> impl Iterator<Item = (i32, &WorkerRecord)> {
+        self.table.iter().filter_map(|(id, record)| match id {
+            WorkerId::Process(pid) => Some((pid.as_raw(), record)),
+            _ => None,
+        })
+    }
+
+    /// A worker process the previous image of this process started (an upgrade in place).
+    /// One that was past its lifetime already gets its SIGKILL a moment from now.
+    pub(super) fn adopt(&mut self, pid: i32, record: WorkerRecord) {
+        let id = WorkerId::Process(nix::unistd::Pid::from_raw(pid));
+        if let Some(ends) = record.lifetime_ends {
+            self.lifetimes.insert((ends, id));
+        }
+        if record.outlived {
+            self.kills_due
+                .push_back((Instant::now() + LIFETIME_KILL_DELAY, id, record.started));
+        }
+        self.table.insert(id, record);
+    }
+
     /// The peers being served, for counting them afresh.
     pub(super) fn peers(&self) -> impl Iterator<Item = &Peer> {
         self.table.values().map(|r| &r.peer)

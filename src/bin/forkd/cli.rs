@@ -395,6 +395,12 @@ where
     parse_as(args, false)
 }
 
+/// Whether this is the `--check` of an upgrade in place (SIGUSR2), run by the forkd to be
+/// replaced.
+fn upgrading() -> bool {
+    std::env::var_os(forkd::UPGRADE_CHECK_ENV).is_some()
+}
+
 /// [`parse`] again at a reload (SIGHUP), for the configuration the file now holds.
 pub fn reparse(args: &[std::ffi::OsString]) -> Result<(Config, Service), String> {
     match parse_as(args.to_vec(), true) {
@@ -502,7 +508,7 @@ where
     match config.check(&service) {
         // Under socket activation at a reload, the sockets systemd passed are in use and no
         // longer offered: whether there is an address is the supervisor's to judge.
-        Err(e) if e == forkd::config::NO_ADDRESS && reloading => {}
+        Err(e) if e == forkd::config::NO_ADDRESS && (reloading || upgrading()) => {}
         checked => checked.map_err(Stop::Invalid)?,
     }
     let intent = if cli.check {
@@ -551,7 +557,10 @@ fn with_config_file(argv: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsStr
     }
     merged.extend_from_slice(&argv[1..]);
     if let Some(program) = program {
-        merged.push("--".into());
+        // After the command line's own bare `--`, if it ends with one.
+        if merged.last().is_none_or(|last| last != "--") {
+            merged.push("--".into());
+        }
         merged.extend(program);
     }
     Ok(merged)
@@ -562,21 +571,37 @@ fn with_config_file(argv: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsStr
 /// `listen`.
 fn given_on_command_line(argv: &[std::ffi::OsString], command: &clap::Command) -> Vec<String> {
     let given = named_on_command_line(argv, command);
-    let conflicting = given.iter().flat_map(|long| {
-        let arg = command.get_arguments().find(|a| a.get_long() == Some(long));
-        arg.into_iter()
-            .flat_map(|arg| command.get_arg_conflicts_with(arg))
-            .filter_map(|other| other.get_long().map(str::to_string))
-    });
+    let named: Vec<&clap::Arg> = command
+        .get_arguments()
+        .filter(|a| a.get_long().is_some_and(|l| given.iter().any(|g| g == l)))
+        .collect();
+    // A conflict is declared on one side only (`verbose` names `quiet`): both are asked.
+    let conflicts = |a: &clap::Arg, b: &clap::Arg| {
+        let declared = |x: &clap::Arg, y: &clap::Arg| {
+            command
+                .get_arg_conflicts_with(x)
+                .iter()
+                .any(|c| c.get_id() == y.get_id())
+        };
+        declared(a, b) || declared(b, a)
+    };
+    let conflicting = command
+        .get_arguments()
+        .filter(|key| named.iter().any(|flag| conflicts(key, flag)))
+        .filter_map(|key| key.get_long().map(str::to_string));
     conflicting.chain(given.iter().cloned()).collect()
 }
 
 /// The long names of the flags `argv` gives (`program` when it has `--`).
 fn named_on_command_line(argv: &[std::ffi::OsString], command: &clap::Command) -> Vec<String> {
     let mut given = Vec::new();
-    for arg in argv.iter().skip(1).filter_map(|a| a.to_str()) {
+    for (i, arg) in argv.iter().enumerate().skip(1) {
+        let Some(arg) = arg.to_str() else { continue };
         if arg == "--" {
-            given.push("program".to_string());
+            // A `--` with nothing after it names no program: the file's stands.
+            if i + 1 < argv.len() {
+                given.push("program".to_string());
+            }
             break;
         }
         if let Some(long) = arg.strip_prefix("--") {
@@ -814,6 +839,14 @@ program = ["tr", "a-z", "A-Z"]
             panic!("{service:?}")
         };
         assert_eq!(program.argv, ["tac"]);
+        // And -q the file's verbose, though only verbose declares the conflict; --inetd
+        // sets aside the file's listen; a bare -- keeps the file's program.
+        let toml = "listen = [\":1\"]\nverbose = 1\nprogram = [\"cat\"]\n";
+        let (c, service, _) = with_file(toml, &["-q", "--"]).unwrap();
+        assert!(!c.log.connections);
+        assert!(matches!(&service, Service::Exec(p) if p.argv == ["cat"]));
+        let (c, _, _) = with_file("listen = [\":1\"]\n", &["--inetd"]).unwrap();
+        assert!(c.inetd && c.listen.is_empty());
     }
 
     #[test]
@@ -857,6 +890,12 @@ program = ["tr", "a-z", "A-Z"]
                 "check: --check is for the command line",
             ),
             ("program = []\n", 1, "program: an empty program"),
+            (
+                "max-children = 8.0\n",
+                1,
+                "max-children: '8.0' is not a whole number",
+            ),
+            ("\nmax-children = 99999999999999999999\n", 2, ""),
         ] {
             let error = file_error(toml);
             assert!(
@@ -865,6 +904,13 @@ program = ["tr", "a-z", "A-Z"]
             );
             assert_eq!(error.lines().count(), 1, "{error}");
         }
+        // Not a regular file: a FIFO would hold up a reload in the supervisor's loop.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let fifo = fifo.display().to_string();
+        let refused = parse(["forkd", "--config", fifo.as_str()]);
+        assert!(matches!(refused, Err(Stop::Invalid(e)) if e.contains("not a regular file")));
         let missing = parse(["forkd", "--config", "/nonexistent/forkd.toml"]);
         assert!(
             matches!(missing, Err(Stop::Invalid(e)) if e.contains("--config /nonexistent/forkd.toml"))

@@ -32,14 +32,16 @@ pub struct Setting {
 /// Reads `path` as a configuration for `command`, in the file's order.
 pub fn read(path: &Path, command: &Command) -> Result<Vec<Setting>, String> {
     let place = path.display();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("--config {place}: {e}"))?;
+    let text = read_text(path).map_err(|e| format!("--config {place}: {e}"))?;
     let spanned = toml::de::DeTable::parse(&text).map_err(|e| {
         let line = e.span().map_or(1, |span| line_of(&text, span.start));
         format!("{place}:{line}: {}", one_line(e.message()))
     })?;
     // The same text again, as plain values; the first parse gave each key its line.
-    let table: toml::Table =
-        toml::from_str(&text).map_err(|e| format!("{place}: {}", one_line(e.message())))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map_or(1, |span| line_of(&text, span.start));
+        format!("{place}:{line}: {}", one_line(e.message()))
+    })?;
     let mut settings = Vec::new();
     for (key, span) in spanned.get_ref().keys().map(|k| (k.get_ref(), k.span())) {
         let value = &table[key.as_ref()];
@@ -51,6 +53,33 @@ pub fn read(path: &Path, command: &Command) -> Result<Vec<Setting>, String> {
         });
     }
     Ok(settings)
+}
+
+/// The largest configuration file read: a few dozen keys fit in a few KiB.
+const MAX_FILE: u64 = 1 << 20;
+
+/// The file's text, if it is a regular file of at most [`MAX_FILE`] bytes: a FIFO or a device
+/// (`/dev/zero`) would hold up a reload, which reads in the supervisor's loop.
+fn read_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if metadata.len() > MAX_FILE {
+        return Err(std::io::Error::other(format!(
+            "{} bytes, over the {MAX_FILE} a configuration may have",
+            metadata.len()
+        )));
+    }
+    let mut text = String::new();
+    file.take(MAX_FILE).read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// The arguments `key = value` stands for, each value checked by the flag's own parser.
@@ -113,6 +142,8 @@ fn checked(arg: &Arg, flag: &str, value: &str) -> Result<OsString, String> {
         .action(ArgAction::Set)
         .allow_hyphen_values(true);
     Command::new("forkd")
+        .disable_help_flag(true)
+        .disable_version_flag(true)
         .arg(alone)
         .try_get_matches_from(["forkd", value])
         .map_err(|e| clap_reason(&e))?;
@@ -153,7 +184,8 @@ fn text(value: &Value) -> Result<String, String> {
     match value {
         Value::String(s) => Ok(s.clone()),
         Value::Integer(n) => Ok(n.to_string()),
-        Value::Float(f) => Ok(f.to_string()),
+        // Debug keeps the point (8.0, 1e300): an integer flag refuses it, as it should.
+        Value::Float(f) => Ok(format!("{f:?}")),
         Value::Boolean(_) => Err("expects a value, not true or false".into()),
         _ => Err("expects a string or a number".into()),
     }

@@ -35,6 +35,11 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let mut server = forkd::Server::from_config(config, service.clone());
+    // SIGUSR2 runs the file now at this path: the path as at start, not /proc/self/exe
+    // (which names the old file, deleted once a package replaced it).
+    if let Ok(program) = std::env::current_exe() {
+        server = server.upgrade_in_place(program, argv[1..].to_vec());
+    }
     // With a file, SIGHUP reads it again (and the command line, which still overrides it).
     if cli::has_config_file(&argv) {
         server = server.on_reload(move || {

@@ -1,0 +1,273 @@
+//! Upgrade in place on SIGUSR2: the binary now at forkd's path replaces the running image in
+//! the same process, as nginx and HAProxy upgrade, but without a second process: same pid,
+//! the listening sockets never closed (so no connection is refused), the children kept
+//! (they are still this process's children, and the new image is told who they are).
+//!
+//! First the new binary is asked whether it would serve this configuration (`PROGRAM ARGS
+//! --check`), as a child watched from the poll loop, at most [`CHECK_TIME`]: the supervisor
+//! does not wait for it. Then the state goes into a memfd ([`crate::upgrade`]), the
+//! descriptors it names lose close-on-exec, and the process execs. If the check fails, or the
+//! exec does, the old image goes on serving and says why; the new one logs
+//! `upgrade=done`.
+
+use std::ffi::{CString, OsString};
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::workers::WorkerRecord;
+use super::{Origin, Supervisor};
+use crate::conn::{Connection, Stream};
+use crate::logging::quote;
+use crate::upgrade::{Handover, ListenerState, WorkerState, keep_across_exec};
+
+/// How long the new binary's `--check` may take.
+const CHECK_TIME: Duration = Duration::from_secs(10);
+
+/// Set for the `--check` of an upgrade: the sockets systemd passed at start are in use and no
+/// longer offered, so a configuration without an address is not an error then.
+pub const CHECK_ENV: &str = "FORKD_UPGRADE_CHECK";
+
+/// What SIGUSR2 runs: the program (its path as at start, so the file now there) and the
+/// arguments after the program name.
+pub struct UpgradePlan {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+}
+
+/// The new binary's `--check`, running.
+pub(super) struct Check {
+    child: Child,
+    deadline: Instant,
+}
+
+impl Supervisor {
+    /// SIGUSR2: starts checking the new binary.
+    pub(super) fn begin_upgrade(&mut self) {
+        let refuse = |why: &str| {
+            log::error!(
+                "status signal=SIGUSR2 upgrade=refused reason={}",
+                quote(why)
+            );
+        };
+        let Some(plan) = &self.upgrade_plan else {
+            return refuse("this server was not started to be upgraded in place");
+        };
+        if self.upgrade_check.is_some() {
+            return refuse("an upgrade is being checked already");
+        }
+        if self.config.model != crate::config::Model::Fork {
+            return refuse("threads cannot outlive the image that runs them: restart instead");
+        }
+        let started = Command::new(&plan.program)
+            .args(&plan.args)
+            .arg("--check")
+            .env(CHECK_ENV, "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn();
+        match started {
+            Ok(child) => {
+                log::info!(
+                    "status signal=SIGUSR2 upgrade=checking program={}",
+                    quote(&plan.program.display().to_string())
+                );
+                self.upgrade_check = Some(Check {
+                    child,
+                    deadline: Instant::now() + CHECK_TIME,
+                });
+            }
+            Err(e) => refuse(&format!("{}: {e}", plan.program.display())),
+        }
+    }
+
+    /// When the check must have ended.
+    pub(super) fn upgrade_deadline(&self) -> Option<Instant> {
+        self.upgrade_check.as_ref().map(|c| c.deadline)
+    }
+
+    /// Whether the check has ended (it is reaped here, before the workers are); then the
+    /// upgrade goes ahead, or is refused with what the check said.
+    pub(super) fn poll_upgrade(&mut self, now: Instant) {
+        let Some(check) = &mut self.upgrade_check else {
+            return;
+        };
+        let status = match check.child.try_wait() {
+            Ok(Some(status)) => status,
+            Ok(None) if check.deadline > now => return,
+            Ok(None) | Err(_) => {
+                let _ = check.child.kill();
+                let _ = check.child.wait();
+                self.upgrade_check = None;
+                log::error!(
+                    "status signal=SIGUSR2 upgrade=refused reason={}",
+                    quote(&format!("--check took over {}s", CHECK_TIME.as_secs()))
+                );
+                return;
+            }
+        };
+        let mut said = String::new();
+        if let Some(stderr) = &mut check.child.stderr {
+            crate::fds::set_nonblocking(stderr);
+            let _ = stderr.take(4096).read_to_string(&mut said);
+        }
+        self.upgrade_check = None;
+        if !status.success() {
+            let said = said.lines().next().unwrap_or("").trim();
+            log::error!(
+                "status signal=SIGUSR2 upgrade=refused reason={}",
+                quote(&format!("--check failed ({status}): {said}"))
+            );
+            return;
+        }
+        if let Err(why) = self.exec_upgrade() {
+            log::error!(
+                "status signal=SIGUSR2 upgrade=refused reason={}",
+                quote(&why)
+            );
+            self.ready();
+        }
+    }
+
+    /// Hands the state over and execs the new image; returns only if that failed, with the
+    /// descriptors as they were.
+    fn exec_upgrade(&mut self) -> Result<(), String> {
+        let plan = self.upgrade_plan.as_ref().expect("checked");
+        let state = self.handover();
+        let memfd: OwnedFd = state.write()?;
+        let mut fds = state.fds();
+        fds.push(memfd.as_raw_fd());
+        let c = |bytes: &[u8]| CString::new(bytes).map_err(|_| "a NUL in argv".to_string());
+        let program = c(plan.program.as_os_str().as_bytes())?;
+        let mut argv = vec![program.clone()];
+        for arg in &plan.args {
+            argv.push(c(arg.as_bytes())?);
+        }
+        let mut env: Vec<CString> = Vec::new();
+        for (key, value) in std::env::vars_os() {
+            let mut pair = key.as_bytes().to_vec();
+            pair.push(b'=');
+            pair.extend_from_slice(value.as_bytes());
+            env.push(c(&pair)?);
+        }
+        env.push(c(
+            format!("{}={}", crate::upgrade::ENV, memfd.as_raw_fd()).as_bytes()
+        )?);
+        if let Some(n) = &mut self.notifier {
+            n.reloading();
+        }
+        log::info!(
+            "status signal=SIGUSR2 upgrade=exec program={} workers={} listeners={}",
+            quote(&plan.program.display().to_string()),
+            state.workers.len(),
+            state.listeners.len()
+        );
+        keep_across_exec(&fds, true);
+        let error = nix::unistd::execve(&program, &argv, &env).unwrap_err();
+        keep_across_exec(&fds, false);
+        Err(format!("exec {}: {error}", plan.program.display()))
+    }
+
+    /// What the next image must know, its descriptors still this image's.
+    fn handover(&self) -> Handover {
+        let now = Instant::now();
+        Handover {
+            listeners: self
+                .listeners
+                .iter()
+                .map(|l| ListenerState {
+                    fd: l.as_raw_fd(),
+                    bound_for: l.bound_for().map(ToString::to_string),
+                    name: l.systemd_name().map(str::to_string),
+                    handed_over: l.handed_over(),
+                    owned_path: l.owned_path().map(|p| p.display().to_string()),
+                })
+                .collect(),
+            workers: self
+                .workers
+                .records()
+                .map(|(pid, record)| WorkerState {
+                    pid,
+                    peer: record.peer.clone(),
+                    via: record.via,
+                    age: now.saturating_duration_since(record.started),
+                    lifetime_left: record
+                        .lifetime_ends
+                        .map(|ends| ends.saturating_duration_since(now)),
+                    outlived: record.outlived,
+                })
+                .collect(),
+            relays: self.relays.pipes(),
+            drains: self.drains.raw_fds(),
+            headers: self.headers.raw_fds_and_origins(),
+            pidfile: self.pidfile.clone(),
+            notify_socket: self.notifier.as_ref().map(|n| n.path().to_string()),
+            accepted_total: self.accepted_total,
+            from_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
+
+impl Supervisor {
+    /// The new image: takes over what the previous one handed over (its listeners and
+    /// pidfile are taken at start), and says the upgrade is done.
+    pub(super) fn adopt(&mut self, state: Handover) {
+        let now = Instant::now();
+        let workers = state.workers.len();
+        for worker in state.workers {
+            self.admission.started(&worker.peer);
+            let record = WorkerRecord {
+                peer: worker.peer,
+                via: worker.via,
+                started: now.checked_sub(worker.age).unwrap_or(now),
+                tally: None,
+                outlived: worker.outlived,
+                lifetime_ends: worker.lifetime_left.map(|left| now + left),
+            };
+            self.workers.adopt(worker.pid, record);
+        }
+        for (fd, pid) in state.relays {
+            if let Ok(pipe) = handed(fd) {
+                self.relays.add(pipe, nix::unistd::Pid::from_raw(pid));
+            }
+        }
+        for fd in state.drains {
+            if let Some(stream) = handed(fd).ok().and_then(|fd| Stream::from_socket(fd).ok()) {
+                self.drains.adopt(stream, now);
+            }
+        }
+        for (fd, index) in state.headers {
+            let Some(stream) = handed(fd).ok().and_then(|fd| Stream::from_socket(fd).ok()) else {
+                continue;
+            };
+            let Ok(conn) = Connection::accepted(stream) else {
+                continue;
+            };
+            let origin = index
+                .filter(|i| *i < self.listeners.len())
+                .map_or(Origin::Removed, Origin::Listener);
+            self.headers.adopt(conn, origin, now + self.proxy_timeout);
+        }
+        self.accepted_total = state.accepted_total;
+        log::info!(
+            "status signal=SIGUSR2 upgrade=done from_version={} version={} workers={workers} listeners={}",
+            state.from_version,
+            env!("CARGO_PKG_VERSION"),
+            self.listeners.len()
+        );
+    }
+}
+
+/// A descriptor named by the handed-over state, checked to be open.
+fn handed(fd: std::os::fd::RawFd) -> Result<OwnedFd, ()> {
+    // SAFETY: F_GETFD on any number only asks.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(());
+    }
+    // SAFETY: open, and handed to this image alone by the state that names it.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}

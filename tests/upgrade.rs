@@ -1,0 +1,168 @@
+//! Upgrade in place on SIGUSR2 against the real binary, run from a copy that each test
+//! replaces as a package upgrade would (a new file at the same path): the same pid serves on
+//! with the new file, the listeners never close, running conversations and their lifetimes
+//! are carried over, a new binary that fails its check is refused, and reloads and upgrades
+//! under load fail no connection.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Client, FORKD, Forkd, forkc};
+
+/// A copy of forkd in its own directory, to be replaced.
+fn installed(dir: &Path) -> PathBuf {
+    let path = dir.join("forkd");
+    std::fs::copy(FORKD, &path).unwrap();
+    path
+}
+
+/// Puts a new file at `path` (a new inode, as dpkg does).
+fn replace(path: &Path, with: &Path) {
+    let fresh = path.with_extension("new");
+    std::fs::copy(with, &fresh).unwrap();
+    std::fs::rename(&fresh, path).unwrap();
+}
+
+/// The inode of the file the process runs.
+fn running_inode(pid: i32) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/exe")).unwrap().ino()
+}
+
+fn upgrade(server: &mut Forkd, count: usize) -> String {
+    server.signal(libc::SIGUSR2);
+    let line = server
+        .wait_log_count(" upgrade=done ", count)
+        .pop()
+        .unwrap();
+    assert!(line.contains(" workers="), "{line}");
+    line
+}
+
+#[test]
+fn an_upgrade_keeps_the_pid_the_listeners_and_the_conversations() {
+    let bin = tempfile::tempdir().unwrap();
+    let program = installed(bin.path());
+    let mut server = Forkd::start_binary(program.to_str().unwrap(), &["--max-lifetime", "4"]);
+    let mut running = Client::connect(&server.addr());
+    assert_eq!(running.echo(b"before").payload, b"before");
+    let worker = server.child_for(running.stream_ref());
+    let old_inode = running_inode(server.pid);
+
+    replace(&program, Path::new(FORKD));
+    let done = upgrade(&mut server, 1);
+    assert!(done.contains(" workers=1 listeners=1"), "{done}");
+    assert_ne!(running_inode(server.pid), old_inode, "still the old file");
+
+    // The conversation goes on in the same child; new ones are served.
+    assert_eq!(running.echo(b"after").payload, b"after");
+    let mut fresh = Client::connect(&server.addr());
+    assert_eq!(fresh.echo(b"new image").payload, b"new image");
+    drop(fresh);
+    // The old child's lifetime came along: the new image ends it, and logs it.
+    let killed = server.wait_log(&format!(" status pid={worker} peer="));
+    assert!(
+        killed.contains(" action=SIGTERM reason=max-lifetime "),
+        "{killed}"
+    );
+    let end = server.wait_log(&format!(" pid={worker} status="));
+    assert!(end.contains(" end peer=127.0.0.1:"), "{end}");
+    server.wait_no_children();
+}
+
+#[test]
+fn a_new_binary_that_fails_its_check_is_refused_and_the_old_one_serves_on() {
+    let bin = tempfile::tempdir().unwrap();
+    let program = installed(bin.path());
+    let mut server = Forkd::start_binary(program.to_str().unwrap(), &[]);
+    let broken = bin.path().join("broken");
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\necho 'forkd: not this one' >&2\nexit 2\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    replace(&program, &broken);
+    server.signal(libc::SIGUSR2);
+    let refused = server.wait_log(" upgrade=refused ");
+    assert!(refused.contains("not this one"), "{refused}");
+    let mut client = Client::connect(&server.addr());
+    assert_eq!(client.echo(b"old").payload, b"old");
+
+    // A good file at the path again: the next SIGUSR2 upgrades.
+    replace(&program, Path::new(FORKD));
+    upgrade(&mut server, 1);
+    let mut client = Client::connect(&server.addr());
+    assert_eq!(client.echo(b"new").payload, b"new");
+}
+
+#[test]
+fn reloads_and_upgrades_under_load_fail_no_connection() {
+    let bin = tempfile::tempdir().unwrap();
+    let program = installed(bin.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = bin.path().join("forkd.toml");
+    let rules = |n: usize| {
+        format!(
+            "listen = [\"127.0.0.1:{port}\"]\nlog = \"stderr\"\nquiet = 1\n\
+             deny = [\"10.{n}.0.0/16\"]\nmax-children = {}\n",
+            40 + n
+        )
+    };
+    std::fs::write(&config, rules(0)).unwrap();
+    let mut cmd = std::process::Command::new(&program);
+    cmd.arg("--config").arg(&config);
+    let mut server = Forkd::start_with(&mut cmd, tempfile::tempdir().unwrap());
+    let pid = server.pid;
+    let addr = format!("127.0.0.1:{port}");
+    let load = |workload: &'static str| {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            forkc(
+                &[
+                    "--connect",
+                    &addr,
+                    "bench",
+                    "--json",
+                    "--workload",
+                    workload,
+                    "--connections",
+                    "2",
+                    "--duration",
+                    "6",
+                ],
+                b"",
+            )
+        })
+    };
+    let (churn, persistent) = (load("churn"), load("persistent"));
+    let mut upgrades = 0;
+    for n in 1..=10 {
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::write(&config, rules(n)).unwrap();
+        server.signal(libc::SIGHUP);
+        let line = server.wait_log_count(" reload=", n).pop().unwrap();
+        assert!(line.contains(" reload=applied "), "{line}");
+        if n % 3 == 0 {
+            replace(&program, Path::new(FORKD));
+            upgrades += 1;
+            upgrade(&mut server, upgrades);
+        }
+    }
+    assert_eq!(upgrades, 3);
+    for (workload, run) in [("churn", churn), ("persistent", persistent)] {
+        let (code, out, err) = run.join().unwrap();
+        assert_eq!(code, 0, "{workload}: {err}");
+        assert!(out.contains("\"errors\":{}"), "{workload}: {out}");
+    }
+    assert_eq!(server.pid, pid);
+    // The new image reloads as the old one did: the last rules are in force.
+    let last = server.wait_log_count(" reload=", 10).pop().unwrap();
+    assert!(last.contains(" max_children=50 "), "{last}");
+}
