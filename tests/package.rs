@@ -74,12 +74,16 @@ impl Drop for Purge {
 #[test]
 fn lintian_has_no_errors_or_warnings() {
     let deb = deb();
-    // Pedantic and informational tags too, and no override left that nothing needs.
+    // Pedantic and informational tags too, and no override left that nothing needs. But not
+    // spelling in the binaries: in a static executable, machine code and compressed tables
+    // spell "wtH" and the like, differently from one build to the next.
     let out = run(
         "lintian",
         &[
             "--pedantic",
             "-I",
+            "--suppress-tags",
+            "spelling-error-in-binary",
             "--fail-on",
             "error,warning,info,pedantic",
             &deb,

@@ -23,6 +23,7 @@ const BACKLOG_REFUSED_MAX: usize = 4096;
 impl Supervisor {
     /// Stops accepting, lets workers finish for the grace period, kills the rest.
     pub(super) fn shut_down(&mut self, sig: Signal) {
+        self.abandon_upgrade();
         let refused = self.refuse_backlog();
         for listener in self.listeners.drain(..) {
             listener.remove_socket_file();

@@ -85,6 +85,14 @@ impl Supervisor {
         }
     }
 
+    /// Shutdown: a check still running is ended (and reaped), not left behind.
+    pub(super) fn abandon_upgrade(&mut self) {
+        if let Some(mut check) = self.upgrade_check.take() {
+            let _ = check.child.kill();
+            let _ = check.child.wait();
+        }
+    }
+
     /// When the check must have ended.
     pub(super) fn upgrade_deadline(&self) -> Option<Instant> {
         self.upgrade_check.as_ref().map(|c| c.deadline)
