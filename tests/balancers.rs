@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Client, Forkd, KillOnDrop, PATIENCE, field};
+use common::{Client, Forkd, KillOnDrop, PATIENCE, field, free_port};
 
 /// A loopback listener for a balancer's front, bound here so that its port is known and
 /// free; the balancer takes it over as descriptor 3.
@@ -199,11 +199,6 @@ fn a_program_behind_haproxy_sees_the_client() {
         out.trim(),
         format!("127.0.0.5:{client_port} 127.0.0.1:{port} 127.0.0.1")
     );
-}
-
-/// A free loopback port for a balancer that must bind its own (nginx).
-fn free_port() -> u16 {
-    front().1
 }
 
 #[test]

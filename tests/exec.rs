@@ -5,11 +5,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Client, FORKD, Forkd, PATIENCE, unix_addr};
+use common::{Client, FORKD, Forkd, PATIENCE, free_port, unix_addr};
 use forkd::frame::{Frame, Kind};
 
 const SHOW_ENV: &str = "env | grep -E '^(PROTO|TCP|IPC)' | sort";
@@ -27,14 +27,6 @@ fn env_map(text: &str) -> BTreeMap<String, String> {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Waits until something accepts connections on `addr`.

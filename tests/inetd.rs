@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Client, FORKD, Forkd, PATIENCE, children_of};
+use common::{Client, FORKD, Forkd, PATIENCE, children_of, free_port};
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/examples");
 const XINETD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/xinetd/usr/sbin/xinetd");
@@ -42,14 +42,6 @@ fn require(path: &str, package: &str) {
         Path::new(path).exists(),
         "{path} is missing: install {package} (bash .ci/run does)"
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A documented example with the test's port and forkd binary in place of 7000 and

@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Client, FORKD, Forkd, field, forkc};
+use common::{Client, FORKD, Forkd, field, forkc, free_port};
 
 /// forkd with `--config FILE`, FILE holding `toml`; its path is returned to rewrite it.
 fn start(toml: &str) -> (Forkd, std::path::PathBuf) {
@@ -27,15 +27,6 @@ fn reload(server: &mut Forkd, path: &std::path::Path, toml: &str, count: usize) 
     std::fs::write(path, toml).unwrap();
     server.signal(libc::SIGHUP);
     server.wait_log_count(" reload=", count).pop().unwrap()
-}
-
-/// A free loopback port, for an address a reload adds.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

@@ -102,11 +102,7 @@ fn a_new_binary_that_fails_its_check_is_refused_and_the_old_one_serves_on() {
 fn reloads_and_upgrades_under_load_fail_no_connection() {
     let bin = tempfile::tempdir().unwrap();
     let program = installed(bin.path());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let config = bin.path().join("forkd.toml");
     let rules = |n: usize| {
         format!(

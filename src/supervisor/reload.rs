@@ -21,9 +21,6 @@ use crate::logging::quote;
 /// Where a reload gets its configuration: called on each SIGHUP.
 pub type ReloadSource = Box<dyn FnMut() -> Result<Config, String>>;
 
-/// Connections taken from a removed listener's backlog and answered ERROR 9, at most.
-const REMOVED_BACKLOG_MAX: usize = 4096;
-
 impl Supervisor {
     /// SIGHUP: applies the reload source's configuration, or says why not.
     pub(super) fn reload(&mut self) {
@@ -132,22 +129,13 @@ impl Supervisor {
     fn remove_listeners(&mut self, new: &Config) {
         let removed = |l: &Listener| l.bound_for().is_some_and(|addr| !new.listen.contains(addr));
         for index in 0..self.listeners.len() {
-            if !removed(&self.listeners[index]) {
-                continue;
-            }
-            for _ in 0..REMOVED_BACKLOG_MAX {
-                let conn = match self.listeners[index].accept() {
-                    Ok(conn) => conn,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
-                    Err(_) => break,
-                };
-                let refusal = Refusal {
+            if removed(&self.listeners[index]) {
+                let message = format!("{} is no longer served", self.listener_names[index]);
+                self.refuse_backlog_of(index, || Refusal {
                     code: ErrorCode::ShuttingDown,
                     reason: "reload",
-                    message: format!("{} is no longer served", self.listener_names[index]),
-                };
-                self.reject(conn, Origin::Listener(index), refusal);
+                    message: message.clone(),
+                });
             }
         }
         // Connections waiting for a PROXY header name their listener by index: renumbered.

@@ -101,19 +101,32 @@ impl Supervisor {
             self.reject(conn, origin, shutting_down());
         }
         for index in 0..self.listeners.len() {
-            if self.listeners[index].handed_over() {
-                continue;
+            if !self.listeners[index].handed_over() {
+                refused += self.refuse_backlog_of(index, shutting_down);
             }
-            for _ in 0..BACKLOG_REFUSED_MAX {
-                let conn = match self.listeners[index].accept() {
-                    Ok(conn) => conn,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
-                    Err(_) => break,
-                };
-                refused += 1;
-                self.reject(conn, Origin::Listener(index), shutting_down());
-            }
+        }
+        refused
+    }
+}
+
+impl Supervisor {
+    /// Answers `refusal` to the connections waiting in listener `index`'s backlog, at most
+    /// [`BACKLOG_REFUSED_MAX`] (a flood arriving meanwhile cannot keep this going); how many.
+    pub(super) fn refuse_backlog_of(
+        &mut self,
+        index: usize,
+        refusal: impl Fn() -> Refusal,
+    ) -> usize {
+        let mut refused = 0;
+        for _ in 0..BACKLOG_REFUSED_MAX {
+            let conn = match self.listeners[index].accept() {
+                Ok(conn) => conn,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
+                Err(_) => break,
+            };
+            refused += 1;
+            self.reject(conn, Origin::Listener(index), refusal());
         }
         refused
     }

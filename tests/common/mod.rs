@@ -370,6 +370,16 @@ pub fn cpu_time(pid: i32) -> Duration {
     Duration::from_millis(ticks * 1000 / hz)
 }
 
+/// A loopback port free a moment ago, for a program that must bind its own (a test that
+/// cannot let the kernel choose: inetd, nginx, an address a reload adds).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The value of `key=` in a log line.
 pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace()
