@@ -140,3 +140,36 @@ fn a_stream_handler_sees_the_peer_address() {
     let accept = server.wait_log(" accept peer=");
     assert_eq!(field(&accept, "peer"), Some(local.as_str()), "{accept}");
 }
+
+#[test]
+fn an_embedders_reload_applies_its_new_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("allowed");
+    std::fs::write(&list, "127.0.0.2\n").unwrap();
+    let mut server = start_example("allowlist", &[list.to_str().unwrap(), "127.0.0.1:0"]);
+    let mut listed = Client::connect_from("127.0.0.2", &server.addr());
+    assert_eq!(listed.echo(b"in").payload, b"IN");
+    let mut other = Client::connect_from("127.0.0.3", &server.addr());
+    other.send(Kind::Data, b"x");
+    other.expect_error(5);
+
+    std::fs::write(&list, "127.0.0.3\n").unwrap();
+    server.signal(libc::SIGHUP);
+    let line = server.wait_log(" reload=");
+    assert!(line.contains(" reload=applied "), "{line}");
+    let mut now_listed = Client::connect_from("127.0.0.3", &server.addr());
+    assert_eq!(now_listed.echo(b"now").payload, b"NOW");
+    let mut dropped = Client::connect_from("127.0.0.2", &server.addr());
+    dropped.send(Kind::Data, b"x");
+    dropped.expect_error(5);
+    // The one listed before is still being served: its conversation goes on.
+    assert_eq!(listed.echo(b"still").payload, b"STILL");
+
+    // A list that does not parse is the embedder's Err: refused, the last list stays.
+    std::fs::write(&list, "not an address\n").unwrap();
+    server.signal(libc::SIGHUP);
+    let refused = server.wait_log_count(" reload=", 2).pop().unwrap();
+    assert!(refused.contains(" reload=refused "), "{refused}");
+    let mut still_listed = Client::connect_from("127.0.0.3", &server.addr());
+    assert_eq!(still_listed.echo(b"kept").payload, b"KEPT");
+}
