@@ -71,3 +71,4 @@ pub use handler::{FramedHandler, NewFramed, Payload, Reply, StreamHandler};
 pub use logging::stderr_is_journal;
 pub use server::{Error, Server};
 pub use supervisor::CHECK_ENV as UPGRADE_CHECK_ENV;
+pub use upgrade::STATE_VERSION as UPGRADE_STATE_VERSION;

@@ -293,6 +293,9 @@ impl Server {
             reload,
             upgrade,
         } = self;
+        // The previous image's state, when this start is an upgrade in place: taken (and its
+        // variable removed) before anything copies the environment for programs.
+        let upgraded = crate::upgrade::take().map_err(Error)?;
         let work = match handler {
             Handler::Builtin(service) => Work::of(&service, config.max_frame)
                 .map_err(|e| Error(format!("the program: {e}")))?,
@@ -302,8 +305,6 @@ impl Server {
             crate::activation::protect_inetd_stderr();
         }
         crate::fds::cloexec_inherited();
-        // The previous image's state, when this start is an upgrade in place.
-        let upgraded = crate::upgrade::take().map_err(Error)?;
         // Before forkd opens a descriptor of its own (log, pidfile, notify socket): a count
         // larger than what systemd passed must not find forkd's own sockets there.
         let handed_over = if config.inetd || upgraded.is_some() {

@@ -22,6 +22,11 @@ use crate::conn::Peer;
 /// The variable that names the state's descriptor in the new image.
 pub(crate) const ENV: &str = "FORKD_UPGRADE_FD";
 
+/// The version of the state's format. A new binary's `--check` says which it takes over
+/// (`upgrade-state=N` on its standard output); one that does not say this one is refused
+/// before the exec, as it could not take the running server over.
+pub const STATE_VERSION: u32 = 1;
+
 /// A listening socket and what it was bound for.
 pub(crate) struct ListenerState {
     pub fd: RawFd,
@@ -72,6 +77,7 @@ impl Handover {
 
     fn to_json(&self) -> Value {
         json!({
+            "state_version": STATE_VERSION,
             "from_version": self.from_version,
             "accepted_total": self.accepted_total,
             "notify_socket": self.notify_socket,
@@ -99,6 +105,9 @@ impl Handover {
 
     fn from_json(v: &Value) -> Result<Handover, String> {
         let bad = |what: &str| format!("upgrade state: {what}");
+        if v["state_version"].as_u64() != Some(u64::from(STATE_VERSION)) {
+            return Err(bad("a format this forkd does not take over"));
+        }
         let fd = |v: &Value| {
             v.as_i64()
                 .map(|n| n as RawFd)
@@ -148,24 +157,35 @@ impl Handover {
                 .headers
                 .push((fd(&h[0])?, h[1].as_u64().map(|i| i as usize)));
         }
+        // Each descriptor is taken over once, by one owner: a state naming one twice would
+        // have it closed under another.
+        let mut fds = state.fds();
+        fds.sort_unstable();
+        if fds.windows(2).any(|w| w[0] == w[1]) || fds.iter().any(|fd| *fd < 3) {
+            return Err(bad("a descriptor named twice, or a standard one"));
+        }
         Ok(state)
     }
 
     /// Writes the state into a memfd that survives the exec; its descriptor.
     pub(crate) fn write(&self) -> Result<OwnedFd, String> {
-        // SAFETY: a name and flags; the descriptor returned, if any, is new and ours.
-        let raw = unsafe { libc::memfd_create(c"forkd-upgrade".as_ptr(), 0) };
-        if raw < 0 {
-            return Err(format!("memfd: {}", std::io::Error::last_os_error()));
-        }
-        // SAFETY: just created, owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut file = std::fs::File::from(fd);
+        let mut file = std::fs::File::from(memfd(c"forkd-upgrade", 0)?);
         file.write_all(self.to_json().to_string().as_bytes())
             .and_then(|()| file.rewind())
             .map_err(|e| format!("memfd: {e}"))?;
         Ok(file.into())
     }
+}
+
+/// An anonymous file in memory (`memfd_create`) with `flags` (MFD_CLOEXEC or 0).
+pub(crate) fn memfd(name: &std::ffi::CStr, flags: libc::c_uint) -> Result<OwnedFd, String> {
+    // SAFETY: a name and flags; the descriptor returned, if any, is new and ours.
+    let raw = unsafe { libc::memfd_create(name.as_ptr(), flags) };
+    if raw < 0 {
+        return Err(format!("memfd: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: just created, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 /// In a new image: the state the previous one handed over, if this start is an upgrade

@@ -162,3 +162,70 @@ fn reloads_and_upgrades_under_load_fail_no_connection() {
     let last = server.wait_log_count(" reload=", 10).pop().unwrap();
     assert!(last.contains(" max_children=50 "), "{last}");
 }
+
+#[test]
+fn a_program_after_dashes_upgrades_and_sees_no_upgrade_variable() {
+    let bin = tempfile::tempdir().unwrap();
+    let program = installed(bin.path());
+    let args = [
+        "--handler",
+        "exec",
+        "--",
+        "sh",
+        "-c",
+        "echo \"[$FORKD_UPGRADE_FD]\"",
+    ];
+    let mut server = Forkd::start_binary(program.to_str().unwrap(), &args);
+    // The check runs as `forkd --check ... -- sh -c ...`: not as the program's argument.
+    replace(&program, Path::new(FORKD));
+    upgrade(&mut server, 1);
+    let client = Client::connect(&server.addr());
+    assert_eq!(client.read_to_end(), b"[]\n");
+}
+
+#[test]
+fn a_binary_that_cannot_take_the_server_over_or_a_restart_only_change_is_refused() {
+    let bin = tempfile::tempdir().unwrap();
+    let program = installed(bin.path());
+    let config = bin.path().join("forkd.toml");
+    std::fs::write(&config, "listen = [\"127.0.0.1:0\"]\nlog = \"stderr\"\n").unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let mut server = Forkd::start_binary(program.to_str().unwrap(), &["--config", &config]);
+    // Says ok, but not that it takes the state over (an older forkd, say).
+    let older = bin.path().join("older");
+    std::fs::write(&older, "#!/bin/sh\necho ok\n").unwrap();
+    std::fs::set_permissions(&older, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    replace(&program, &older);
+    server.signal(libc::SIGUSR2);
+    let refused = server.wait_log(" upgrade=refused ");
+    assert!(refused.contains("upgrade-state="), "{refused}");
+    // The file now asks for what an upgrade would not change.
+    replace(&program, Path::new(FORKD));
+    let toml = "listen = [\"127.0.0.1:0\"]\nlog = \"stderr\"\nmodel = \"thread\"\n";
+    std::fs::write(&config, toml).unwrap();
+    server.signal(libc::SIGUSR2);
+    let refused = server.wait_log_count(" upgrade=refused ", 2).pop().unwrap();
+    assert!(refused.contains("--model changed"), "{refused}");
+    let mut client = Client::connect(&server.addr());
+    assert_eq!(client.echo(b"still").payload, b"still");
+}
+
+#[test]
+fn an_upgrade_runs_the_file_a_switched_link_names() {
+    let bin = tempfile::tempdir().unwrap();
+    let (one, two) = (bin.path().join("v1"), bin.path().join("v2"));
+    for dir in [&one, &two] {
+        std::fs::create_dir(dir).unwrap();
+        installed(dir);
+    }
+    let link = bin.path().join("forkd");
+    std::os::unix::fs::symlink(one.join("forkd"), &link).unwrap();
+    let mut server = Forkd::start_binary(link.to_str().unwrap(), &[]);
+    let switched = bin.path().join("forkd.new");
+    std::os::unix::fs::symlink(two.join("forkd"), &switched).unwrap();
+    std::fs::rename(&switched, &link).unwrap();
+    upgrade(&mut server, 1);
+    use std::os::unix::fs::MetadataExt;
+    let v2 = std::fs::metadata(two.join("forkd")).unwrap().ino();
+    assert_eq!(running_inode(server.pid), v2);
+}

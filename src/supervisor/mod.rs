@@ -310,16 +310,17 @@ impl Supervisor {
                 if signals.contains(Signal::SIGUSR1) {
                     self.log_status();
                 }
-                // The check of an upgrade is reaped first: not a worker.
-                self.poll_upgrade(Instant::now());
-                if signals.contains(Signal::SIGUSR2) {
-                    self.begin_upgrade();
-                }
                 self.reap();
                 if let Some(sig) = stop {
                     self.shut_down(sig);
                     return;
                 }
+                // After the stop and the reap: what was read from the signal descriptor is
+                // acted on before an exec could lose it.
+                if signals.contains(Signal::SIGUSR2) {
+                    self.begin_upgrade();
+                }
+                self.poll_upgrade(Instant::now());
             }
             for index in 0..self.listeners.len() {
                 if self.poll.listener_ready(index) {

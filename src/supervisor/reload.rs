@@ -37,6 +37,18 @@ impl Supervisor {
         self.ready();
     }
 
+    /// After an upgrade in place: the listeners the configuration names now, which the file
+    /// may have changed since the last reload (the adopted ones are those the old image had).
+    pub(super) fn listen_as_configured(&mut self) {
+        if let Err(why) = self.apply(self.config.clone()) {
+            log::warn!(
+                "status signal=SIGUSR2 listen={} reason={}",
+                quote(&self.listener_names.join(",")),
+                quote(&why)
+            );
+        }
+    }
+
     /// Applies `new`; `Err` (nothing changed) for a configuration that cannot be.
     fn apply(&mut self, new: Config) -> Result<String, String> {
         restart_only(&self.config, &new)?;
@@ -164,7 +176,7 @@ impl Supervisor {
 
 /// What only a restart can change: settings fixed when serving began (who serves, how
 /// connections are isolated, the sandbox prepared at start), named in the refusal.
-fn restart_only(old: &Config, new: &Config) -> Result<(), String> {
+pub(super) fn restart_only(old: &Config, new: &Config) -> Result<(), String> {
     let differ = [
         ("--user", old.user != new.user),
         ("--group", old.group != new.group),
@@ -182,7 +194,7 @@ fn restart_only(old: &Config, new: &Config) -> Result<(), String> {
         return Ok(());
     }
     Err(format!(
-        "{} changed: that takes a restart (or an upgrade in place)",
+        "{} changed: that takes a restart",
         changed.join(", ")
     ))
 }

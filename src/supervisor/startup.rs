@@ -141,7 +141,8 @@ pub(crate) fn run(config: &Config, work: Work, start: Start) -> Result<(), Strin
         nix::unistd::Uid::effective(),
         proxy_fields(config),
     );
-    if config.print_port {
+    // Printed once, at the first start: an upgrade in place is the same server.
+    if config.print_port && upgraded.is_none() {
         print_ports(&listeners);
     }
     if nix::unistd::Uid::effective().is_root() {
@@ -202,6 +203,7 @@ pub(crate) fn run(config: &Config, work: Work, start: Start) -> Result<(), Strin
         .map(|p| (p.raw_fd(), p.path().display().to_string()));
     if let Some(state) = upgraded {
         supervisor.adopt(state);
+        supervisor.listen_as_configured();
     }
     if let Some(conn) = inetd_connection {
         supervisor.take(conn, Origin::Inetd, false);

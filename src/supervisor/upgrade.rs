@@ -14,6 +14,7 @@ use std::ffi::{CString, OsString};
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,10 +39,33 @@ pub struct UpgradePlan {
     pub args: Vec<OsString>,
 }
 
-/// The new binary's `--check`, running.
+/// The new binary's `--check`, running in a process group of its own.
 pub(super) struct Check {
     child: Child,
     deadline: Instant,
+    /// Its standard output and error, in memory: a check that writes a lot cannot block
+    /// on a pipe nobody reads yet.
+    stdout: std::fs::File,
+    stderr: std::fs::File,
+}
+
+impl Check {
+    /// Ends the check and whatever it started, and reaps it.
+    fn end(&mut self) {
+        let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// What it wrote to `file`, the first 4 KiB.
+    fn said(file: &mut std::fs::File) -> String {
+        use std::io::Seek;
+        let mut text = String::new();
+        if file.rewind().is_ok() {
+            let _ = file.take(4096).read_to_string(&mut text);
+        }
+        text
+    }
 }
 
 impl Supervisor {
@@ -62,13 +86,33 @@ impl Supervisor {
         if self.config.model != crate::config::Model::Fork {
             return refuse("threads cannot outlive the image that runs them: restart instead");
         }
+        // What a restart would change, an upgrade would not: said now, not found later.
+        if let Some(source) = self.reload_source.as_mut() {
+            match source().and_then(|new| super::reload::restart_only(&self.config, &new)) {
+                Ok(()) => {}
+                Err(why) => return refuse(&why),
+            }
+        }
+        let output = |name| crate::upgrade::memfd(name, libc::MFD_CLOEXEC).map(std::fs::File::from);
+        let (stdout, stderr) = match (output(c"forkd-check-out"), output(c"forkd-check-err")) {
+            (Ok(out), Ok(err)) => (out, err),
+            (Err(e), _) | (_, Err(e)) => return refuse(&e),
+        };
+        let streams = stdout
+            .try_clone()
+            .and_then(|out| Ok((out, stderr.try_clone()?)));
+        let Ok((child_out, child_err)) = streams else {
+            return refuse("cannot hand the check its output");
+        };
+        // --check first: after a `--`, it would be the program's argument.
         let started = Command::new(&plan.program)
-            .args(&plan.args)
             .arg("--check")
+            .args(&plan.args)
             .env(CHECK_ENV, "1")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stdout(child_out)
+            .stderr(child_err)
+            .process_group(0)
             .spawn();
         match started {
             Ok(child) => {
@@ -79,6 +123,8 @@ impl Supervisor {
                 self.upgrade_check = Some(Check {
                     child,
                     deadline: Instant::now() + CHECK_TIME,
+                    stdout,
+                    stderr,
                 });
             }
             Err(e) => refuse(&format!("{}: {e}", plan.program.display())),
@@ -88,8 +134,7 @@ impl Supervisor {
     /// Shutdown: a check still running is ended (and reaped), not left behind.
     pub(super) fn abandon_upgrade(&mut self) {
         if let Some(mut check) = self.upgrade_check.take() {
-            let _ = check.child.kill();
-            let _ = check.child.wait();
+            check.end();
         }
     }
 
@@ -104,12 +149,19 @@ impl Supervisor {
         let Some(check) = &mut self.upgrade_check else {
             return;
         };
+        // Asked without reaping: while the check is a zombie its group's id cannot be reused,
+        // so what it left running in its group can be ended by that id.
+        use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+        let pid = nix::unistd::Pid::from_raw(check.child.id() as i32);
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        let exited = !matches!(waitid(Id::Pid(pid), flags), Ok(WaitStatus::StillAlive));
+        if !exited && check.deadline > now {
+            return;
+        }
+        check.end();
         let status = match check.child.try_wait() {
-            Ok(Some(status)) => status,
-            Ok(None) if check.deadline > now => return,
-            Ok(None) | Err(_) => {
-                let _ = check.child.kill();
-                let _ = check.child.wait();
+            Ok(Some(status)) if exited => status,
+            _ => {
                 self.upgrade_check = None;
                 log::error!(
                     "status signal=SIGUSR2 upgrade=refused reason={}",
@@ -118,17 +170,31 @@ impl Supervisor {
                 return;
             }
         };
-        let mut said = String::new();
-        if let Some(stderr) = &mut check.child.stderr {
-            crate::fds::set_nonblocking(stderr);
-            let _ = stderr.take(4096).read_to_string(&mut said);
-        }
+        let (out, err) = (
+            Check::said(&mut check.stdout),
+            Check::said(&mut check.stderr),
+        );
         self.upgrade_check = None;
+        let said: Vec<&str> = err
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
         if !status.success() {
-            let said = said.lines().next().unwrap_or("").trim();
             log::error!(
                 "status signal=SIGUSR2 upgrade=refused reason={}",
-                quote(&format!("--check failed ({status}): {said}"))
+                quote(&format!("--check failed ({status}): {}", said.join(" / ")))
+            );
+            return;
+        }
+        let takes_over = format!("upgrade-state={}", crate::upgrade::STATE_VERSION);
+        if !out.split_whitespace().any(|word| word == takes_over) {
+            log::error!(
+                "status signal=SIGUSR2 upgrade=refused reason={}",
+                quote(&format!(
+                    "the new binary's --check did not say {takes_over}: it could not take \
+                     this server over (restart instead)"
+                ))
             );
             return;
         }
@@ -144,6 +210,9 @@ impl Supervisor {
     /// Hands the state over and execs the new image; returns only if that failed, with the
     /// descriptors as they were.
     fn exec_upgrade(&mut self) -> Result<(), String> {
+        // Workers that have ended are collected (and logged) by this image: their SIGCHLD may
+        // have been read already, and would not come again to the next.
+        self.reap();
         let plan = self.upgrade_plan.as_ref().expect("checked");
         let state = self.handover();
         let memfd: OwnedFd = state.write()?;
@@ -203,8 +272,10 @@ impl Supervisor {
                     peer: record.peer.clone(),
                     via: record.via,
                     age: now.saturating_duration_since(record.started),
+                    // One already asked to end is due its SIGKILL, not a second SIGTERM.
                     lifetime_left: record
                         .lifetime_ends
+                        .filter(|_| !record.outlived)
                         .map(|ends| ends.saturating_duration_since(now)),
                     outlived: record.outlived,
                 })
@@ -227,6 +298,13 @@ impl Supervisor {
         let now = Instant::now();
         let workers = state.workers.len();
         for worker in state.workers {
+            if !is_my_child(worker.pid) {
+                log::warn!(
+                    "status signal=SIGUSR2 pid={} reason=\"handed over, but not a child of this process\"",
+                    worker.pid
+                );
+                continue;
+            }
             self.admission.started(&worker.peer);
             let record = WorkerRecord {
                 peer: worker.peer,
@@ -261,6 +339,9 @@ impl Supervisor {
             self.headers.adopt(conn, origin, now + self.proxy_timeout);
         }
         self.accepted_total = state.accepted_total;
+        // A worker that ended while the exec ran has a SIGCHLD pending for this image; one
+        // that ended before may not: collected now either way.
+        self.reap();
         log::info!(
             "status signal=SIGUSR2 upgrade=done from_version={} version={} workers={workers} listeners={}",
             state.from_version,
@@ -268,6 +349,14 @@ impl Supervisor {
             self.listeners.len()
         );
     }
+}
+
+/// Whether `pid` is a child of this process (alive or not yet reaped): a state naming any
+/// other must not have it signalled.
+fn is_my_child(pid: i32) -> bool {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    pid > 0 && waitid(Id::Pid(nix::unistd::Pid::from_raw(pid)), flags).is_ok()
 }
 
 /// A descriptor named by the handed-over state, checked to be open.

@@ -30,14 +30,17 @@ fn main() -> ExitCode {
         forkd::protect_inetd_stderr();
     }
     if intent == cli::Intent::Check {
-        // Everything a start checks before binding has been checked.
-        let _ = writeln!(std::io::stdout(), "ok");
+        // Everything a start checks before binding has been checked. The forkd this one is
+        // to replace in place also learns that this one can take it over.
+        let takes_over = match std::env::var_os(forkd::UPGRADE_CHECK_ENV) {
+            Some(_) => format!(" upgrade-state={}", forkd::UPGRADE_STATE_VERSION),
+            None => String::new(),
+        };
+        let _ = writeln!(std::io::stdout(), "ok{takes_over}");
         return ExitCode::SUCCESS;
     }
     let mut server = forkd::Server::from_config(config, service.clone());
-    // SIGUSR2 runs the file now at this path: the path as at start, not /proc/self/exe
-    // (which names the old file, deleted once a package replaced it).
-    if let Ok(program) = std::env::current_exe() {
+    if let Some(program) = invoked_as(&argv[0]) {
         server = server.upgrade_in_place(program, argv[1..].to_vec());
     }
     // With a file, SIGHUP reads it again (and the command line, which still overrides it).
@@ -59,4 +62,21 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The path forkd was started by, for SIGUSR2 to run the file there then: as given (made
+/// absolute), or as found on PATH. Not /proc/self/exe, which names the file itself: through
+/// a symbolic link switched to a new version, or after a package replaced the file, that is
+/// the old one.
+fn invoked_as(argv0: &std::ffi::OsStr) -> Option<std::path::PathBuf> {
+    let given = std::path::Path::new(argv0);
+    if given.components().count() > 1 {
+        return std::path::absolute(given).ok();
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(given))
+        .find(|candidate| candidate.is_file())
+        .and_then(|found| std::path::absolute(found).ok())
+        .or_else(|| std::env::current_exe().ok())
 }
