@@ -315,6 +315,10 @@ impl Server {
         crate::isolation::child::prepare_allocator();
 
         if work.runs_programs() {
+            // After an upgrade in place, the table the old image's workers still fill.
+            if let Some(fd) = upgraded.as_ref().and_then(|u| u.groups_table) {
+                crate::isolation::groups::adopt(fd);
+            }
             crate::isolation::groups::prepare(config.max_children as usize);
         }
         let target = crate::logging::init(config.log.clone());

@@ -6,9 +6,9 @@
 //! draining and connections waiting for a PROXY header, the pidfile and systemd's
 //! notification socket.
 //!
-//! Times cross as durations (an `Instant` means nothing to another image); counters that
-//! live in memory shared with workers (bytes per conversation) do not cross: the `end` line of
-//! a conversation started before the upgrade has no byte counts.
+//! Times cross as durations (an `Instant` means nothing to another image). The tables shared
+//! with workers (bytes per conversation, programs' process groups) are memfds: the new image
+//! maps the same memory the old image's workers go on writing to.
 
 use std::io::{Read, Seek, Write};
 use std::net::SocketAddr;
@@ -44,6 +44,8 @@ pub(crate) struct WorkerState {
     pub age: Duration,
     pub lifetime_left: Option<Duration>,
     pub outlived: bool,
+    /// Its slot in the byte-count table (a protocol-v1 conversation).
+    pub tally_slot: Option<u32>,
 }
 
 /// Everything the next image takes over.
@@ -62,6 +64,9 @@ pub(crate) struct Handover {
     pub accepted_total: u64,
     /// The version that handed over, for the log.
     pub from_version: String,
+    /// The memfds of the tables shared with workers: byte counts and programs' groups.
+    pub tally_table: Option<RawFd>,
+    pub groups_table: Option<RawFd>,
 }
 
 impl Handover {
@@ -72,6 +77,8 @@ impl Handover {
         fds.extend(&self.drains);
         fds.extend(self.headers.iter().map(|(fd, _)| *fd));
         fds.extend(self.pidfile.as_ref().map(|(fd, _)| *fd));
+        fds.extend(self.tally_table);
+        fds.extend(self.groups_table);
         fds
     }
 
@@ -80,6 +87,8 @@ impl Handover {
             "state_version": STATE_VERSION,
             "from_version": self.from_version,
             "accepted_total": self.accepted_total,
+            "tally_table": self.tally_table,
+            "groups_table": self.groups_table,
             "notify_socket": self.notify_socket,
             "pidfile": self.pidfile.as_ref().map(|(fd, path)| json!({"fd": fd, "path": path})),
             "listeners": self.listeners.iter().map(|l| json!({
@@ -96,6 +105,7 @@ impl Handover {
                 "age_ms": w.age.as_millis() as u64,
                 "lifetime_left_ms": w.lifetime_left.map(|d| d.as_millis() as u64),
                 "outlived": w.outlived,
+                "tally_slot": w.tally_slot,
             })).collect::<Vec<_>>(),
             "relays": self.relays.iter().map(|(fd, pid)| json!([fd, pid])).collect::<Vec<_>>(),
             "drains": self.drains,
@@ -119,6 +129,8 @@ impl Handover {
             from_version: text(&v["from_version"]).unwrap_or_default(),
             accepted_total: v["accepted_total"].as_u64().unwrap_or(0),
             notify_socket: text(&v["notify_socket"]),
+            tally_table: v["tally_table"].as_i64().map(|n| n as RawFd),
+            groups_table: v["groups_table"].as_i64().map(|n| n as RawFd),
             ..Handover::default()
         };
         if v["pidfile"].is_object() {
@@ -143,6 +155,7 @@ impl Handover {
                 age: ms("age_ms").unwrap_or_default(),
                 lifetime_left: ms("lifetime_left_ms"),
                 outlived: w["outlived"].as_bool().unwrap_or(false),
+                tally_slot: w["tally_slot"].as_u64().map(|n| n as u32),
             });
         }
         for r in array("relays") {
@@ -265,6 +278,7 @@ mod tests {
                 age: Duration::from_millis(1500),
                 lifetime_left: Some(Duration::from_secs(3)),
                 outlived: true,
+                tally_slot: Some(4),
             }],
             relays: vec![(7, 43)],
             drains: vec![8],
@@ -273,9 +287,11 @@ mod tests {
             notify_socket: Some("@sd".into()),
             accepted_total: 99,
             from_version: "0.1.0".into(),
+            tally_table: Some(11),
+            groups_table: None,
         };
         let back = Handover::from_json(&state.to_json()).unwrap();
         assert_eq!(back.to_json(), state.to_json());
-        assert_eq!(back.fds(), vec![3, 7, 8, 9, 10, 5]);
+        assert_eq!(back.fds(), vec![3, 7, 8, 9, 10, 5, 11]);
     }
 }

@@ -69,6 +69,9 @@ fn an_upgrade_keeps_the_pid_the_listeners_and_the_conversations() {
     );
     let end = server.wait_log(&format!(" pid={worker} status="));
     assert!(end.contains(" end peer=127.0.0.1:"), "{end}");
+    // Its bytes were counted across the upgrade: two requests of 6 and 5 bytes, 11 header
+    // bytes each way (frames of 5-byte headers), in the table both images share.
+    assert_eq!(common::field(&end, "bytes_in"), Some("21"), "{end}");
     server.wait_no_children();
 }
 
@@ -228,4 +231,56 @@ fn an_upgrade_runs_the_file_a_switched_link_names() {
     use std::os::unix::fs::MetadataExt;
     let v2 = std::fs::metadata(two.join("forkd")).unwrap().ino();
     assert_eq!(running_inode(server.pid), v2);
+}
+
+/// Processes whose command line is `sleep SECONDS`.
+fn sleeping(seconds: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| c == format!("sleep\0{seconds}\0").as_bytes())
+        .count()
+}
+
+#[test]
+fn programs_started_before_an_upgrade_are_ended_with_their_worker() {
+    let bin = tempfile::tempdir().unwrap();
+    let program = installed(bin.path());
+    // A request's program leaves a sleep behind in its process group, and hangs.
+    let marker = format!("{}.25", 4000 + std::process::id() % 1000);
+    let script = format!("sleep {marker} & sleep {marker}");
+    let args = [
+        "--handler",
+        "frame-exec",
+        "--max-lifetime",
+        "3",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ];
+    let mut server = Forkd::start_binary(program.to_str().unwrap(), &args);
+    let mut client = Client::connect(&server.addr());
+    client.send(forkd::frame::Kind::Data, b"go");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sleeping(&marker) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the program did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    replace(&program, Path::new(FORKD));
+    upgrade(&mut server, 1);
+    // The new image ends the worker at its lifetime, and the program's group with it.
+    server.wait_log(" reason=max-lifetime ");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sleeping(&marker) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the program's group outlived its worker"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

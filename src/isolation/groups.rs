@@ -20,7 +20,12 @@ struct Slot {
     group: AtomicI32,
 }
 
-static SLOTS: OnceLock<&'static [Slot]> = OnceLock::new();
+static TABLE: OnceLock<super::Shared<Slot>> = OnceLock::new();
+
+/// The slots, empty before [`prepare`].
+fn slots() -> &'static [Slot] {
+    TABLE.get().map_or(&[], |t| t.slots)
+}
 
 /// Slots at most: 512 KiB of table, each scanned when a worker ends. Past this many workers
 /// running programs at once, the programs of the others are still tied to their workers
@@ -33,7 +38,19 @@ const MAX_SLOTS: usize = 65_536;
 pub(crate) fn prepare(workers: usize) {
     // SAFETY: a slot is two atomics, all zero an empty slot; shared, so a forked worker's
     // writes reach the supervisor.
-    SLOTS.get_or_init(|| unsafe { super::shared_table(workers.clamp(1, MAX_SLOTS)) });
+    TABLE.get_or_init(|| unsafe { super::shared_table(workers.clamp(1, MAX_SLOTS)) });
+}
+
+/// Takes over the table the previous image made (an upgrade in place), which its workers
+/// still fill: their programs' groups are ended with them as before.
+pub(crate) fn adopt(fd: std::os::fd::RawFd) {
+    // SAFETY: the memfd of a table of slots, made by [`prepare`] in the previous image.
+    TABLE.get_or_init(|| unsafe { super::map_table(fd) });
+}
+
+/// The table's memfd, for the next image; `None` when there is no table.
+pub(crate) fn table_fd() -> Option<std::os::fd::RawFd> {
+    TABLE.get().map(|t| t.fd).filter(|fd| *fd >= 0)
 }
 
 /// The calling worker thread's id (a worker process's pid).
@@ -44,7 +61,7 @@ fn me() -> i32 {
 /// In a worker: its program's group is `group` until [`program_ended`].
 pub(crate) fn program_started(group: Pid) {
     let me = me();
-    let slots = SLOTS.get().copied().unwrap_or(&[]);
+    let slots = slots();
     for slot in slots {
         if slot
             .worker
@@ -64,7 +81,7 @@ pub(crate) fn program_ended() {
 
 /// Empties the slot of `worker`, if it has one.
 fn release(worker: i32) {
-    for slot in SLOTS.get().copied().unwrap_or(&[]) {
+    for slot in slots() {
         if slot.worker.load(Ordering::Acquire) == worker {
             slot.group.store(0, Ordering::Release);
             slot.worker.store(0, Ordering::Release);
@@ -77,7 +94,7 @@ fn release(worker: i32) {
 /// once the worker is gone and the check can no longer be made.
 pub(crate) fn signal_program_of(worker: i32, signal: Signal) -> Option<i32> {
     let mut signalled = None;
-    for slot in SLOTS.get().copied().unwrap_or(&[]) {
+    for slot in slots() {
         if slot.worker.load(Ordering::Acquire) == worker {
             let group = slot.group.load(Ordering::Acquire);
             if signal_group(group, worker, signal) {
@@ -124,7 +141,7 @@ pub(crate) fn worker_ended(worker: i32) {
 pub(crate) fn kill_all_programs() {
     // In the thread model a program is the supervisor's own child.
     let supervisor = std::process::id() as i32;
-    for slot in SLOTS.get().copied().unwrap_or(&[]) {
+    for slot in slots() {
         signal_group(
             slot.group.load(Ordering::Acquire),
             supervisor,

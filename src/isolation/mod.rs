@@ -156,30 +156,72 @@ pub(crate) trait Running {
     fn ended(&mut self, id: WorkerId, how: Ended);
 }
 
-/// A table of `count` zeroed `T`s in memory shared with every process forked after this call
-/// (`MAP_SHARED`), never unmapped; empty if the memory cannot be had.
+/// A table of `T`s in memory shared with every process forked after this call, and with
+/// the next image of this process at an upgrade in place: a memfd, mapped `MAP_SHARED` and
+/// never unmapped. `Shared::fd` is what the next image maps again.
+pub(crate) struct Shared<T: 'static> {
+    pub slots: &'static [T],
+    /// The memfd (close-on-exec until an upgrade hands it over); -1 for an empty table.
+    pub fd: std::os::fd::RawFd,
+}
+
+/// A new table of `count` zeroed `T`s; empty if the memory cannot be had.
 ///
 /// # Safety
 ///
 /// All-zero bytes must be a valid `T` (atomics are), and `T` must be usable from several
 /// processes at once through shared memory (atomics, not locks or pointers).
-pub(crate) unsafe fn shared_table<T>(count: usize) -> &'static [T] {
+pub(crate) unsafe fn shared_table<T>(count: usize) -> Shared<T> {
+    let Ok(fd) = crate::upgrade::memfd(c"forkd-table", libc::MFD_CLOEXEC) else {
+        return Shared { slots: &[], fd: -1 };
+    };
     let bytes = count * std::mem::size_of::<T>();
-    // SAFETY: a fresh anonymous mapping, zero-filled by the kernel, which the caller says is
-    // a valid T; never unmapped, so the slice lives for the process.
+    if nix::unistd::ftruncate(&fd, bytes as libc::off_t).is_err() {
+        return Shared { slots: &[], fd: -1 };
+    }
+    // SAFETY: the caller's promise about T, passed on.
+    unsafe { map_table(std::os::fd::IntoRawFd::into_raw_fd(fd)) }
+}
+
+/// The table in memfd `fd`, as the previous image of this process made it (an upgrade in
+/// place): the same memory its workers still write to. Empty if it cannot be mapped.
+///
+/// # Safety
+///
+/// As [`shared_table`], and `fd` must be such a table's memfd, owned from now on by the table.
+pub(crate) unsafe fn map_table<T>(fd: std::os::fd::RawFd) -> Shared<T> {
+    let empty = Shared { slots: &[], fd: -1 };
+    // SAFETY: fstat on a descriptor; the struct is filled by the call.
+    let size = unsafe {
+        let mut stat: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut stat) != 0 {
+            return empty;
+        }
+        stat.st_size as usize
+    };
+    let count = size / std::mem::size_of::<T>().max(1);
+    if count == 0 {
+        return empty;
+    }
+    // SAFETY: a shared mapping of the whole memfd, which the caller says holds valid Ts;
+    // never unmapped, so the slice lives for the process.
     unsafe {
         let memory = libc::mmap(
             std::ptr::null_mut(),
-            bytes,
+            count * std::mem::size_of::<T>(),
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
+            libc::MAP_SHARED,
+            fd,
             0,
         );
         if memory == libc::MAP_FAILED {
-            &[]
-        } else {
-            std::slice::from_raw_parts(memory.cast::<T>(), count)
+            return empty;
+        }
+        // Close-on-exec until an upgrade hands it over.
+        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        Shared {
+            slots: std::slice::from_raw_parts(memory.cast::<T>(), count),
+            fd,
         }
     }
 }

@@ -31,6 +31,8 @@ const MAX_SLOTS: usize = 65_536;
 /// The supervisor's side: the shared slots and which are free.
 pub(crate) struct Tally {
     slots: &'static [Counter],
+    /// The table's memfd, handed to the next image at an upgrade in place.
+    fd: std::os::fd::RawFd,
     /// Slots given back, to be taken again first.
     free: Vec<u32>,
     /// Slots below this have been handed out at least once.
@@ -41,6 +43,18 @@ pub(crate) struct Tally {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Slot(u32);
 
+impl Slot {
+    /// Its place in the table, for the next image at an upgrade.
+    pub(crate) fn index(self) -> u32 {
+        self.0
+    }
+
+    /// The slot at `index` of an adopted table (see [`Tally::adopt`]).
+    pub(crate) fn at(index: u32) -> Slot {
+        Slot(index)
+    }
+}
+
 impl Tally {
     /// Room for [`MAX_SLOTS`] conversations at once, whatever `--max-children` is now or
     /// becomes at a reload: pages of the table are only touched as slots are used. An empty
@@ -48,12 +62,38 @@ impl Tally {
     pub(crate) fn new() -> Tally {
         // SAFETY: a counter is two atomics, all zero a zero count; shared, so a forked
         // worker's counts reach the supervisor.
-        let slots: &'static [Counter] = unsafe { super::shared_table(MAX_SLOTS) };
+        let table = unsafe { super::shared_table::<Counter>(MAX_SLOTS) };
         Tally {
             free: Vec::new(),
             fresh_from: 0,
-            slots,
+            slots: table.slots,
+            fd: table.fd,
         }
+    }
+
+    /// The table the previous image made (an upgrade in place), `in_use` the slots of the
+    /// workers it handed over, whose counts go on in it.
+    pub(crate) fn adopt(fd: std::os::fd::RawFd, in_use: &[u32]) -> Tally {
+        // SAFETY: the memfd of a table of counters, made by [`Tally::new`] before the exec.
+        let table = unsafe { super::map_table::<Counter>(fd) };
+        let mut in_use = in_use.to_vec();
+        in_use.sort_unstable();
+        let fresh_from = in_use.last().map_or(0, |i| i + 1);
+        let fresh_from = fresh_from.min(table.slots.len() as u32);
+        Tally {
+            free: (0..fresh_from)
+                .rev()
+                .filter(|i| in_use.binary_search(i).is_err())
+                .collect(),
+            fresh_from,
+            slots: table.slots,
+            fd: table.fd,
+        }
+    }
+
+    /// The table's memfd, for the next image; `None` when the table is empty.
+    pub(crate) fn fd(&self) -> Option<std::os::fd::RawFd> {
+        (self.fd >= 0).then_some(self.fd)
     }
 
     /// A zeroed slot for a worker about to start, and its counter; `None` when all are taken.

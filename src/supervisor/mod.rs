@@ -632,6 +632,11 @@ impl Supervisor {
         self.close_in_child.clear();
         self.close_in_child.extend(self.drains.raw_fds());
         self.close_in_child.extend(self.headers.raw_fds());
+        // The shared tables' memfds: a worker has their memory mapped, and no use for them.
+        self.close_in_child
+            .extend(crate::isolation::groups::table_fd());
+        self.close_in_child
+            .extend(self.tally.as_ref().and_then(Tally::fd));
         self.close_in_child.extend(self.relays.raw_fds());
         let (peer, via) = (conn.peer.clone(), conn.proxied.as_ref().map(|p| p.via));
         let (slot, settings) = self.settings_with_tally();

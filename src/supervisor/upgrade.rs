@@ -278,6 +278,7 @@ impl Supervisor {
                         .filter(|_| !record.outlived)
                         .map(|ends| ends.saturating_duration_since(now)),
                     outlived: record.outlived,
+                    tally_slot: record.tally.map(|slot| slot.index()),
                 })
                 .collect(),
             relays: self.relays.pipes(),
@@ -287,6 +288,8 @@ impl Supervisor {
             notify_socket: self.notifier.as_ref().map(|n| n.path().to_string()),
             accepted_total: self.accepted_total,
             from_version: env!("CARGO_PKG_VERSION").to_string(),
+            tally_table: self.tally.as_ref().and_then(|t| t.fd()),
+            groups_table: crate::isolation::groups::table_fd(),
         }
     }
 }
@@ -297,6 +300,12 @@ impl Supervisor {
     pub(super) fn adopt(&mut self, state: Handover) {
         let now = Instant::now();
         let workers = state.workers.len();
+        // The byte counts of conversations started before go on in the same table.
+        let counted: Vec<u32> = state.workers.iter().filter_map(|w| w.tally_slot).collect();
+        if let (Some(fd), true) = (state.tally_table, self.tally.is_some()) {
+            self.tally = Some(crate::isolation::tally::Tally::adopt(fd, &counted));
+        }
+        let adopted_tally = self.tally.is_some() && state.tally_table.is_some();
         for worker in state.workers {
             if !is_my_child(worker.pid) {
                 log::warn!(
@@ -310,7 +319,10 @@ impl Supervisor {
                 peer: worker.peer,
                 via: worker.via,
                 started: now.checked_sub(worker.age).unwrap_or(now),
-                tally: None,
+                tally: worker
+                    .tally_slot
+                    .filter(|_| adopted_tally)
+                    .map(crate::isolation::tally::Slot::at),
                 outlived: worker.outlived,
                 lifetime_ends: worker.lifetime_left.map(|left| now + left),
             };
