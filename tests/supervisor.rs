@@ -155,10 +155,17 @@ fn children_leave_the_supervisors_process_group() {
     let fds = without_log_sink(open_fds(child), 2);
     assert_eq!(fds.len(), 4, "{fds:?}");
     assert!(fds[3].1.starts_with("socket:"), "{fds:?}");
-    // While the supervisor has its listener and its signalfd (and two opens of the stderr
-    // pipe: its own, and its workers', whose flags a worker may change).
+    // While the supervisor has its listener, its signalfd, the memfd of the byte counts it
+    // shares with workers (kept for an upgrade in place), and two opens of the stderr pipe:
+    // its own, and its workers', whose flags a worker may change.
     let supervisor = without_log_sink(open_fds(server.pid), 2);
-    assert_eq!(supervisor.len(), 5, "{supervisor:?}");
+    assert_eq!(supervisor.len(), 6, "{supervisor:?}");
+    assert!(
+        supervisor
+            .iter()
+            .any(|(_, target)| target.starts_with("/memfd:forkd-table")),
+        "{supervisor:?}"
+    );
     assert!(
         supervisor
             .iter()
