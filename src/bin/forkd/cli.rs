@@ -342,9 +342,10 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Check the command line as a start would (addresses, limits, the program on PATH, the
-    /// user and group) without serving: print ok and exit 0, or the error and exit 2, as
-    /// sshd -t and nginx -t do.
+    /// Check the command line and its --config file as a start would (addresses, limits, the
+    /// program on PATH, the user and group) without serving: print ok and exit 0, or the
+    /// error and exit 2, as sshd -t and nginx -t do. A reload (SIGHUP) and an upgrade in place
+    /// (SIGUSR2) check the same way themselves and refuse what fails.
     #[arg(long)]
     check: bool,
 
