@@ -314,12 +314,16 @@ impl Server {
         };
         crate::isolation::child::prepare_allocator();
 
+        // After an upgrade in place, the table the old image's workers still fill.
+        let groups_table = upgraded.as_ref().and_then(|u| u.groups_table);
         if work.runs_programs() {
-            // After an upgrade in place, the table the old image's workers still fill.
-            if let Some(fd) = upgraded.as_ref().and_then(|u| u.groups_table) {
+            if let Some(fd) = groups_table {
                 crate::isolation::groups::adopt(fd);
             }
             crate::isolation::groups::prepare(config.max_children as usize);
+        } else if let Some(fd) = groups_table {
+            // SAFETY: the handed-over memfd, owned by nothing else here: closed unused.
+            unsafe { libc::close(fd) };
         }
         let target = crate::logging::init(config.log.clone());
         crate::logging::log_panics();

@@ -284,3 +284,52 @@ fn programs_started_before_an_upgrade_are_ended_with_their_worker() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_worker_asked_to_end_before_an_upgrade_takes_its_group_with_it() {
+    let bin = tempfile::tempdir().unwrap();
+    let program = installed(bin.path());
+    // The program takes its SIGTERM slowly; what it started ignores SIGTERM altogether.
+    let marker = format!("{}.75", 5000 + std::process::id() % 1000);
+    let script =
+        format!("trap 'sleep 0.8; exit 0' TERM; (trap '' TERM; exec sleep {marker}) & wait; wait");
+    let args = ["--max-lifetime", "1", "--", "sh", "-c", &script];
+    let mut server = Forkd::start_binary(program.to_str().unwrap(), &args);
+    let _client = Client::connect(&server.addr());
+    server.wait_log(" action=SIGTERM reason=max-lifetime ");
+    // Between its SIGTERM and its exit, the supervisor is upgraded.
+    replace(&program, Path::new(FORKD));
+    upgrade(&mut server, 1);
+    server.wait_log(" end peer=");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sleeping(&marker) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the program's child outlived it"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn upgrades_leak_no_descriptor_into_the_supervisor_or_its_workers() {
+    let bin = tempfile::tempdir().unwrap();
+    let program = installed(bin.path());
+    let mut server = Forkd::start_binary(program.to_str().unwrap(), &[]);
+    let before = server.fd_count();
+    for count in 1..=3 {
+        replace(&program, Path::new(FORKD));
+        upgrade(&mut server, count);
+        assert_eq!(server.fd_count(), before, "after upgrade {count}");
+    }
+    let mut client = Client::connect(&server.addr());
+    assert_eq!(client.echo(b"fds").payload, b"fds");
+    let child = server.child_for(client.stream_ref());
+    let held: Vec<String> = std::fs::read_dir(format!("/proc/{child}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|target| target.display().to_string())
+        .collect();
+    assert!(!held.iter().any(|t| t.contains("memfd")), "{held:?}");
+}

@@ -209,6 +209,13 @@ impl Isolation for Fork {
         reap(pid, None)
     }
 
+    fn asked_before(&mut self, id: WorkerId) {
+        if let WorkerId::Process(pid) = id {
+            self.asked
+                .insert(pid, super::groups::program_of(pid.as_raw()));
+        }
+    }
+
     fn reconfigure(&mut self, update: &super::ChildUpdate) {
         self.setup.supervisor_fds = update.supervisor_fds.clone();
         self.setup.limits = update.limits;

@@ -92,6 +92,16 @@ fn release(worker: i32) {
 /// In the supervisor, while `worker` is alive: sends `signal` to the group of the program it
 /// runs, if any, and returns that group (checked: see [`signal_group`]), for a later signal
 /// once the worker is gone and the check can no longer be made.
+/// The group of the program `worker` runs, if it has one and it checks out (see
+/// [`signal_group`]), without signalling it.
+pub(crate) fn program_of(worker: i32) -> Option<i32> {
+    slots()
+        .iter()
+        .filter(|slot| slot.worker.load(Ordering::Acquire) == worker)
+        .map(|slot| slot.group.load(Ordering::Acquire))
+        .find(|group| *group > 1 && leads_group_under(*group, worker))
+}
+
 pub(crate) fn signal_program_of(worker: i32, signal: Signal) -> Option<i32> {
     let mut signalled = None;
     for slot in slots() {

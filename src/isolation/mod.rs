@@ -136,6 +136,10 @@ pub(crate) trait Isolation {
 
     /// What workers started from now on get (a reload); running ones keep what they had.
     fn reconfigure(&mut self, update: &ChildUpdate);
+
+    /// Worker `id` was asked to end by the previous image of this process (an upgrade in
+    /// place): what it started is ended with it when it is collected, as if asked here.
+    fn asked_before(&mut self, id: WorkerId);
 }
 
 /// What a reload changes for the workers it starts next.

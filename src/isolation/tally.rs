@@ -91,6 +91,23 @@ impl Tally {
         }
     }
 
+    /// Gives the table up for the one an upgrade handed over: its memory unmapped and its
+    /// memfd closed (workers started before had none of it).
+    pub(crate) fn discard(self) {
+        if self.fd < 0 {
+            return;
+        }
+        // SAFETY: the mapping and the memfd are this table's own, and nothing else refers to
+        // them: the table is consumed, and no worker was given a slot in it.
+        unsafe {
+            libc::munmap(
+                self.slots.as_ptr().cast_mut().cast(),
+                std::mem::size_of_val(self.slots),
+            );
+            libc::close(self.fd);
+        }
+    }
+
     /// The table's memfd, for the next image; `None` when the table is empty.
     pub(crate) fn fd(&self) -> Option<std::os::fd::RawFd> {
         (self.fd >= 0).then_some(self.fd)

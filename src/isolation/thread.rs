@@ -90,6 +90,9 @@ impl Isolation for Threads {
         None
     }
 
+    /// Threads do not cross an upgrade (the thread model refuses one).
+    fn asked_before(&mut self, _id: WorkerId) {}
+
     /// A thread closes no descriptor and sets no limit: only keepalive applies.
     fn reconfigure(&mut self, update: &super::ChildUpdate) {
         self.keepalive = update.keepalive;

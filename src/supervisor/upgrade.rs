@@ -302,8 +302,15 @@ impl Supervisor {
         let workers = state.workers.len();
         // The byte counts of conversations started before go on in the same table.
         let counted: Vec<u32> = state.workers.iter().filter_map(|w| w.tally_slot).collect();
-        if let (Some(fd), true) = (state.tally_table, self.tally.is_some()) {
-            self.tally = Some(crate::isolation::tally::Tally::adopt(fd, &counted));
+        if let Some(fd) = state.tally_table {
+            match self.tally.take() {
+                Some(fresh) => {
+                    fresh.discard();
+                    self.tally = Some(crate::isolation::tally::Tally::adopt(fd, &counted));
+                }
+                // Nothing here counts bytes: the table is not kept open.
+                None => drop(handed(fd)),
+            }
         }
         let adopted_tally = self.tally.is_some() && state.tally_table.is_some();
         for worker in state.workers {

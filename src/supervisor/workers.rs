@@ -85,6 +85,7 @@ impl Workers {
             self.lifetimes.insert((ends, id));
         }
         if record.outlived {
+            self.isolation.asked_before(id);
             self.kills_due
                 .push_back((Instant::now() + LIFETIME_KILL_DELAY, id, record.started));
         }
