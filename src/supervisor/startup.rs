@@ -203,7 +203,6 @@ pub(crate) fn run(config: &Config, work: Work, start: Start) -> Result<(), Strin
         .map(|p| (p.raw_fd(), p.path().display().to_string()));
     if let Some(state) = upgraded {
         supervisor.adopt(state);
-        supervisor.listen_as_configured();
     }
     if let Some(conn) = inetd_connection {
         supervisor.take(conn, Origin::Inetd, false);

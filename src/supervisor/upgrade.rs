@@ -296,7 +296,8 @@ impl Supervisor {
 
 impl Supervisor {
     /// The new image: takes over what the previous one handed over (its listeners and
-    /// pidfile are taken at start), and says the upgrade is done.
+    /// pidfile are taken at start), binds what the configuration now names besides, and
+    /// says the upgrade is done.
     pub(super) fn adopt(&mut self, state: Handover) {
         let now = Instant::now();
         let workers = state.workers.len();
@@ -361,6 +362,7 @@ impl Supervisor {
         // A worker that ended while the exec ran has a SIGCHLD pending for this image; one
         // that ended before may not: collected now either way.
         self.reap();
+        self.listen_as_configured();
         log::info!(
             "status signal=SIGUSR2 upgrade=done from_version={} version={} workers={workers} listeners={}",
             state.from_version,
