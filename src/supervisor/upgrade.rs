@@ -3,12 +3,14 @@
 //! the listening sockets never closed (so no connection is refused), the children kept
 //! (they are still this process's children, and the new image is told who they are).
 //!
-//! First the new binary is asked whether it would serve this configuration (`PROGRAM ARGS
-//! --check`), as a child watched from the poll loop, at most [`CHECK_TIME`]: the supervisor
-//! does not wait for it. Then the state goes into a memfd ([`crate::upgrade`]), the
-//! descriptors it names lose close-on-exec, and the process execs. If the check fails, or the
-//! exec does, the old image goes on serving and says why; the new one logs
-//! `upgrade=done`.
+//! First the configuration is read again (with a reload source) and must change nothing only a
+//! restart can. Then the new binary is asked whether it would serve it and can take this
+//! server over (`PROGRAM --check ARGS` must say `upgrade-state=N` for this image's state
+//! format), as a child in a group of its own watched from the poll loop, at most
+//! [`CHECK_TIME`]: the supervisor does not wait for it. Then ended workers are collected, the
+//! state goes into a memfd ([`crate::upgrade`]), the descriptors it names lose close-on-exec,
+//! and the process execs. If anything before the exec fails, or the exec does, the old image
+//! goes on serving and says why; the new one logs `upgrade=done`.
 
 use std::ffi::{CString, OsString};
 use std::io::Read;
@@ -29,7 +31,8 @@ use crate::upgrade::{Handover, ListenerState, WorkerState, keep_across_exec};
 const CHECK_TIME: Duration = Duration::from_secs(10);
 
 /// Set for the `--check` of an upgrade: the sockets systemd passed at start are in use and no
-/// longer offered, so a configuration without an address is not an error then.
+/// longer offered, so a configuration without an address is not an error then; and the
+/// check says which state format it takes over (`upgrade-state=N`).
 pub const CHECK_ENV: &str = "FORKD_UPGRADE_CHECK";
 
 /// What SIGUSR2 runs: the program (its path as at start, so the file now there) and the
