@@ -156,11 +156,5 @@ pub fn take_inetd_connection() -> Result<Connection, String> {
         &[0, 1]
     };
     point_at_dev_null(targets).map_err(|e| format!("--inetd: /dev/null: {e}"))?;
-    Ok(Connection {
-        stream,
-        peer,
-        from_source: 1,
-        timeout: None,
-        proxied: None,
-    })
+    Ok(Connection::new(stream, peer, None))
 }

@@ -267,13 +267,18 @@ impl Connection {
             Stream::Tcp(s) => Peer::Tcp(s.peer_addr()?),
             Stream::Unix(s) => Peer::of_unix(s),
         };
-        Ok(Connection {
+        Ok(Connection::new(stream, peer, None))
+    }
+
+    /// A connection just accepted: `timeout` is the one its listener passed on, if any.
+    pub(crate) fn new(stream: Stream, peer: Peer, timeout: Option<Duration>) -> Connection {
+        Connection {
             stream,
             peer,
             from_source: 1,
-            timeout: None,
+            timeout,
             proxied: None,
-        })
+        }
     }
 
     /// Who is on the other end: behind a load balancer, the client its PROXY header named.

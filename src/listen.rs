@@ -301,24 +301,17 @@ impl Listener {
         match &self.socket {
             Socket::Tcp(l) => {
                 let (stream, addr) = l.accept()?;
-                Ok(Connection {
-                    stream: Stream::Tcp(stream),
-                    peer: Peer::Tcp(addr),
-                    from_source: 1,
-                    timeout: self.passed_timeout,
-                    proxied: None,
-                })
+                let timeout = self.passed_timeout;
+                Ok(Connection::new(
+                    Stream::Tcp(stream),
+                    Peer::Tcp(addr),
+                    timeout,
+                ))
             }
             Socket::Unix(l) => {
                 let (stream, _) = l.accept()?;
                 let peer = Peer::of_unix(&stream);
-                Ok(Connection {
-                    stream: Stream::Unix(stream),
-                    peer,
-                    from_source: 1,
-                    timeout: None,
-                    proxied: None,
-                })
+                Ok(Connection::new(Stream::Unix(stream), peer, None))
             }
         }
     }

@@ -233,6 +233,15 @@ fn an_upgrade_runs_the_file_a_switched_link_names() {
     assert_eq!(running_inode(server.pid), v2);
 }
 
+/// Waits up to 10 s for `done`, failing with `what`.
+fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "not in time: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Processes whose command line is `sleep SECONDS`.
 fn sleeping(seconds: &str) -> usize {
     std::fs::read_dir("/proc")
@@ -263,26 +272,14 @@ fn programs_started_before_an_upgrade_are_ended_with_their_worker() {
     let mut server = Forkd::start_binary(program.to_str().unwrap(), &args);
     let mut client = Client::connect(&server.addr());
     client.send(forkd::frame::Kind::Data, b"go");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while sleeping(&marker) < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the program did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until("the program started", || sleeping(&marker) == 2);
     replace(&program, Path::new(FORKD));
     upgrade(&mut server, 1);
     // The new image ends the worker at its lifetime, and the program's group with it.
     server.wait_log(" reason=max-lifetime ");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while sleeping(&marker) > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the program's group outlived its worker"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until("the program's group ended with its worker", || {
+        sleeping(&marker) == 0
+    });
 }
 
 #[test]
@@ -301,14 +298,9 @@ fn a_worker_asked_to_end_before_an_upgrade_takes_its_group_with_it() {
     replace(&program, Path::new(FORKD));
     upgrade(&mut server, 1);
     server.wait_log(" end peer=");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while sleeping(&marker) > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the program's child outlived it"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until("the program's child ended with it", || {
+        sleeping(&marker) == 0
+    });
 }
 
 #[test]
