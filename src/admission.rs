@@ -107,6 +107,20 @@ impl Admission {
         }
     }
 
+    /// The penalties being served (an upgrade in place hands them over).
+    pub fn sentences(&self, now: Instant) -> Vec<(Cidr, Offence, Duration)> {
+        self.penalties
+            .as_ref()
+            .map_or_else(Vec::new, |p| p.sentences(now))
+    }
+
+    /// Penalties the previous image handed over, if this one penalises at all.
+    pub fn restore_sentences(&mut self, sentences: &[(Cidr, Offence, Duration)], now: Instant) {
+        if let Some(penalties) = &mut self.penalties {
+            penalties.restore(sentences, now);
+        }
+    }
+
     /// Whether `peer` may have a child now. An admitted connection spends a rate token; call
     /// [`Admission::started`] once its child runs.
     pub fn check(&mut self, peer: &Peer, now: Instant) -> Result<(), Refusal> {

@@ -131,6 +131,13 @@ impl fmt::Display for Offence {
 }
 
 impl Offence {
+    /// The offence a word of [`Offence`]'s `Display` names.
+    pub(crate) fn named(word: &str) -> Option<Offence> {
+        [Offence::Crash, Offence::Error, Offence::Timeout]
+            .into_iter()
+            .find(|o| o.to_string() == word)
+    }
+
     /// The offence in how a worker ended: `lifetime` when forkd ended it at
     /// `--max-lifetime`; `program` when a program's exit status (its own) is all there is.
     pub(crate) fn of(how: Ended, lifetime: bool, program: bool) -> Option<Offence> {
@@ -223,6 +230,28 @@ impl Penalties {
     }
 
     /// What `source` still serves: the last offence and the time left, if any.
+    /// The sentences being served, with what is left of each (an upgrade in place hands them
+    /// to the next image).
+    pub(crate) fn sentences(&self, now: Instant) -> Vec<(Cidr, Offence, Duration)> {
+        self.table
+            .iter()
+            .filter(|(_, s)| s.until > now)
+            .map(|(source, s)| (*source, s.last, s.until - now))
+            .collect()
+    }
+
+    /// Sentences the previous image handed over, served to their end here.
+    pub(crate) fn restore(&mut self, sentences: &[(Cidr, Offence, Duration)], now: Instant) {
+        for (source, last, left) in sentences {
+            let until = now + (*left).min(self.settings.max);
+            if self.table.contains_key(source) || !self.make_room(until, now) {
+                continue;
+            }
+            self.table.insert(*source, Sentence { until, last: *last });
+            self.ends.insert((until, *source));
+        }
+    }
+
     pub(crate) fn serving(&mut self, source: &Cidr, now: Instant) -> Option<(Offence, Duration)> {
         let sentence = *self.table.get(source)?;
         if sentence.until <= now {
@@ -357,5 +386,22 @@ mod tests {
         );
         assert_eq!(Offence::of(Ended::Exit(EXIT_BROKEN), false, true), None);
         assert_eq!(Offence::of(Ended::Exit(1), false, false), None);
+    }
+
+    #[test]
+    fn sentences_cross_to_another_table_with_what_is_left() {
+        let now = Instant::now();
+        let mut old = Penalties::new(settings());
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        old.penalise(ip, source("192.0.2.1"), Offence::Crash, now);
+        let handed = old.sentences(now + Duration::from_secs(10));
+        assert_eq!(handed.len(), 1);
+        assert_eq!(handed[0].2, Duration::from_secs(50));
+        let mut new = Penalties::new(settings());
+        let later = now + Duration::from_secs(10);
+        new.restore(&handed, later);
+        let (offence, left) = new.serving(&source("192.0.2.1"), later).unwrap();
+        assert_eq!((offence, left), (Offence::Crash, Duration::from_secs(50)));
+        assert_eq!(Offence::named("crash"), Some(Offence::Crash));
     }
 }

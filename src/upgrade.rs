@@ -3,8 +3,8 @@
 //! just before it); this is the description that goes with them, as JSON in a memfd whose
 //! number the new image finds in `FORKD_UPGRADE_FD`: each listener and what it was bound for,
 //! each running worker (pid, peer, age, lifetime left), the stderr pipes of programs, sockets
-//! draining and connections waiting for a PROXY header, the pidfile and systemd's
-//! notification socket.
+//! draining and connections waiting for a PROXY header, the pidfile, systemd's notification
+//! socket, and the penalties being served.
 //!
 //! Times cross as durations (an `Instant` means nothing to another image). The tables shared
 //! with workers (bytes per conversation, programs' process groups) are memfds: the new image
@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::cidr::Cidr;
 use crate::conn::Peer;
+use crate::penalty::Offence;
 
 /// The variable that names the state's descriptor in the new image.
 pub(crate) const ENV: &str = "FORKD_UPGRADE_FD";
@@ -67,6 +69,8 @@ pub(crate) struct Handover {
     /// The memfds of the tables shared with workers: byte counts and programs' groups.
     pub tally_table: Option<RawFd>,
     pub groups_table: Option<RawFd>,
+    /// `--penalty` sentences being served: the source, its last offence, the time left.
+    pub penalties: Vec<(Cidr, Offence, Duration)>,
 }
 
 impl Handover {
@@ -110,6 +114,9 @@ impl Handover {
             "relays": self.relays.iter().map(|(fd, pid)| json!([fd, pid])).collect::<Vec<_>>(),
             "drains": self.drains,
             "headers": self.headers.iter().map(|(fd, index)| json!([fd, index])).collect::<Vec<_>>(),
+            "penalties": self.penalties.iter().map(|(source, offence, left)| {
+                json!([source.to_string(), offence.to_string(), left.as_millis() as u64])
+            }).collect::<Vec<_>>(),
         })
     }
 
@@ -169,6 +176,14 @@ impl Handover {
             state
                 .headers
                 .push((fd(&h[0])?, h[1].as_u64().map(|i| i as usize)));
+        }
+        for p in array("penalties") {
+            let source = p[0].as_str().and_then(|s| s.parse().ok());
+            let offence = p[1].as_str().and_then(Offence::named);
+            let left = p[2].as_u64().map(Duration::from_millis);
+            if let (Some(source), Some(offence), Some(left)) = (source, offence, left) {
+                state.penalties.push((source, offence, left));
+            }
         }
         // Each descriptor is taken over once, by one owner: a state naming one twice would
         // have it closed under another.
@@ -289,6 +304,11 @@ mod tests {
             from_version: "0.1.0".into(),
             tally_table: Some(11),
             groups_table: None,
+            penalties: vec![(
+                "192.0.2.0/24".parse().unwrap(),
+                Offence::Timeout,
+                Duration::from_millis(2500),
+            )],
         };
         let back = Handover::from_json(&state.to_json()).unwrap();
         assert_eq!(back.to_json(), state.to_json());

@@ -325,3 +325,22 @@ fn upgrades_leak_no_descriptor_into_the_supervisor_or_its_workers() {
         .collect();
     assert!(!held.iter().any(|t| t.contains("memfd")), "{held:?}");
 }
+
+#[test]
+fn a_penalty_being_served_outlasts_an_upgrade() {
+    let bin = tempfile::tempdir().unwrap();
+    let program = installed(bin.path());
+    let mut server = Forkd::start_binary(program.to_str().unwrap(), &["--penalty", "error=60s"]);
+    let mut offender = Client::connect_from("127.0.0.7", &server.addr());
+    offender.send_raw(&[0, 0, 0, 0, 0x09]);
+    offender.expect_error(2);
+    server.wait_log(" penalty=error ");
+    replace(&program, Path::new(FORKD));
+    upgrade(&mut server, 1);
+    let mut again = Client::connect_from("127.0.0.7", &server.addr());
+    again.send(forkd::frame::Kind::Data, b"x");
+    let message = again.expect_error(5);
+    assert!(message.contains("penalised (error)"), "{message}");
+    let mut other = Client::connect_from("127.0.0.8", &server.addr());
+    assert_eq!(other.echo(b"fine").payload, b"fine");
+}

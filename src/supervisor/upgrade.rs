@@ -293,6 +293,7 @@ impl Supervisor {
             from_version: env!("CARGO_PKG_VERSION").to_string(),
             tally_table: self.tally.as_ref().and_then(|t| t.fd()),
             groups_table: crate::isolation::groups::table_fd(),
+            penalties: self.admission.sentences(now),
         }
     }
 }
@@ -362,6 +363,7 @@ impl Supervisor {
             self.headers.adopt(conn, origin, now + self.proxy_timeout);
         }
         self.accepted_total = state.accepted_total;
+        self.admission.restore_sentences(&state.penalties, now);
         // A worker that ended while the exec ran has a SIGCHLD pending for this image; one
         // that ended before may not: collected now either way.
         self.reap();
