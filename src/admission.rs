@@ -114,6 +114,24 @@ impl Admission {
             .map_or_else(Vec::new, |p| p.sentences(now))
     }
 
+    /// The rate buckets: each source, its tokens and how long since they were counted (an
+    /// upgrade in place hands them over).
+    pub fn buckets(&self, now: Instant) -> Vec<(Cidr, f64, Duration)> {
+        self.buckets
+            .iter()
+            .map(|(source, b)| (*source, b.tokens, now.saturating_duration_since(b.updated)))
+            .collect()
+    }
+
+    /// Rate buckets the previous image handed over (at most the table's size).
+    pub fn restore_buckets(&mut self, buckets: &[(Cidr, f64, Duration)], now: Instant) {
+        for (source, tokens, age) in buckets.iter().take(MAX_BUCKETS) {
+            let updated = now.checked_sub(*age).unwrap_or(now);
+            let tokens = tokens.max(0.0);
+            self.buckets.insert(*source, Bucket { tokens, updated });
+        }
+    }
+
     /// Penalties the previous image handed over, if this one penalises at all.
     pub fn restore_sentences(&mut self, sentences: &[(Cidr, Offence, Duration)], now: Instant) {
         if let Some(penalties) = &mut self.penalties {

@@ -4,7 +4,7 @@
 //! number the new image finds in `FORKD_UPGRADE_FD`: each listener and what it was bound for,
 //! each running worker (pid, peer, age, lifetime left), the stderr pipes of programs, sockets
 //! draining and connections waiting for a PROXY header, the pidfile, systemd's notification
-//! socket, and the penalties being served.
+//! socket, and the penalties being served and rate buckets.
 //!
 //! Times cross as durations (an `Instant` means nothing to another image). The tables shared
 //! with workers (bytes per conversation, programs' process groups) are memfds: the new image
@@ -71,6 +71,8 @@ pub(crate) struct Handover {
     pub groups_table: Option<RawFd>,
     /// `--penalty` sentences being served: the source, its last offence, the time left.
     pub penalties: Vec<(Cidr, Offence, Duration)>,
+    /// `--rate` buckets: the source, its tokens, how long since they were counted.
+    pub buckets: Vec<(Cidr, f64, Duration)>,
 }
 
 impl Handover {
@@ -116,6 +118,9 @@ impl Handover {
             "headers": self.headers.iter().map(|(fd, index)| json!([fd, index])).collect::<Vec<_>>(),
             "penalties": self.penalties.iter().map(|(source, offence, left)| {
                 json!([source.to_string(), offence.to_string(), left.as_millis() as u64])
+            }).collect::<Vec<_>>(),
+            "buckets": self.buckets.iter().map(|(source, tokens, age)| {
+                json!([source.to_string(), tokens, age.as_millis() as u64])
             }).collect::<Vec<_>>(),
         })
     }
@@ -183,6 +188,13 @@ impl Handover {
             let left = p[2].as_u64().map(Duration::from_millis);
             if let (Some(source), Some(offence), Some(left)) = (source, offence, left) {
                 state.penalties.push((source, offence, left));
+            }
+        }
+        for b in array("buckets") {
+            let source = b[0].as_str().and_then(|s| s.parse().ok());
+            let (tokens, age) = (b[1].as_f64(), b[2].as_u64().map(Duration::from_millis));
+            if let (Some(source), Some(tokens), Some(age)) = (source, tokens, age) {
+                state.buckets.push((source, tokens, age));
             }
         }
         // Each descriptor is taken over once, by one owner: a state naming one twice would
@@ -309,6 +321,7 @@ mod tests {
                 Offence::Timeout,
                 Duration::from_millis(2500),
             )],
+            buckets: vec![("10.0.0.1".parse().unwrap(), 0.5, Duration::from_millis(40))],
         };
         let back = Handover::from_json(&state.to_json()).unwrap();
         assert_eq!(back.to_json(), state.to_json());

@@ -344,3 +344,19 @@ fn a_penalty_being_served_outlasts_an_upgrade() {
     let mut other = Client::connect_from("127.0.0.8", &server.addr());
     assert_eq!(other.echo(b"fine").payload, b"fine");
 }
+
+#[test]
+fn a_rate_limit_spent_before_an_upgrade_stays_spent() {
+    let bin = tempfile::tempdir().unwrap();
+    let program = installed(bin.path());
+    let mut server = Forkd::start_binary(program.to_str().unwrap(), &["--rate", "2/60s"]);
+    for _ in 0..2 {
+        let mut client = Client::connect_from("127.0.0.9", &server.addr());
+        assert_eq!(client.echo(b"ok").payload, b"ok");
+    }
+    replace(&program, Path::new(FORKD));
+    upgrade(&mut server, 1);
+    let mut third = Client::connect_from("127.0.0.9", &server.addr());
+    third.send(forkd::frame::Kind::Data, b"x");
+    third.expect_error(6);
+}

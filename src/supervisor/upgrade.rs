@@ -294,6 +294,7 @@ impl Supervisor {
             tally_table: self.tally.as_ref().and_then(|t| t.fd()),
             groups_table: crate::isolation::groups::table_fd(),
             penalties: self.admission.sentences(now),
+            buckets: self.admission.buckets(now),
         }
     }
 }
@@ -364,6 +365,7 @@ impl Supervisor {
         }
         self.accepted_total = state.accepted_total;
         self.admission.restore_sentences(&state.penalties, now);
+        self.admission.restore_buckets(&state.buckets, now);
         // A worker that ended while the exec ran has a SIGCHLD pending for this image; one
         // that ended before may not: collected now either way.
         self.reap();
