@@ -443,6 +443,28 @@ impl Listener {
     }
 }
 
+/// Sets `config`'s options on each of `listeners` ([`Listener::pass_on_options`]); the first
+/// that failed, named. `program`: a program run by the exec handler owns its socket, so no
+/// timeout is passed on to it.
+pub(crate) fn pass_on_all(
+    listeners: &mut [Listener],
+    config: &crate::config::Config,
+    program: bool,
+) -> Result<(), String> {
+    let timeout = config.idle_timeout.filter(|_| !program);
+    let mut first = Ok(());
+    for listener in listeners {
+        let set = listener.pass_on_options(config.keepalive, timeout, config.defer_accept);
+        if let (Err(e), Ok(())) = (set, &first) {
+            first = Err(format!(
+                "cannot set options on {}: {e}",
+                listener.local_name()
+            ));
+        }
+    }
+    first
+}
+
 /// Options for a connected socket: blocking mode (the handler reads and writes blocking) and,
 /// for TCP, TCP_NODELAY so a small reply leaves at once instead of waiting on Nagle's
 /// algorithm, and SO_KEEPALIVE (unless `--no-keepalive`) so a peer that vanished without a

@@ -109,10 +109,9 @@ mod vfork {
             libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), saved.as_mut_ptr());
             saved.assume_init()
         };
-        // SAFETY: CLONE_VFORK suspends this thread until the child has exec'd or exited, so
-        // `plan`, the argument arrays and the stack outlive every use the child makes of
-        // them; the child runs only `child`, which makes system calls and writes nothing but
-        // `plan.error`.
+        // SAFETY: CLONE_VFORK suspends this thread until the child exec'd or exited, so `plan`,
+        // the arguments and the stack outlive the child's use of them; the child runs only
+        // `child`, which makes system calls and writes nothing but `plan.error`.
         let pid = unsafe {
             libc::clone(
                 child,

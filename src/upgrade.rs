@@ -240,13 +240,7 @@ pub(crate) fn take() -> Result<Option<Handover>, String> {
         .to_str()
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| format!("{ENV}={number:?} is not a descriptor"))?;
-    // A number that is not an open descriptor must not become an OwnedFd.
-    // SAFETY: F_GETFD on any number only asks.
-    if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
-        return Err(format!("{ENV}={raw}: not an open descriptor"));
-    }
-    // SAFETY: open, checked above, and handed to this image alone.
-    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    let mut file = std::fs::File::from(handed(raw).map_err(|e| format!("{ENV}: {e}"))?);
     let mut text = String::new();
     // Bounded: a state is a few hundred bytes per worker.
     Read::by_ref(&mut file)
@@ -255,6 +249,18 @@ pub(crate) fn take() -> Result<Option<Handover>, String> {
         .map_err(|e| format!("upgrade state: {e}"))?;
     let value: Value = serde_json::from_str(&text).map_err(|e| format!("upgrade state: {e}"))?;
     Handover::from_json(&value).map(Some)
+}
+
+/// Descriptor `fd`, which the previous image handed over and the state names, taken as this
+/// image's own: checked to be open first (a number that is not must not become an OwnedFd).
+pub(crate) fn handed(fd: RawFd) -> Result<OwnedFd, String> {
+    // SAFETY: F_GETFD on any number only asks.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(format!("descriptor {fd} was not handed over"));
+    }
+    // SAFETY: open, and handed to this image alone by the state that names it, once (a state
+    // naming a descriptor twice is refused when read).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Clears (`keep`) or sets close-on-exec on `fds`.

@@ -546,19 +546,12 @@ impl Supervisor {
                 ),
             ),
         };
-        let now = Instant::now();
-        if self.rejects.admit_line(now) {
-            log::warn!(
-                "reject peer={} listen={} reason=proxy-header code={} error={}{}",
-                conn.who(),
-                self.origin(origin),
-                code as u16,
-                quote(&why),
-                self.active_field()
-            );
-        }
-        let error = Frame::error(code, &format!("PROXY protocol header expected: {why}"));
-        self.drains.reject(conn.stream, &error, now);
+        let refusal = Refusal {
+            code,
+            reason: "proxy-header",
+            message: format!("PROXY protocol header expected: {why}"),
+        };
+        self.refuse(conn, origin, refusal, Some(&why));
     }
 
     /// Admission, then a child, or a rejection.
@@ -602,10 +595,19 @@ impl Supervisor {
     }
 
     fn reject(&mut self, conn: Connection, listen: Origin, refusal: Refusal) {
+        self.refuse(conn, listen, refusal, None);
+    }
+
+    /// A `reject` line (bounded per second), with ` error=` when there is more to say than
+    /// the reason word, then the ERROR frame and the lingering close.
+    fn refuse(&mut self, conn: Connection, listen: Origin, refusal: Refusal, error: Option<&str>) {
         let now = Instant::now();
         if self.rejects.admit_line(now) {
+            let error = error
+                .map(|e| format!(" error={}", quote(e)))
+                .unwrap_or_default();
             log::warn!(
-                "reject peer={} listen={} reason={} code={}{}",
+                "reject peer={} listen={} reason={} code={}{error}{}",
                 conn.who(),
                 self.origin(listen),
                 refusal.reason,

@@ -66,20 +66,14 @@ impl Supervisor {
             added.iter().for_each(Listener::remove_socket_file);
             return Err(why);
         }
-        // Nothing fails from here on.
+        // Nothing fails from here on. The listeners kept take the new options (the added
+        // ones have them already).
         self.remove_listeners(&new);
+        if let Err(why) = listen::pass_on_all(&mut self.listeners, &new, self.work.is_program()) {
+            log::warn!("status reason={}", quote(&why));
+        }
         self.listeners.extend(added);
         self.listener_names = self.listeners.iter().map(Listener::local_name).collect();
-        let timeout = new.idle_timeout.filter(|_| !self.work.is_program());
-        for listener in &mut self.listeners {
-            if let Err(e) = listener.pass_on_options(new.keepalive, timeout, new.defer_accept) {
-                log::warn!(
-                    "status listen={} reason={}",
-                    listener.local_name(),
-                    quote(&format!("socket options: {e}"))
-                );
-            }
-        }
         let counts_sources = self.work.counts_sources();
         self.admission
             .reconfigure(new.admission.clone(), counts_sources, self.workers.peers());
@@ -123,13 +117,7 @@ impl Supervisor {
         };
         let mut bound =
             listen::bind_all(&added, new.backlog, socket_file).map_err(|e| e.to_string())?;
-        let timeout = new.idle_timeout.filter(|_| !self.work.is_program());
-        let refused = bound.iter_mut().find_map(|listener| {
-            let set = listener.pass_on_options(new.keepalive, timeout, new.defer_accept);
-            set.err()
-                .map(|e| format!("cannot set options on {}: {e}", listener.local_name()))
-        });
-        if let Some(why) = refused {
+        if let Err(why) = listen::pass_on_all(&mut bound, new, self.work.is_program()) {
             bound.iter().for_each(Listener::remove_socket_file);
             return Err(why);
         }

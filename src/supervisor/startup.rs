@@ -3,7 +3,7 @@
 //! sockets inherit, takes the signals, writes the pidfile, drops privileges, logs the start
 //! line, picks the isolation model, and hands over to the loop.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use super::{Origin, Supervisor};
@@ -18,7 +18,7 @@ use crate::pidfile::Pidfile;
 use crate::privilege;
 use crate::sandbox::Prepared;
 use crate::signals::Signals;
-use crate::upgrade::Handover;
+use crate::upgrade::{Handover, handed};
 
 /// Serves `config` with `work` until SIGTERM/SIGINT (or, with `--inetd`, until its connection
 /// ends), then cleans up. Errors are the start-up failures, as one line each.
@@ -48,7 +48,7 @@ pub(crate) fn run(config: &Config, work: Work, start: Start) -> Result<(), Strin
     // Taken first, while still root (so it may live in /run): a second instance is refused
     // before it binds anything. At an upgrade, the lock held all along is taken over.
     let pidfile = match upgraded.as_mut().and_then(|u| u.pidfile.take()) {
-        Some((fd, path)) => Some(Pidfile::adopt(adopt_fd(fd)?, Path::new(&path))?),
+        Some((fd, path)) => Some(Pidfile::adopt(handed(fd)?, Path::new(&path))?),
         None => config.pidfile.as_deref().map(Pidfile::take).transpose()?,
     };
     let notifier = match upgraded.as_ref() {
@@ -80,14 +80,7 @@ pub(crate) fn run(config: &Config, work: Work, start: Start) -> Result<(), Strin
         e
     };
     let mut listeners = listeners;
-    // A program run by the exec handler owns its socket: no timeouts for it.
-    let timeout = config.idle_timeout.filter(|_| !work.is_program());
-    let refused = listeners.iter_mut().find_map(|listener| {
-        let set = listener.pass_on_options(config.keepalive, timeout, config.defer_accept);
-        set.err()
-            .map(|e| format!("cannot set options on {}: {e}", listener.local_name()))
-    });
-    if let Some(e) = refused {
+    if let Err(e) = listen::pass_on_all(&mut listeners, config, work.is_program()) {
         return Err(cleanup(&listeners, e));
     }
     if let Some(conn) = &inetd_connection {
@@ -273,16 +266,6 @@ fn proxy_fields(config: &Config) -> String {
     )
 }
 
-/// A descriptor the previous image handed over, checked to be open.
-fn adopt_fd(fd: RawFd) -> Result<OwnedFd, String> {
-    // SAFETY: F_GETFD on any number only asks.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(format!("upgrade: descriptor {fd} was not handed over"));
-    }
-    // SAFETY: open, and handed to this image alone by the state that names it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// The listeners the previous image handed over, as they were.
 fn adopt_listeners(state: &Handover) -> Result<Vec<Listener>, String> {
     state
@@ -291,7 +274,7 @@ fn adopt_listeners(state: &Handover) -> Result<Vec<Listener>, String> {
         .map(|l| {
             let bound_for = l.bound_for.as_deref().and_then(|a| a.parse().ok());
             Listener::adopted(
-                adopt_fd(l.fd)?,
+                handed(l.fd)?,
                 bound_for,
                 l.name.clone(),
                 l.handed_over,

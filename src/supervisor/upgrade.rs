@@ -25,7 +25,7 @@ use super::workers::WorkerRecord;
 use super::{Origin, Supervisor};
 use crate::conn::{Connection, Stream};
 use crate::logging::quote;
-use crate::upgrade::{Handover, ListenerState, WorkerState, keep_across_exec};
+use crate::upgrade::{Handover, ListenerState, WorkerState, handed, keep_across_exec};
 
 /// How long the new binary's `--check` may take.
 const CHECK_TIME: Duration = Duration::from_secs(10);
@@ -385,14 +385,4 @@ fn is_my_child(pid: i32) -> bool {
     use nix::sys::wait::{Id, WaitPidFlag, waitid};
     let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
     pid > 0 && waitid(Id::Pid(nix::unistd::Pid::from_raw(pid)), flags).is_ok()
-}
-
-/// A descriptor named by the handed-over state, checked to be open.
-fn handed(fd: std::os::fd::RawFd) -> Result<OwnedFd, ()> {
-    // SAFETY: F_GETFD on any number only asks.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(());
-    }
-    // SAFETY: open, and handed to this image alone by the state that names it.
-    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
 }
