@@ -298,6 +298,9 @@ impl Listener {
 
     /// Accepts one connection (the socket close-on-exec), or `WouldBlock`.
     pub fn accept(&self) -> io::Result<Connection> {
+        if let Some(accepted) = self.accept_through_gate() {
+            return accepted;
+        }
         match &self.socket {
             Socket::Tcp(l) => {
                 let (stream, addr) = l.accept()?;
@@ -314,6 +317,58 @@ impl Listener {
                 Ok(Connection::new(Stream::Unix(stream), peer, None))
             }
         }
+    }
+
+    /// [`Listener::accept`] for a supervisor under its workers' seccomp filter
+    /// (`--sandbox`), which refuses accept but through the gate: `None` elsewhere.
+    fn accept_through_gate(&self) -> Option<io::Result<Connection>> {
+        // SAFETY: all-zero bytes are a valid sockaddr_storage.
+        let mut address: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut length = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let listener = match &self.socket {
+            Socket::Tcp(l) => l.as_raw_fd(),
+            Socket::Unix(l) => l.as_raw_fd(),
+        };
+        let args = [
+            listener as usize,
+            &raw mut address as usize,
+            &raw mut length as usize,
+            libc::SOCK_CLOEXEC as usize,
+            0,
+        ];
+        // SAFETY: accept4 writes at most `length` bytes at `address`, and the length back.
+        let result = unsafe { crate::sandbox::through_gate(libc::SYS_accept4, args) }?;
+        if result < 0 {
+            return Some(Err(io::Error::from_raw_os_error(-result as i32)));
+        }
+        // SAFETY: accept4 returned a new descriptor, which nothing else owns.
+        let socket = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(result as RawFd) };
+        Some(match &self.socket {
+            Socket::Tcp(_) => {
+                // SAFETY: the kernel wrote `length` bytes of a socket address at `address`.
+                let peer = unsafe {
+                    socket::SockaddrStorage::from_raw((&raw const address).cast(), Some(length))
+                };
+                let peer = peer.and_then(|p| match (p.as_sockaddr_in(), p.as_sockaddr_in6()) {
+                    (Some(v4), _) => Some(SocketAddr::V4((*v4).into())),
+                    (_, Some(v6)) => Some(SocketAddr::V6((*v6).into())),
+                    _ => None,
+                });
+                match peer {
+                    Some(addr) => Ok(Connection::new(
+                        Stream::Tcp(std::net::TcpStream::from(socket)),
+                        Peer::Tcp(addr),
+                        self.passed_timeout,
+                    )),
+                    None => Err(io::Error::other("accept4: not an internet address")),
+                }
+            }
+            Socket::Unix(_) => {
+                let stream = std::os::unix::net::UnixStream::from(socket);
+                let peer = Peer::of_unix(&stream);
+                Ok(Connection::new(Stream::Unix(stream), peer, None))
+            }
+        })
     }
 
     /// The name systemd gave the socket, if it did.

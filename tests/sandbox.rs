@@ -418,3 +418,163 @@ fn a_sandboxed_child_that_makes_the_log_blocking_cannot_stall_the_supervisor() {
         .sum();
     assert_eq!(errors, 0, "{out}");
 }
+
+/// The seccomp filter a process runs under, read as root through ptrace (the process is
+/// stopped for the moment it takes).
+fn filter_of(pid: i32) -> Vec<libc::sock_filter> {
+    const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+    // SAFETY: ptrace requests on a process this test started; the buffer holds `count`
+    // instructions when the kernel writes them.
+    unsafe {
+        assert_eq!(libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0), 0, "attach");
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid, &mut status, libc::__WALL), pid);
+        let count = libc::ptrace(PTRACE_SECCOMP_GET_FILTER, pid, 0, 0);
+        assert!(count > 0, "{}", std::io::Error::last_os_error());
+        let mut program = vec![
+            libc::sock_filter {
+                code: 0,
+                jt: 0,
+                jf: 0,
+                k: 0
+            };
+            count as usize
+        ];
+        let got = libc::ptrace(PTRACE_SECCOMP_GET_FILTER, pid, 0, program.as_mut_ptr());
+        assert_eq!(libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0), 0, "detach");
+        assert_eq!(got, count);
+        program
+    }
+}
+
+/// The constant the filter compares the sixth argument with: the supervisor's secret. The
+/// filter loads each half of argument 5 (bytes 56 and 60 of seccomp_data) and compares it.
+fn secret_in(program: &[libc::sock_filter]) -> u64 {
+    let half = |offset: u32| {
+        let mut counts = std::collections::HashMap::new();
+        for pair in program.windows(2) {
+            let load = pair[0].code == (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+            let compare = pair[1].code == (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+            if load && compare && pair[0].k == offset {
+                *counts.entry(pair[1].k).or_insert(0) += 1;
+            }
+        }
+        let (value, _) = counts
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .expect("argument 5");
+        u64::from(value)
+    };
+    half(56) | half(60) << 32
+}
+
+/// Where `secret` occurs in the readable memory of process `pid`: its 8 bytes, or a filter
+/// instruction comparing with one of its halves (a copy of the sealed program).
+fn occurrences(pid: i32, secret: u64) -> Vec<String> {
+    use std::os::unix::fs::FileExt;
+    let needle = secret.to_ne_bytes();
+    let halves = [
+        (secret as u32).to_ne_bytes(),
+        ((secret >> 32) as u32).to_ne_bytes(),
+    ];
+    let jeq = ((libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16).to_ne_bytes();
+    let found_in = |window: &[u8]| {
+        window == needle || (window[..2] == jeq && halves.iter().any(|h| window[4..] == *h))
+    };
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut found = Vec::new();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (range, perms) = (fields.next().unwrap(), fields.next().unwrap());
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.contains("[vvar_") {
+            continue;
+        }
+        let (start, end) = range.split_once('-').unwrap();
+        let start = u64::from_str_radix(start, 16).unwrap();
+        let end = u64::from_str_radix(end, 16).unwrap();
+        let mut bytes = vec![0u8; (end - start) as usize];
+        if mem.read_exact_at(&mut bytes, start).is_err() {
+            continue;
+        }
+        for (offset, window) in bytes.windows(8).enumerate() {
+            if found_in(window) {
+                found.push(format!("{:x} in {line}", start + offset as u64));
+            }
+        }
+    }
+    found
+}
+
+fn status_field(pid: i32, key: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+    line[key.len()..].trim().to_string()
+}
+
+#[test]
+fn workers_inherit_the_supervisors_filter_and_not_its_secret() {
+    let mut server = Forkd::start_faults(&["--sandbox"]);
+    server.wait_log("sandbox for=handler");
+    let supervisor = server.pid;
+    // The supervisor runs under one filter, not dumpable, with no_new_privs.
+    assert_eq!(status_field(supervisor, "Seccomp_filters:"), "1");
+    assert_eq!(status_field(supervisor, "NoNewPrivs:"), "1");
+    let mut client = Client::connect(&server.addr());
+    assert_eq!(ask(&mut client, "hello"), "hello");
+    let worker = server.child_for(client.stream());
+    // The worker inherited it and installed none of its own.
+    assert_eq!(status_field(worker, "Seccomp_filters:"), "1");
+    let secret = secret_in(&filter_of(supervisor));
+    assert_ne!(secret, 0);
+    // The supervisor holds the secret in its one page, and nowhere else (any other copy would
+    // be a worker's at the next fork); a worker holds it nowhere.
+    let held = occurrences(supervisor, secret);
+    assert_eq!(held.len(), 1, "{held:#?}");
+    assert_eq!(occurrences(worker, secret), Vec::<String>::new());
+    // The worker is still confined, and serves.
+    assert_eq!(ask(&mut client, "open /etc/passwd"), "denied: EACCES");
+    assert_eq!(ask(&mut client, "exec /bin/true"), "denied: EPERM");
+    assert_eq!(ask(&mut client, "hello"), "hello");
+}
+
+#[test]
+fn a_supervisor_under_the_filter_still_reloads_ends_workers_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("forkd.toml");
+    let port = common::free_port();
+    let file = |ports: &[u16]| {
+        let listen: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+        format!(
+            "listen = [{}]\nlog = \"stderr\"\nsandbox = \"best-effort\"\nmax-lifetime = \"1s\"\n",
+            listen.join(", ")
+        )
+    };
+    std::fs::write(&path, file(&[port])).unwrap();
+    let mut cmd = Command::new(common::FORKD);
+    cmd.arg("--config").arg(&path);
+    let mut server = Forkd::start_with(&mut cmd, dir);
+    server.wait_log("sandbox for=handler");
+    assert_eq!(status_field(server.pid, "Seccomp_filters:"), "1");
+    // A reload binds a new listener (socket, bind, listen: calls the workers may not make).
+    let added = common::free_port();
+    std::fs::write(&path, file(&[port, added])).unwrap();
+    server.signal(libc::SIGHUP);
+    let line = server.wait_log(" reload=");
+    assert!(line.contains(" reload=applied "), "{line}");
+    let mut client = Client::connect(&format!("127.0.0.1:{added}").parse().unwrap());
+    assert_eq!(client.echo(b"new").payload, b"new");
+    // --max-lifetime ends a worker (kill), which is then reaped.
+    let worker = server.child_for(client.stream());
+    server.wait_log(&format!("pid={worker} status=signal:SIGTERM"));
+    // An upgrade in place is refused, saying why.
+    server.signal(libc::SIGUSR2);
+    let refused = server.wait_log(" upgrade=refused ");
+    assert!(refused.contains("system call filter"), "{refused}");
+    // And the server still serves, then stops cleanly.
+    let mut again = Client::connect(&server.addr());
+    assert_eq!(again.echo(b"still").payload, b"still");
+    drop(again);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success());
+}

@@ -82,8 +82,11 @@ fn confine(setup: &ChildSetup) -> Result<(), String> {
     // Not dumpable: a program it starts cannot ptrace it (Landlock allows ptrace within a
     // domain), nor can another process of the user. (Not for a program's vfork-style child,
     // which shares the supervisor's memory, and so this flag; a program's exec resets it.)
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    // A supervisor under the workers' filter is not dumpable itself, and fork keeps that.
+    if !sandbox.inherits_filter() {
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    }
     sandbox
         .apply()
         .map_err(|(step, e)| format!("--sandbox: {step}: {e}"))
@@ -105,7 +108,16 @@ pub(crate) unsafe fn fork_worker(
     debug_assert_single_threaded();
     // SAFETY: the caller guarantees a single-threaded process (asserted above in debug
     // builds), so the child is a full copy with no lock held by a vanished thread.
-    match unsafe { nix::unistd::fork() } {
+    let forked = match crate::sandbox::fork_through_gate() {
+        Some(0) => Ok(ForkResult::Child),
+        Some(pid) if pid > 0 => Ok(ForkResult::Parent {
+            child: Pid::from_raw(pid as i32),
+        }),
+        Some(error) => Err(Errno::from_raw(-error as i32)),
+        // SAFETY: as above.
+        None => unsafe { nix::unistd::fork() },
+    };
+    match forked {
         Ok(ForkResult::Parent { child }) => Ok(child),
         Ok(ForkResult::Child) => run_child(conn, setup, job),
         Err(e) => Err((e, conn)),

@@ -13,6 +13,12 @@ const SECBIT_NOROOT_LOCKED: libc::c_ulong = 1 << 1;
 const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
 const SECBIT_NO_SETUID_FIXUP_LOCKED: libc::c_ulong = 1 << 3;
 const SECBIT_KEEP_CAPS_LOCKED: libc::c_ulong = 1 << 5;
+/// What a worker sets: root's capabilities stay dropped, and that is locked.
+pub(super) const SECUREBITS: libc::c_ulong = SECBIT_NOROOT
+    | SECBIT_NOROOT_LOCKED
+    | SECBIT_NO_SETUID_FIXUP
+    | SECBIT_NO_SETUID_FIXUP_LOCKED
+    | SECBIT_KEEP_CAPS_LOCKED;
 
 /// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
 const VERSION_3: u32 = 0x2008_0522;
@@ -48,11 +54,7 @@ pub(super) fn drop_all() -> Result<(), Errno> {
     // Root's capabilities come back at exec unless SECBIT_NOROOT says otherwise. Setting the
     // bits takes CAP_SETPCAP: without it (capabilities without root) there is nothing root
     // could regain, and the failure is ignored.
-    let bits = SECBIT_NOROOT
-        | SECBIT_NOROOT_LOCKED
-        | SECBIT_NO_SETUID_FIXUP
-        | SECBIT_NO_SETUID_FIXUP_LOCKED
-        | SECBIT_KEEP_CAPS_LOCKED;
+    let bits = SECUREBITS;
     // SAFETY: prctl with integer arguments.
     let secured = unsafe { libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0) };
     if secured != 0 && Errno::last() != Errno::EPERM {

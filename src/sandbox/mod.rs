@@ -26,6 +26,8 @@
 #[cfg(target_os = "linux")]
 mod capabilities;
 #[cfg(target_os = "linux")]
+pub(crate) mod gate;
+#[cfg(target_os = "linux")]
 mod landlock;
 #[cfg(target_os = "linux")]
 mod seccomp;
@@ -35,6 +37,31 @@ mod trap;
 use std::fmt;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+
+/// Makes system call `nr` through the gate when this process is a supervisor under its
+/// workers' filter ([`gate`]): the raw result. `None` otherwise: make the call as usual.
+///
+/// # Safety
+///
+/// As for the system call itself: pointers among `args` must be what it expects.
+pub(crate) unsafe fn through_gate(nr: libc::c_long, args: [usize; 5]) -> Option<isize> {
+    #[cfg(target_os = "linux")]
+    if gate::armed() {
+        // SAFETY: the caller vouches for the call.
+        return Some(unsafe { gate::call(nr, args) });
+    }
+    let _ = (nr, args);
+    None
+}
+
+/// Forks through the gate where this process is a supervisor under its workers' filter
+/// ([`gate::fork`]); `None` otherwise.
+pub(crate) fn fork_through_gate() -> Option<isize> {
+    #[cfg(target_os = "linux")]
+    return gate::fork();
+    #[cfg(not(target_os = "linux"))]
+    None
+}
 
 /// What `--sandbox` asks of each worker; see the module documentation of what it confines.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -248,6 +275,12 @@ pub(crate) struct Prepared {
     /// The seccomp filter: the allow list for handlers, the guard for programs.
     #[cfg(target_os = "linux")]
     filter: Option<seccomp::Filter>,
+    /// The allow list with the supervisor's gate, for [`Prepared::confine_supervisor`]; taken
+    /// (and erased) when installed.
+    #[cfg(target_os = "linux")]
+    supervisor_filter: std::sync::Mutex<Option<seccomp::Filter>>,
+    /// Whether the supervisor runs under the allow list, which its workers then inherit.
+    inherited: std::sync::atomic::AtomicBool,
     /// Whether the supervisor holds capabilities (root, say) that a worker must give up.
     drop_capabilities: bool,
     /// What the kernel offered, and to whom, for the start line.
@@ -309,13 +342,19 @@ impl Prepared {
                 (false, _) => None,
                 (true, true) => {
                     trap::install()?;
-                    Some(seccomp::filter()?)
+                    Some(seccomp::filter(false)?)
                 }
                 (true, false) => Some(seccomp::guard()?),
+            };
+            let supervisor_filter = match (support.seccomp && gate::AVAILABLE, in_process) {
+                (true, true) => Some(seccomp::filter(true)?),
+                _ => None,
             };
             Ok(Prepared {
                 ruleset,
                 filter,
+                supervisor_filter: std::sync::Mutex::new(supervisor_filter),
+                inherited: std::sync::atomic::AtomicBool::new(false),
                 drop_capabilities: capabilities::held(),
                 support,
                 in_process,
@@ -326,6 +365,7 @@ impl Prepared {
             let _ = who;
             Ok(Prepared {
                 ruleset: None,
+                inherited: std::sync::atomic::AtomicBool::new(false),
                 drop_capabilities: false,
                 support,
                 in_process,
@@ -345,6 +385,54 @@ impl Prepared {
         !self.support.missing(self.in_process).is_empty()
     }
 
+    /// Puts the supervisor itself under the workers' allow list, with its gate
+    /// ([`gate`]), so that each worker inherits the filter at fork instead of installing its
+    /// own. For in-process workers of the fork model only (a program must not inherit it,
+    /// and under inetd the one process would hold the secret). Whether it did: where the
+    /// kernel or the architecture has no gate, workers install the filter themselves.
+    pub(crate) fn confine_supervisor(&self) -> Result<bool, String> {
+        #[cfg(target_os = "linux")]
+        {
+            let taken = self
+                .supervisor_filter
+                .lock()
+                .ok()
+                .and_then(|mut f| f.take());
+            let Some(mut filter) = taken else {
+                return Ok(false);
+            };
+            if !gate::open() {
+                return Ok(false);
+            }
+            // no_new_privs, which a filter needs, and not dumpable: no process of the same
+            // user may read the supervisor's memory or its calls' arguments (/proc/PID/mem,
+            // /proc/PID/syscall), where the secret could be found. Workers inherit both.
+            // SAFETY: prctl with integer arguments.
+            if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0
+                || unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0
+            {
+                return Err(format!(
+                    "--sandbox: no_new_privs: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            let installed = filter.install_sealed();
+            gate::clear_stack();
+            gate::clear_registers();
+            installed.map_err(|e| format!("--sandbox: seccomp filter: {e}"))?;
+            self.inherited
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            Ok(true)
+        }
+        #[cfg(not(target_os = "linux"))]
+        Ok(false)
+    }
+
+    /// Whether workers inherit the allow list from the supervisor.
+    pub(crate) fn inherits_filter(&self) -> bool {
+        self.inherited.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Confines the calling process: no_new_privs, the Landlock domain, the seccomp filter,
     /// in that order (each later step needs the earlier). Only system calls, no allocation:
     /// safe in a vfork-style child. The error names the step that failed.
@@ -352,8 +440,11 @@ impl Prepared {
         #[cfg(target_os = "linux")]
         {
             use nix::errno::Errno;
+            // A supervisor under the workers' filter has no_new_privs, which fork keeps.
             // SAFETY: prctl with integer arguments only.
-            if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            if !self.inherits_filter()
+                && unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0
+            {
                 return Err(("no_new_privs", Errno::last()));
             }
             if self.drop_capabilities {
@@ -362,7 +453,9 @@ impl Prepared {
             if let Some(ruleset) = &self.ruleset {
                 landlock::restrict_self(ruleset.as_raw_fd()).map_err(|e| ("landlock", e))?;
             }
-            if let Some(filter) = &self.filter {
+            if let Some(filter) = &self.filter
+                && !self.inherits_filter()
+            {
                 filter.install().map_err(|e| ("seccomp", e))?;
             }
         }

@@ -98,6 +98,10 @@ const ALLOWED: &[&str] = &[
     "getgid",
     "getegid",
     "getrusage",
+    // Waiting for its children, which it cannot have (the supervisor, under the same filter,
+    // reaps with them).
+    "wait4",
+    "waitid",
     "sched_getaffinity",
     "uname",
     "getrandom",
@@ -105,6 +109,10 @@ const ALLOWED: &[&str] = &[
     "rt_sigprocmask",
     "rt_sigreturn",
     "sigaltstack",
+    // Restricting itself further, as a worker does before serving when it inherits the
+    // filter from the supervisor ([`super::gate`]): a Landlock domain, fewer capabilities.
+    "landlock_restrict_self",
+    "capset",
     "tgkill",
     // Threads and the end.
     "set_robust_list",
@@ -126,7 +134,6 @@ const KILLING: &[&str] = &[
     "setgroups",
     "setfsuid",
     "setfsgid",
-    "capset",
 ];
 
 /// The clone flags that make a namespace.
@@ -146,6 +153,10 @@ const IOCTLS: &[u64] = &[
     libc::FIONREAD as u64,
     libc::FIOCLEX as u64,
 ];
+
+/// The secure bits a worker sets ([`super::capabilities`]), as the filter compares them.
+#[allow(clippy::unnecessary_cast)] // c_ulong is 32 bits on some systems.
+const SECUREBITS: u64 = super::capabilities::SECUREBITS as u64;
 
 /// The compiled filter, ready to install.
 pub(super) struct Filter(Vec<libc::sock_filter>);
@@ -169,6 +180,23 @@ impl Filter {
             )
         };
         if rc == 0 { Ok(()) } else { Err(Errno::last()) }
+    }
+}
+
+impl Filter {
+    /// Installs it with the gate's secret in place of its placeholder, then erases this copy
+    /// ([`super::gate`]): the program in memory would otherwise tell every worker the secret.
+    pub(super) fn install_sealed(&mut self) -> Result<(), String> {
+        let (low, high) = super::gate::seal(&mut self.0);
+        let installed = if low == 0 || low != high {
+            Err(format!(
+                "the gate's placeholder found {low} and {high} times"
+            ))
+        } else {
+            self.install().map_err(|e| e.to_string())
+        };
+        super::gate::erase(&mut self.0);
+        installed
     }
 }
 
@@ -213,27 +241,43 @@ fn context(default: ScmpAction) -> Result<ScmpFilterContext, libseccomp::error::
     Ok(ctx)
 }
 
-/// The filter: see the module documentation.
-pub(super) fn filter() -> Result<Filter, String> {
+/// The filter: see the module documentation. `gated`: the supervisor installs it on itself
+/// and its workers inherit it ([`super::gate`]): every call is also allowed with the gate's
+/// placeholder as sixth argument, and the workers' own setup (their process group, limits,
+/// priority, no_new_privs, dumpable flag, secure bits), which then runs under it, is allowed
+/// in the form a worker makes it.
+pub(super) fn filter(gated: bool) -> Result<Filter, String> {
     let failed = |e: libseccomp::error::SeccompError| format!("--sandbox: seccomp filter: {e}");
     let mut ctx = context(ScmpAction::Trap).map_err(failed)?;
-    let each = |names: &[&str], action: ScmpAction, ctx: &mut ScmpFilterContext| {
-        for name in names {
-            // A name this architecture lacks (x86_64's legacy calls elsewhere) is skipped.
-            if let Ok(call) = ScmpSyscall::from_name(name) {
-                ctx.add_rule(action, call).map_err(failed)?;
-            }
-        }
-        Ok::<(), String>(())
-    };
-    each(ALLOWED, ScmpAction::Allow, &mut ctx)?;
-    each(&["fork", "vfork"], ScmpAction::Errno(libc::EPERM), &mut ctx)?;
-    each(&["clone3"], ScmpAction::Errno(libc::ENOSYS), &mut ctx)?;
     let arg = ScmpArgCompare::new;
+    // With the gate, the rules that refuse carry "not the gate" too: conditions that overlap
+    // with the gate's allow would leave the outcome to libseccomp's ordering.
+    let not_gate: Vec<ScmpArgCompare> = if gated {
+        vec![arg(5, ScmpCompareOp::NotEqual, super::gate::PLACEHOLDER)]
+    } else {
+        Vec::new()
+    };
+    let allowed: Vec<ScmpSyscall> = ALLOWED
+        .iter()
+        // A name this architecture lacks (x86_64's legacy calls elsewhere) is skipped.
+        .filter_map(|name| ScmpSyscall::from_name(name).ok())
+        .collect();
+    for call in &allowed {
+        ctx.add_rule(ScmpAction::Allow, *call).map_err(failed)?;
+    }
     let thread = libc::CLONE_THREAD as u64;
+    let vm = libc::CLONE_VM as u64;
     let o_path = libc::O_PATH as u64;
     let empty_path = libc::AT_EMPTY_PATH as u64;
+    let with = |mut compare: Vec<ScmpArgCompare>, extra: &[ScmpArgCompare]| {
+        compare.extend_from_slice(extra);
+        compare
+    };
     let mut conditional: Vec<(&str, ScmpAction, Vec<ScmpArgCompare>)> = vec![
+        ("fork", ScmpAction::Errno(libc::EPERM), not_gate.clone()),
+        ("vfork", ScmpAction::Errno(libc::EPERM), not_gate.clone()),
+        // ENOSYS, so that the C library falls back to clone, whose flags a filter can read.
+        ("clone3", ScmpAction::Errno(libc::ENOSYS), not_gate.clone()),
         // Dispositions, but SIGSYS's: the trap handler must stay. The kernel reads the signal
         // as a 32-bit int, and the filter compares all 64 bits, so the allowed numbers are
         // named whole (below SIGSYS, 32 to 63, 64) rather than "not SIGSYS", which
@@ -264,13 +308,6 @@ pub(super) fn filter() -> Result<Filter, String> {
                 thread,
             )],
         ),
-        // A process: EPERM from the filter itself, since the C library blocks every signal
-        // around it and the trap would then kill the worker.
-        (
-            "clone",
-            ScmpAction::Errno(libc::EPERM),
-            vec![arg(0, ScmpCompareOp::MaskedEqual(thread), 0)],
-        ),
         // Sending on a socket it holds, to its peer: not to an address (the syslog socket a
         // worker logs through would reach any Unix socket by path). sendmsg, whose address
         // is in memory a filter cannot read, is refused.
@@ -286,14 +323,11 @@ pub(super) fn filter() -> Result<Filter, String> {
             ScmpAction::Allow,
             vec![arg(2, ScmpCompareOp::MaskedEqual(o_path), 0)],
         ),
-        // Its own limits, read only.
+        // Its own limits: read, or set (a worker's hard limits are its soft ones).
         (
             "prlimit64",
             ScmpAction::Allow,
-            vec![
-                arg(0, ScmpCompareOp::Equal, 0),
-                arg(2, ScmpCompareOp::Equal, 0),
-            ],
+            vec![arg(0, ScmpCompareOp::Equal, 0)],
         ),
         // stat of a descriptor, not of a path.
         (
@@ -306,7 +340,48 @@ pub(super) fn filter() -> Result<Filter, String> {
             ScmpAction::Allow,
             vec![arg(3, ScmpCompareOp::MaskedEqual(empty_path), empty_path)],
         ),
+        // Its own process group, led by itself.
+        (
+            "setpgid",
+            ScmpAction::Allow,
+            vec![
+                arg(0, ScmpCompareOp::Equal, 0),
+                arg(1, ScmpCompareOp::Equal, 0),
+            ],
+        ),
+        // Its own priority (raising it takes a capability a worker does not keep).
+        (
+            "setpriority",
+            ScmpAction::Allow,
+            vec![
+                arg(0, ScmpCompareOp::Equal, libc::PRIO_PROCESS as u64),
+                arg(1, ScmpCompareOp::Equal, 0),
+            ],
+        ),
     ];
+    if gated {
+        // A process sharing the caller's memory (posix_spawn, vfork): EPERM from the filter
+        // itself, since the C library blocks every signal around it and the trap would then
+        // kill the worker. A fork (no shared memory) traps: in a worker it is refused and
+        // logged, in the supervisor made again through the gate, so that glibc's fork, with
+        // its handlers, still serves the supervisor.
+        conditional.push((
+            "clone",
+            ScmpAction::Errno(libc::EPERM),
+            with(
+                vec![arg(0, ScmpCompareOp::MaskedEqual(thread | vm), vm)],
+                &not_gate,
+            ),
+        ));
+    } else {
+        // A process: EPERM from the filter itself, since the C library blocks every signal
+        // around posix_spawn and the trap would then kill the worker.
+        conditional.push((
+            "clone",
+            ScmpAction::Errno(libc::EPERM),
+            vec![arg(0, ScmpCompareOp::MaskedEqual(thread), 0)],
+        ));
+    }
     conditional.extend(IOCTLS.iter().map(|request| {
         (
             "ioctl",
@@ -314,18 +389,35 @@ pub(super) fn filter() -> Result<Filter, String> {
             vec![arg(1, ScmpCompareOp::Equal, *request)],
         )
     }));
-    // The name of a thread.
-    conditional.extend([libc::PR_SET_NAME, libc::PR_GET_NAME].iter().map(|option| {
-        (
-            "prctl",
-            ScmpAction::Allow,
-            vec![arg(0, ScmpCompareOp::Equal, *option as u64)],
-        )
-    }));
+    // The name of a thread; no_new_privs, not dumpable, the secure bits: each only in the
+    // direction that confines.
+    let prctl = |option: libc::c_int, value: Option<u64>| {
+        let mut compare = vec![arg(0, ScmpCompareOp::Equal, option as u64)];
+        compare.extend(value.map(|v| arg(1, ScmpCompareOp::Equal, v)));
+        ("prctl", ScmpAction::Allow, compare)
+    };
+    conditional.extend([
+        prctl(libc::PR_SET_NAME, None),
+        prctl(libc::PR_GET_NAME, None),
+        prctl(libc::PR_SET_NO_NEW_PRIVS, Some(1)),
+        prctl(libc::PR_SET_DUMPABLE, Some(0)),
+        prctl(libc::PR_SET_SECUREBITS, Some(SECUREBITS)),
+    ]);
     for (name, action, compare) in conditional {
         let call = ScmpSyscall::from_name(name).map_err(failed)?;
         ctx.add_rule_conditional(action, call, &compare)
             .map_err(failed)?;
+    }
+    if gated {
+        let gate = [arg(5, ScmpCompareOp::Equal, super::gate::PLACEHOLDER)];
+        for nr in 0..NUMBERS {
+            let call = ScmpSyscall::from(nr);
+            if allowed.contains(&call) || call.get_name().is_err() {
+                continue;
+            }
+            ctx.add_rule_conditional(ScmpAction::Allow, call, &gate)
+                .map_err(failed)?;
+        }
     }
     let filter = export(&ctx).map_err(|e| format!("--sandbox: seccomp filter: {e}"))?;
     KILLING_NUMBERS.get_or_init(|| {
@@ -434,11 +526,21 @@ mod tests {
 
     #[test]
     fn the_filter_compiles_to_a_tree() {
-        let filter = filter().unwrap();
+        let filter = filter(false).unwrap();
         // A list would be one comparison per call and more; the tree is not much longer.
         assert!(filter.0.len() > ALLOWED.len() / 2, "{}", filter.0.len());
         assert!(filter.0.len() < 4 * ALLOWED.len(), "{}", filter.0.len());
         assert_eq!(name(libc::SYS_socket as i32), "socket");
+        // With the gate, every other call number has its rule; still within the kernel's
+        // limit of 4,096 instructions, and the placeholder is compared whole (both halves).
+        let gated = super::filter(true).unwrap();
+        assert!(gated.0.len() < 4096, "{}", gated.0.len());
+        let count = |half: u32| gated.0.iter().filter(|i| i.k == half).count();
+        let (low, high) = (
+            count(super::super::gate::PLACEHOLDER as u32),
+            count((super::super::gate::PLACEHOLDER >> 32) as u32),
+        );
+        assert!(low > 0 && low == high, "{low} {high}");
         assert_eq!(name(-1), "unknown");
     }
 }

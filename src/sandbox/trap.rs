@@ -75,6 +75,14 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, context: *mu
         }
         return;
     }
+    if super::gate::armed() {
+        // The supervisor, under the filter its workers inherit: the call is its own (a fork
+        // through glibc, a socket a reload binds), made again through the gate.
+        // SAFETY: `context` is the interrupted call's ucontext_t; the call is made again with
+        // the arguments it was made with.
+        unsafe { pass(info.syscall, context.cast()) };
+        return;
+    }
     let name = super::seccomp::name(info.syscall).as_bytes();
     if super::seccomp::kills(info.syscall) {
         emergency::refused(name);
@@ -90,6 +98,63 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, context: *mu
     if !REPORTED.swap(true, Ordering::Relaxed) {
         emergency::refused(name);
     }
+}
+
+/// Makes the interrupted system call `nr` again, through the gate, and sets its result. A
+/// fork made here returns twice: the child leaves this handler with 0 as the call's result.
+///
+/// # Safety
+///
+/// `context` must be the `ucontext_t` the kernel passed to the running SIGSYS handler, in the
+/// supervisor.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+unsafe fn pass(nr: libc::c_int, context: *mut libc::ucontext_t) {
+    // SAFETY: the caller passes the handler's live context.
+    let args = unsafe { arguments(context) };
+    // SAFETY: the call the supervisor made, with its own arguments.
+    let result = unsafe { super::gate::call(libc::c_long::from(nr), args) };
+    // SAFETY: as above.
+    unsafe { answer(context, result as i64) };
+}
+
+/// # Safety
+///
+/// Nothing: it does nothing.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+unsafe fn pass(_: libc::c_int, _: *mut libc::ucontext_t) {
+    // Never reached: there is no gate here.
+}
+
+/// The first five arguments of the interrupted system call.
+///
+/// # Safety
+///
+/// `context` must be the `ucontext_t` the kernel passed to the running SIGSYS handler.
+#[cfg(target_arch = "x86_64")]
+unsafe fn arguments(context: *mut libc::ucontext_t) -> [usize; 5] {
+    // SAFETY: the caller passes the handler's live context.
+    let registers = unsafe { &(*context).uc_mcontext.gregs };
+    [
+        libc::REG_RDI,
+        libc::REG_RSI,
+        libc::REG_RDX,
+        libc::REG_R10,
+        libc::REG_R8,
+    ]
+    .map(|r| registers[r as usize] as usize)
+}
+
+/// As the x86_64 one (a trapped call's registers are as they were at the call: the first
+/// argument's, which is also the result's, is restored).
+///
+/// # Safety
+///
+/// As the x86_64 one.
+#[cfg(target_arch = "aarch64")]
+unsafe fn arguments(context: *mut libc::ucontext_t) -> [usize; 5] {
+    // SAFETY: the caller passes the handler's live context.
+    let registers = unsafe { &(*context).uc_mcontext.regs };
+    [0, 1, 2, 3, 4].map(|r| registers[r] as usize)
 }
 
 /// Sets the result of the interrupted system call.

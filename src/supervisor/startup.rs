@@ -154,6 +154,14 @@ pub(crate) fn run(config: &Config, work: Work, start: Start) -> Result<(), Strin
         )),
         None => None,
     };
+    if let Some(sandbox) = &sandbox
+        && config.model == Model::Fork
+        && !config.inetd
+    {
+        sandbox
+            .confine_supervisor()
+            .map_err(|e| cleanup(&listeners, e))?;
+    }
     if let Some(sandbox) = &sandbox {
         let level = if sandbox.is_partial() {
             log::Level::Warn

@@ -89,6 +89,14 @@ impl Supervisor {
         if self.config.model != crate::config::Model::Fork {
             return refuse("threads cannot outlive the image that runs them: restart instead");
         }
+        if let Some(sandbox) = &self.in_place.sandbox
+            && sandbox.inherits_filter()
+        {
+            return refuse(
+                "the supervisor runs under --sandbox's system call filter, which a new image \
+                 would inherit and could not start under: restart instead",
+            );
+        }
         // What a restart would change, an upgrade would not: said now, not found later.
         if let Some(source) = self.reload_source.as_mut() {
             match source().and_then(|new| super::reload::restart_only(&self.config, &new)) {

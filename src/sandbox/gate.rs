@@ -1,0 +1,328 @@
+//! The supervisor's way through the filter its workers inherit.
+//!
+//! Installing a seccomp filter costs the kernel a fixed amount per process (it translates and
+//! compiles the program, and frees it at exit), more than the rest of a short connection's
+//! cost on some machines; a filter inherited at fork costs nothing. So where it can, the
+//! supervisor installs the workers' filter on itself before serving, and every worker forked
+//! from it is confined from its first instruction.
+//!
+//! The supervisor still needs what its workers must not have (accept, fork, kill, sockets).
+//! The filter allows any call whose otherwise unused sixth argument carries a 64-bit secret,
+//! and only the supervisor knows it:
+//!
+//! - the secret lives in one page the kernel empties in every child at fork
+//!   (`MADV_WIPEONFORK`), and nowhere else: it is read into the sixth argument's register
+//!   inside the assembly that makes the call, which clears that register again before any
+//!   other instruction runs, in the supervisor and, after a fork, in the child;
+//! - the filter is compiled with a placeholder, which is replaced by the secret in the
+//!   program handed to the kernel; that copy is zeroed once installed, and the stack the
+//!   replacement ran on is cleared;
+//! - calls the supervisor makes through libraries (glibc's fork, the syslog socket, the
+//!   listeners a reload adds) are trapped like a worker's and made again here, with the
+//!   secret, by the SIGSYS handler ([`super::trap`]), which tells the supervisor from a
+//!   worker by the page: in a worker it reads zero.
+//!
+//! A worker that guesses has one try per call, each refused and logged; 2^64 values.
+
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
+/// The value the filter is compiled with, replaced by the secret before it is installed.
+/// Chosen so that neither half is a value a filter compares with otherwise (a system call
+/// number, a flag, a small constant).
+pub(super) const PLACEHOLDER: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The page holding the secret; null where there is no gate.
+static PAGE: AtomicPtr<u64> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Where the C library keeps this thread's id, which a forked child's id must replace in the
+/// child (as glibc's fork has the kernel do); 0 where the kernel does not say.
+static TID_ADDRESS: AtomicUsize = AtomicUsize::new(0);
+
+/// `PR_GET_TID_ADDRESS`, which the libc crate names on some systems only.
+const PR_GET_TID_ADDRESS: libc::c_int = 40;
+
+/// Whether this architecture has the gate.
+pub(super) const AVAILABLE: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
+
+/// Makes the secret: a page of its own, emptied in each child at fork, filled by the kernel.
+/// `false` where the kernel cannot (no `MADV_WIPEONFORK` before Linux 4.14).
+pub(super) fn open() -> bool {
+    if !AVAILABLE {
+        return false;
+    }
+    if !PAGE.load(Ordering::Relaxed).is_null() {
+        return true;
+    }
+    // SAFETY: a new private anonymous mapping; nothing else refers to it.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if page == libc::MAP_FAILED {
+        return false;
+    }
+    // SAFETY: `page` is the mapping just made, 4096 bytes.
+    let wiped = unsafe { libc::madvise(page, 4096, libc::MADV_WIPEONFORK) } == 0;
+    let secret = page.cast::<u64>();
+    // SAFETY: getrandom writes at most 8 bytes at `secret`, in the mapping; read back with
+    // volatile reads so the value is not kept in a register or on the stack.
+    let filled = wiped
+        && (0..8).any(|_| unsafe {
+            libc::getrandom(secret.cast(), 8, 0) == 8 && std::ptr::read_volatile(secret) != 0
+        });
+    if !filled {
+        // SAFETY: unmapping the mapping made above, which nothing refers to.
+        unsafe { libc::munmap(page, 4096) };
+        return false;
+    }
+    PAGE.store(secret, Ordering::Relaxed);
+    let mut tid_address: usize = 0;
+    // SAFETY: the kernel writes one pointer at `tid_address`.
+    if unsafe { libc::prctl(PR_GET_TID_ADDRESS, &raw mut tid_address, 0, 0, 0) } == 0 {
+        TID_ADDRESS.store(tid_address, Ordering::Relaxed);
+    }
+    true
+}
+
+/// Forks the supervisor through the gate: the child's pid, 0 in the child, or a negative
+/// errno, as the system call returns it. `None` where there is no gate (or the kernel would
+/// not say where the thread id is kept): fork as usual.
+///
+/// The C library's fork is bypassed: its bookkeeping concerns other threads, which the
+/// supervisor never has, and the thread id it keeps, which the kernel writes here as it does
+/// for glibc; handlers registered with pthread_atfork do not run. (Through the C library, the
+/// clone would be trapped and made again by the SIGSYS handler, a signal per connection.)
+pub(crate) fn fork() -> Option<isize> {
+    let tid_address = TID_ADDRESS.load(Ordering::Relaxed);
+    if !armed() || tid_address == 0 {
+        return None;
+    }
+    let flags = (libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD) as usize;
+    // clone's arguments: flags, stack, parent's tid, then the child's tid and the TLS in the
+    // order of the architecture.
+    #[cfg(target_arch = "x86_64")]
+    let args = [flags, 0, 0, tid_address, 0];
+    #[cfg(not(target_arch = "x86_64"))]
+    let args = [flags, 0, 0, 0, tid_address];
+    // SAFETY: a fork of a single-threaded process (the supervisor), whose child only writes
+    // its thread id where the C library keeps it.
+    Some(unsafe { call(libc::SYS_clone, args) })
+}
+
+/// Whether this process holds the secret: the supervisor after [`open`], never a worker (its
+/// page was emptied at fork). Async-signal-safe.
+pub(crate) fn armed() -> bool {
+    let page = PAGE.load(Ordering::Relaxed);
+    // SAFETY: a non-null PAGE points at the live page made by `open`, never unmapped.
+    !page.is_null() && unsafe { std::ptr::read_volatile(page) } != 0
+}
+
+/// Replaces the placeholder's halves in `program` with the secret's. The count of
+/// replacements, which is the same for both halves in a program that compares with it.
+/// Volatile reads and writes, one instruction at a time: the secret passes through general
+/// registers only, which [`clear_registers`] empties afterwards.
+#[inline(never)]
+pub(super) fn seal(program: &mut [libc::sock_filter]) -> (usize, usize) {
+    let page = PAGE.load(Ordering::Relaxed);
+    if page.is_null() {
+        return (0, 0);
+    }
+    let (mut low, mut high) = (0, 0);
+    for instruction in program.iter_mut() {
+        let placeholder_low = PLACEHOLDER as u32;
+        let placeholder_high = (PLACEHOLDER >> 32) as u32;
+        if instruction.k == placeholder_low {
+            // SAFETY: `page` is live (see `armed`); the read is not kept beyond this store.
+            unsafe {
+                std::ptr::write_volatile(&mut instruction.k, std::ptr::read_volatile(page) as u32)
+            };
+            low += 1;
+        } else if instruction.k == placeholder_high {
+            // SAFETY: as above.
+            unsafe {
+                std::ptr::write_volatile(
+                    &mut instruction.k,
+                    (std::ptr::read_volatile(page) >> 32) as u32,
+                )
+            };
+            high += 1;
+        }
+    }
+    (low, high)
+}
+
+/// Zeroes `program` in place, with writes the compiler keeps.
+pub(super) fn erase(program: &mut [libc::sock_filter]) {
+    for instruction in program.iter_mut() {
+        // SAFETY: a write to an element of the slice.
+        unsafe { std::ptr::write_volatile(&mut instruction.k, 0) };
+    }
+}
+
+/// Clears the stack below the caller's frame, where the secret's copies made while sealing
+/// the program may remain.
+#[inline(never)]
+pub(super) fn clear_stack() {
+    let mut area = [0u8; 32 * 1024];
+    for byte in area.iter_mut() {
+        // SAFETY: a write to an element of the local array.
+        unsafe { std::ptr::write_volatile(byte, 0) };
+    }
+    std::hint::black_box(&area);
+}
+
+/// Empties the registers a function may leave values in (the general ones a call does not
+/// preserve, and the vector registers), which a fork would copy into every worker.
+#[inline(never)]
+pub(super) fn clear_registers() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: only zeroes registers, each declared clobbered.
+        unsafe {
+            std::arch::asm!(
+                "xor eax, eax", "xor ecx, ecx", "xor edx, edx", "xor esi, esi",
+                "xor edi, edi", "xor r8d, r8d", "xor r9d, r9d", "xor r10d, r10d",
+                "xor r11d, r11d",
+                out("rax") _, out("rcx") _, out("rdx") _, out("rsi") _, out("rdi") _,
+                out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+                options(nostack, nomem),
+            );
+        }
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: AVX is there; every vector register is declared clobbered.
+            unsafe {
+                std::arch::asm!(
+                    "vzeroall",
+                    out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
+                    out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
+                    out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+                    out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
+                    options(nostack, nomem),
+                );
+            }
+        } else {
+            // SAFETY: SSE2 is part of x86_64; every register is declared clobbered.
+            unsafe {
+                std::arch::asm!(
+                    "xorps xmm0, xmm0", "xorps xmm1, xmm1", "xorps xmm2, xmm2",
+                    "xorps xmm3, xmm3", "xorps xmm4, xmm4", "xorps xmm5, xmm5",
+                    "xorps xmm6, xmm6", "xorps xmm7, xmm7", "xorps xmm8, xmm8",
+                    "xorps xmm9, xmm9", "xorps xmm10, xmm10", "xorps xmm11, xmm11",
+                    "xorps xmm12, xmm12", "xorps xmm13, xmm13", "xorps xmm14, xmm14",
+                    "xorps xmm15, xmm15",
+                    out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _,
+                    out("xmm4") _, out("xmm5") _, out("xmm6") _, out("xmm7") _,
+                    out("xmm8") _, out("xmm9") _, out("xmm10") _, out("xmm11") _,
+                    out("xmm12") _, out("xmm13") _, out("xmm14") _, out("xmm15") _,
+                    options(nostack, nomem),
+                );
+            }
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: only zeroes registers, each declared clobbered.
+    unsafe {
+        std::arch::asm!(
+            "mov x0, xzr", "mov x1, xzr", "mov x2, xzr", "mov x3, xzr", "mov x4, xzr",
+            "mov x5, xzr", "mov x6, xzr", "mov x7, xzr", "mov x8, xzr", "mov x9, xzr",
+            "mov x10, xzr", "mov x11, xzr", "mov x12, xzr", "mov x13, xzr", "mov x14, xzr",
+            "mov x15, xzr", "mov x16, xzr", "mov x17, xzr",
+            "movi v0.16b, #0", "movi v1.16b, #0", "movi v2.16b, #0", "movi v3.16b, #0",
+            "movi v4.16b, #0", "movi v5.16b, #0", "movi v6.16b, #0", "movi v7.16b, #0",
+            "movi v16.16b, #0", "movi v17.16b, #0", "movi v18.16b, #0", "movi v19.16b, #0",
+            "movi v20.16b, #0", "movi v21.16b, #0", "movi v22.16b, #0", "movi v23.16b, #0",
+            "movi v24.16b, #0", "movi v25.16b, #0", "movi v26.16b, #0", "movi v27.16b, #0",
+            "movi v28.16b, #0", "movi v29.16b, #0", "movi v30.16b, #0", "movi v31.16b, #0",
+            out("x0") _, out("x1") _, out("x2") _, out("x3") _, out("x4") _, out("x5") _,
+            out("x6") _, out("x7") _, out("x8") _, out("x9") _, out("x10") _, out("x11") _,
+            out("x12") _, out("x13") _, out("x14") _, out("x15") _, out("x16") _,
+            out("x17") _,
+            out("v0") _, out("v1") _, out("v2") _, out("v3") _, out("v4") _, out("v5") _,
+            out("v6") _, out("v7") _, out("v16") _, out("v17") _, out("v18") _,
+            out("v19") _, out("v20") _, out("v21") _, out("v22") _, out("v23") _,
+            out("v24") _, out("v25") _, out("v26") _, out("v27") _, out("v28") _,
+            out("v29") _, out("v30") _, out("v31") _,
+            options(nostack, nomem),
+        );
+    }
+}
+
+/// Makes system call `nr` with `args` and the secret: what the filter lets the supervisor
+/// do. The raw result (a negative errno on failure). Async-signal-safe.
+///
+/// # Safety
+///
+/// As for the system call itself: pointers among `args` must be what it expects. Only the
+/// supervisor may call it after [`open`] (in a worker the secret is zero, and the call is
+/// what it would be without the gate).
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn call(nr: libc::c_long, args: [usize; 5]) -> isize {
+    let page = PAGE.load(Ordering::Relaxed);
+    let result: isize;
+    // SAFETY: the caller vouches for the call; r9 is loaded from the page and cleared again
+    // inside this block, so the secret stays in no other register and in no memory.
+    unsafe {
+        std::arch::asm!(
+            "mov r9, qword ptr [{page}]",
+            "syscall",
+            "xor r9d, r9d",
+            page = in(reg) page,
+            inlateout("rax") nr as isize => result,
+            in("rdi") args[0],
+            in("rsi") args[1],
+            in("rdx") args[2],
+            in("r10") args[3],
+            in("r8") args[4],
+            out("r9") _,
+            out("rcx") _,
+            out("r11") _,
+            options(nostack),
+        );
+    }
+    result
+}
+
+/// As the x86_64 one.
+///
+/// # Safety
+///
+/// As the x86_64 one.
+#[cfg(target_arch = "aarch64")]
+pub(crate) unsafe fn call(nr: libc::c_long, args: [usize; 5]) -> isize {
+    let page = PAGE.load(Ordering::Relaxed);
+    let result: isize;
+    // SAFETY: as the x86_64 one; x5 is the sixth argument.
+    unsafe {
+        std::arch::asm!(
+            "ldr x5, [{page}]",
+            "svc #0",
+            "mov x5, xzr",
+            page = in(reg) page,
+            in("x8") nr,
+            inlateout("x0") args[0] => result,
+            in("x1") args[1],
+            in("x2") args[2],
+            in("x3") args[3],
+            in("x4") args[4],
+            out("x5") _,
+            options(nostack),
+        );
+    }
+    result
+}
+
+/// Never called: [`AVAILABLE`] is false here, so no gate is opened.
+///
+/// # Safety
+///
+/// None needed.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub(crate) unsafe fn call(_: libc::c_long, _: [usize; 5]) -> isize {
+    -(libc::ENOSYS as isize)
+}
