@@ -3,7 +3,8 @@
 //! which Landlock or the allow list was written against.
 //!
 //! Two system calls in the worker: the secure bits that stop root from regaining capabilities
-//! at exec (SECBIT_NOROOT, locked), then capset with all sets empty. no_new_privs, set first,
+//! at exec (SECBIT_NOROOT, locked; not where the seccomp filter refuses exec), then capset
+//! with all sets empty. no_new_privs, set first,
 //! already stops file capabilities and set-user-ID programs from granting any.
 
 use nix::errno::Errno;
@@ -13,8 +14,8 @@ const SECBIT_NOROOT_LOCKED: libc::c_ulong = 1 << 1;
 const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
 const SECBIT_NO_SETUID_FIXUP_LOCKED: libc::c_ulong = 1 << 3;
 const SECBIT_KEEP_CAPS_LOCKED: libc::c_ulong = 1 << 5;
-/// What a worker sets: root's capabilities stay dropped, and that is locked.
-pub(super) const SECUREBITS: libc::c_ulong = SECBIT_NOROOT
+/// What a worker that may exec sets: root's capabilities stay dropped, and that is locked.
+const SECUREBITS: libc::c_ulong = SECBIT_NOROOT
     | SECBIT_NOROOT_LOCKED
     | SECBIT_NO_SETUID_FIXUP
     | SECBIT_NO_SETUID_FIXUP_LOCKED
@@ -50,15 +51,18 @@ pub(super) fn held() -> bool {
 }
 
 /// Empties every capability set of the calling thread, for good. Only system calls.
-pub(super) fn drop_all() -> Result<(), Errno> {
+/// `may_exec`: whether the thread can still exec (not under the handlers' seccomp filter,
+/// which refuses it), where root's capabilities would come back unless locked out.
+pub(super) fn drop_all(may_exec: bool) -> Result<(), Errno> {
     // Root's capabilities come back at exec unless SECBIT_NOROOT says otherwise. Setting the
     // bits takes CAP_SETPCAP: without it (capabilities without root) there is nothing root
     // could regain, and the failure is ignored.
-    let bits = SECUREBITS;
-    // SAFETY: prctl with integer arguments.
-    let secured = unsafe { libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0) };
-    if secured != 0 && Errno::last() != Errno::EPERM {
-        return Err(Errno::last());
+    if may_exec {
+        // SAFETY: prctl with integer arguments.
+        let secured = unsafe { libc::prctl(libc::PR_SET_SECUREBITS, SECUREBITS, 0, 0, 0) };
+        if secured != 0 && Errno::last() != Errno::EPERM {
+            return Err(Errno::last());
+        }
     }
     let header = Header {
         version: VERSION_3,

@@ -448,7 +448,8 @@ impl Prepared {
                 return Err(("no_new_privs", Errno::last()));
             }
             if self.drop_capabilities {
-                capabilities::drop_all().map_err(|e| ("capabilities", e))?;
+                let may_exec = !(self.in_process && self.filter.is_some());
+                capabilities::drop_all(may_exec).map_err(|e| ("capabilities", e))?;
             }
             if let Some(ruleset) = &self.ruleset {
                 landlock::restrict_self(ruleset.as_raw_fd()).map_err(|e| ("landlock", e))?;

@@ -154,10 +154,6 @@ const IOCTLS: &[u64] = &[
     libc::FIOCLEX as u64,
 ];
 
-/// The secure bits a worker sets ([`super::capabilities`]), as the filter compares them.
-#[allow(clippy::unnecessary_cast)] // c_ulong is 32 bits on some systems.
-const SECUREBITS: u64 = super::capabilities::SECUREBITS as u64;
-
 /// The compiled filter, ready to install.
 pub(super) struct Filter(Vec<libc::sock_filter>);
 
@@ -243,9 +239,10 @@ fn context(default: ScmpAction) -> Result<ScmpFilterContext, libseccomp::error::
 
 /// The filter: see the module documentation. `gated`: the supervisor installs it on itself
 /// and its workers inherit it ([`super::gate`]): every call is also allowed with the gate's
-/// placeholder as sixth argument, and the workers' own setup (their process group, limits,
-/// priority, no_new_privs, dumpable flag, secure bits), which then runs under it, is allowed
-/// in the form a worker makes it.
+/// placeholder as sixth argument. The workers' own setup (their process group, limits,
+/// priority, capabilities, Landlock domain), which then runs under it, is allowed in the
+/// form a worker makes it, in both filters (no_new_privs and the dumpable flag are
+/// inherited from the supervisor).
 pub(super) fn filter(gated: bool) -> Result<Filter, String> {
     let failed = |e: libseccomp::error::SeccompError| format!("--sandbox: seccomp filter: {e}");
     let mut ctx = context(ScmpAction::Trap).map_err(failed)?;
@@ -389,20 +386,14 @@ pub(super) fn filter(gated: bool) -> Result<Filter, String> {
             vec![arg(1, ScmpCompareOp::Equal, *request)],
         )
     }));
-    // The name of a thread; no_new_privs, not dumpable, the secure bits: each only in the
-    // direction that confines.
-    let prctl = |option: libc::c_int, value: Option<u64>| {
-        let mut compare = vec![arg(0, ScmpCompareOp::Equal, option as u64)];
-        compare.extend(value.map(|v| arg(1, ScmpCompareOp::Equal, v)));
-        ("prctl", ScmpAction::Allow, compare)
-    };
-    conditional.extend([
-        prctl(libc::PR_SET_NAME, None),
-        prctl(libc::PR_GET_NAME, None),
-        prctl(libc::PR_SET_NO_NEW_PRIVS, Some(1)),
-        prctl(libc::PR_SET_DUMPABLE, Some(0)),
-        prctl(libc::PR_SET_SECUREBITS, Some(SECUREBITS)),
-    ]);
+    // The name of a thread.
+    conditional.extend([libc::PR_SET_NAME, libc::PR_GET_NAME].iter().map(|option| {
+        (
+            "prctl",
+            ScmpAction::Allow,
+            vec![arg(0, ScmpCompareOp::Equal, *option as u64)],
+        )
+    }));
     for (name, action, compare) in conditional {
         let call = ScmpSyscall::from_name(name).map_err(failed)?;
         ctx.add_rule_conditional(action, call, &compare)
