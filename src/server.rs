@@ -228,7 +228,14 @@ impl Server {
     /// Confines each worker process before it reads a byte (see [`Sandbox`]): no_new_privs,
     /// Landlock and, for a handler of the embedder's, seccomp. The handler declares the paths
     /// it needs with [`Sandbox::read`] and [`Sandbox::write`]; anything else on the
-    /// filesystem, every new socket, exec and fork are refused to it:
+    /// filesystem, every new socket, exec and fork are refused to it.
+    ///
+    /// With a handler of the embedder's, the seccomp filter is installed on the serving
+    /// process itself once it starts serving, and workers inherit it: code of the embedder's
+    /// that runs there afterwards (a reload source, say) has its calls outside the workers'
+    /// list trapped and made again, and cannot start a program (posix_spawn is refused);
+    /// workers are forked without running `pthread_atfork` handlers; an upgrade in place is
+    /// refused (docs/security.md, "The supervisor carries the filter").
     ///
     /// ```no_run
     /// # use forkd::{Sandbox, Server};

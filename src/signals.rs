@@ -85,8 +85,11 @@ pub fn default_sigpipe() {
 /// defaults. (The C library keeps two real-time signals for itself; what forkd inherited for
 /// those stays.)
 fn default_dispositions() {
+    // An image a supervisor under --sandbox's filter exec'd keeps the SIGSYS handler it
+    // installed before main: the filter traps this image's own calls too.
+    let keep = crate::sandbox::under_predecessors_filter().then_some(libc::SIGSYS);
     for number in 1..=libc::SIGRTMAX() {
-        if number == libc::SIGKILL || number == libc::SIGSTOP {
+        if number == libc::SIGKILL || number == libc::SIGSTOP || Some(number) == keep {
             continue;
         }
         // SAFETY: SIG_DFL installs no handler; numbers the kernel refuses fail harmlessly.

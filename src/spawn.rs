@@ -48,6 +48,7 @@ mod vfork {
     use std::os::fd::RawFd;
     use std::sync::atomic::{AtomicI32, Ordering};
 
+    use nix::errno::Errno;
     use nix::unistd::Pid;
 
     use crate::sandbox::Prepared;
@@ -109,16 +110,28 @@ mod vfork {
             libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), saved.as_mut_ptr());
             saved.assume_init()
         };
-        // SAFETY: CLONE_VFORK suspends this thread until the child exec'd or exited, so `plan`,
-        // the arguments and the stack outlive the child's use of them; the child runs only
-        // `child`, which makes system calls and writes nothing but `plan.error`.
-        let pid = unsafe {
-            libc::clone(
-                child,
-                top as *mut libc::c_void,
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-                &plan as *const Plan as *mut libc::c_void,
-            )
+        let arg = &plan as *const Plan as *mut libc::c_void;
+        // A supervisor under its workers' seccomp filter spawns through its gate.
+        // SAFETY (this call and the clone below): CLONE_VFORK suspends this thread until the
+        // child exec'd or exited, so `plan`, the arguments and the stack outlive the child's
+        // use of them; the child runs only `child`, which makes system calls and writes
+        // nothing but `plan.error`.
+        let gated = unsafe { crate::sandbox::spawn_through_gate(child, top as *mut u8, arg) };
+        let pid = match gated {
+            Some(result) if result < 0 => {
+                Errno::from_raw(-result as i32).set();
+                -1
+            }
+            Some(pid) => pid as libc::pid_t,
+            // SAFETY: as above.
+            None => unsafe {
+                libc::clone(
+                    child,
+                    top as *mut libc::c_void,
+                    libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                    arg,
+                )
+            },
         };
         let clone_error = io::Error::last_os_error();
         // SAFETY: restores the mask saved above.
@@ -194,7 +207,19 @@ mod vfork {
                 errno.set();
                 fail(plan);
             }
-            libc::execve(plan.path, plan.argv, plan.envp);
+            let args = [
+                plan.path as usize,
+                plan.argv as usize,
+                plan.envp as usize,
+                0,
+                0,
+            ];
+            match crate::sandbox::through_gate(libc::SYS_execve, args) {
+                Some(error) => Errno::from_raw(-error as i32).set(),
+                None => {
+                    libc::execve(plan.path, plan.argv, plan.envp);
+                }
+            }
         }
         fail(plan)
     }

@@ -6,24 +6,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use common::{Client, FORKD, Forkd, forkc};
-
-/// A copy of forkd in its own directory, to be replaced.
-fn installed(dir: &Path) -> PathBuf {
-    let path = dir.join("forkd");
-    std::fs::copy(FORKD, &path).unwrap();
-    path
-}
-
-/// Puts a new file at `path` (a new inode, as dpkg does).
-fn replace(path: &Path, with: &Path) {
-    let fresh = path.with_extension("new");
-    std::fs::copy(with, &fresh).unwrap();
-    std::fs::rename(&fresh, path).unwrap();
-}
+use common::{Client, FORKD, Forkd, forkc, installed, replace};
 
 /// The inode of the file the process runs.
 fn running_inode(pid: i32) -> u64 {

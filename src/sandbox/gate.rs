@@ -24,7 +24,7 @@
 //!
 //! A worker that guesses has one try per call, each refused and logged; 2^64 values.
 
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 /// The value the filter is compiled with, replaced by the secret before it is installed.
 /// Chosen so that neither half is a value a filter compares with otherwise (a system call
@@ -44,14 +44,42 @@ const PR_GET_TID_ADDRESS: libc::c_int = 40;
 /// Whether this architecture has the gate.
 pub(super) const AVAILABLE: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
 
-/// Makes the secret: a page of its own, emptied in each child at fork, filled by the kernel.
+/// Makes the secret: a page of its own, emptied in each child at fork, filled by the kernel
+/// (or, in an image a gated supervisor exec'd, taken from it before `main`: [`take_handed`]).
 /// `false` where the kernel cannot (no `MADV_WIPEONFORK` before Linux 4.14).
 pub(super) fn open() -> bool {
-    if !AVAILABLE {
-        return false;
-    }
-    if !PAGE.load(Ordering::Relaxed).is_null() {
+    if armed() {
         return true;
+    }
+    let Some(secret) = page() else {
+        return false;
+    };
+    // SAFETY: getrandom writes at most 8 bytes at `secret`, in the page; read back with
+    // volatile reads so the value is not kept in a register or on the stack.
+    let filled = (0..8).any(|_| unsafe {
+        libc::getrandom(secret.cast(), 8, 0) == 8 && std::ptr::read_volatile(secret) != 0
+    });
+    learn_thread_id_address();
+    filled
+}
+
+/// Learns where the C library keeps the thread id ([`fork`]).
+fn learn_thread_id_address() {
+    let mut tid_address: usize = 0;
+    // SAFETY: the kernel writes one pointer at `tid_address`.
+    if unsafe { libc::prctl(PR_GET_TID_ADDRESS, &raw mut tid_address, 0, 0, 0) } == 0 {
+        TID_ADDRESS.store(tid_address, Ordering::Relaxed);
+    }
+}
+
+/// The page for the secret, made once: emptied in each child at fork.
+fn page() -> Option<*mut u64> {
+    if !AVAILABLE {
+        return None;
+    }
+    let made = PAGE.load(Ordering::Relaxed);
+    if !made.is_null() {
+        return Some(made);
     }
     // SAFETY: a new private anonymous mapping; nothing else refers to it.
     let page = unsafe {
@@ -65,30 +93,132 @@ pub(super) fn open() -> bool {
         )
     };
     if page == libc::MAP_FAILED {
-        return false;
+        return None;
     }
     // SAFETY: `page` is the mapping just made, 4096 bytes.
-    let wiped = unsafe { libc::madvise(page, 4096, libc::MADV_WIPEONFORK) } == 0;
-    let secret = page.cast::<u64>();
-    // SAFETY: getrandom writes at most 8 bytes at `secret`, in the mapping; read back with
-    // volatile reads so the value is not kept in a register or on the stack.
-    let filled = wiped
-        && (0..8).any(|_| unsafe {
-            libc::getrandom(secret.cast(), 8, 0) == 8 && std::ptr::read_volatile(secret) != 0
-        });
-    if !filled {
+    if unsafe { libc::madvise(page, 4096, libc::MADV_WIPEONFORK) } != 0 {
         // SAFETY: unmapping the mapping made above, which nothing refers to.
         unsafe { libc::munmap(page, 4096) };
-        return false;
+        return None;
     }
-    PAGE.store(secret, Ordering::Relaxed);
-    let mut tid_address: usize = 0;
-    // SAFETY: the kernel writes one pointer at `tid_address`.
-    if unsafe { libc::prctl(PR_GET_TID_ADDRESS, &raw mut tid_address, 0, 0, 0) } == 0 {
-        TID_ADDRESS.store(tid_address, Ordering::Relaxed);
-    }
-    true
+    PAGE.store(page.cast(), Ordering::Relaxed);
+    Some(page.cast())
 }
+
+/// The environment variable naming the descriptor from which an image a gated supervisor
+/// exec'd (an upgrade, its check) takes the secret.
+const HANDED: &std::ffi::CStr = c"FORKD_GATE_FD";
+
+/// How many filters this process runs under once its own is installed (0: none of ours).
+static FILTERS: AtomicU32 = AtomicU32::new(0);
+
+/// Whether this image runs under the filter of the image that exec'd it, whose secret it took.
+static UNDER_HANDED_FILTER: AtomicBool = AtomicBool::new(false);
+
+/// Notes that the filter is installed: `filters` is now the number this process runs under.
+pub(super) fn installed(filters: u32) {
+    FILTERS.store(filters, Ordering::Relaxed);
+}
+
+/// Whether this process installed the filter, or runs under its predecessor's.
+pub(super) fn filtered() -> bool {
+    FILTERS.load(Ordering::Relaxed) > 0
+}
+
+/// Whether the filter this process runs under is its predecessor's, with the secret handed
+/// down: then it installs none of its own.
+pub(super) fn inherited_across_exec() -> bool {
+    UNDER_HANDED_FILTER.load(Ordering::Relaxed)
+}
+
+/// The number of seccomp filters this process runs under, from /proc/self/status.
+pub(super) fn filters_in_force() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("Seccomp_filters:"))?;
+            line["Seccomp_filters:".len()..].trim().parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// For an image this supervisor is about to exec (an upgrade, its check), which will run
+/// under the same filter: the environment entry naming a descriptor (not close-on-exec, to
+/// be closed once the exec is done) that holds the secret and the number of filters, written
+/// straight from the page. `None` where this process is not under a filter of its own.
+pub(crate) fn hand_down() -> Option<(std::os::fd::OwnedFd, std::ffi::CString)> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let filters = FILTERS.load(Ordering::Relaxed);
+    if !armed() || !filtered() {
+        return None;
+    }
+    // SAFETY: memfd_create with a valid name; the descriptor is owned below.
+    let fd = unsafe { libc::memfd_create(c"forkd-gate".as_ptr(), 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    let file = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let page = PAGE.load(Ordering::Relaxed);
+    // SAFETY: 8 bytes from the live page, 4 from a local.
+    let written = unsafe {
+        libc::pwrite(fd, page.cast(), 8, 0) == 8
+            && libc::pwrite(fd, (&raw const filters).cast(), 4, 8) == 4
+    };
+    if !written {
+        return None;
+    }
+    let entry = format!("{}={}", HANDED.to_str().ok()?, file.as_raw_fd());
+    Some((file, std::ffi::CString::new(entry).ok()?))
+}
+
+/// Before `main`, in every program linking forkd: an image a gated supervisor exec'd takes
+/// the secret from the descriptor it was handed, and, if it runs under that filter (as many
+/// filters as the handing image said), installs the SIGSYS handler through the gate (the
+/// filter refuses rt_sigaction on SIGSYS otherwise, and the first trapped call would kill
+/// it). Without the variable it does nothing but look.
+extern "C" fn take_handed() {
+    // SAFETY: before main, single-threaded: nothing changes the environment meanwhile.
+    let value = unsafe { libc::getenv(HANDED.as_ptr()) };
+    if value.is_null() {
+        return;
+    }
+    // SAFETY: getenv's result is a NUL-terminated string in the environment.
+    let fd: Option<libc::c_int> = unsafe { std::ffi::CStr::from_ptr(value) }
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse().ok());
+    // SAFETY: as above; the variable is not handed further.
+    unsafe { libc::unsetenv(HANDED.as_ptr()) };
+    let (Some(fd), Some(page)) = (fd, page()) else {
+        return;
+    };
+    let mut filters: u32 = 0;
+    // SAFETY: reads 8 bytes into the page and 4 into a local, then closes the descriptor,
+    // which this process was handed for this alone.
+    let read = unsafe {
+        let read = libc::pread(fd, page.cast(), 8, 0) == 8
+            && libc::pread(fd, (&raw mut filters).cast(), 4, 8) == 4;
+        libc::close(fd);
+        read
+    };
+    if read && armed() && filters > 0 && filters_in_force() == filters {
+        FILTERS.store(filters, Ordering::Relaxed);
+        UNDER_HANDED_FILTER.store(true, Ordering::Relaxed);
+        super::trap::install_through_gate();
+        // After the handler: the filter refuses this prctl to a caller without the secret.
+        learn_thread_id_address();
+    } else {
+        // Not under that filter: the value is no secret of a filter here; a filter installed
+        // later gets a fresh one.
+        // SAFETY: the live page.
+        unsafe { std::ptr::write_volatile(page, 0) };
+    }
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static TAKE_HANDED: extern "C" fn() = take_handed;
 
 /// Forks the supervisor through the gate: the child's pid, 0 in the child, or a negative
 /// errno, as the system call returns it. `None` where there is no gate (or the kernel would
@@ -312,6 +442,103 @@ pub(crate) unsafe fn call(nr: libc::c_long, args: [usize; 5]) -> isize {
             in("x4") args[4],
             out("x5") _,
             options(nostack),
+        );
+    }
+    result
+}
+
+/// Starts `child(arg)` on `stack_top` in a process sharing this one's memory until it execs
+/// (`CLONE_VM | CLONE_VFORK`, as posix_spawn does), through the gate: a spawn the filter
+/// refuses otherwise. The child's pid, or a negative errno. The child runs `child` and
+/// leaves with its result through `exit`; it must exec or `_exit` before that.
+///
+/// # Safety
+///
+/// `stack_top` must be the 16-byte aligned top of memory the child may use as its stack
+/// until it execs; `child` must be safe to run there with `arg`; the caller is suspended
+/// until the child execs or exits, and should have every signal blocked.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn spawn_sharing_memory(
+    child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    stack_top: *mut u8,
+    arg: *mut libc::c_void,
+) -> isize {
+    let page = PAGE.load(Ordering::Relaxed);
+    let flags = (libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD) as usize;
+    let result: isize;
+    // SAFETY: the caller vouches for the stack and the function. The child starts after the
+    // syscall on `stack_top`, clears the secret from r9 first, calls `child(arg)` (r12 and
+    // r13 survive the call) and exits; it never returns into this function's frame.
+    unsafe {
+        std::arch::asm!(
+            "mov r9, qword ptr [{page}]",
+            "syscall",
+            "xor r9d, r9d",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "mov edi, eax",
+            "mov eax, 60",
+            "syscall",
+            "ud2",
+            "2:",
+            page = in(reg) page,
+            inlateout("rax") libc::SYS_clone as isize => result,
+            in("rdi") flags,
+            in("rsi") stack_top,
+            in("rdx") 0usize,
+            in("r10") 0usize,
+            in("r8") 0usize,
+            in("r12") arg,
+            in("r13") child,
+            out("r9") _,
+            out("rcx") _,
+            out("r11") _,
+        );
+    }
+    result
+}
+
+/// As the x86_64 one.
+///
+/// # Safety
+///
+/// As the x86_64 one.
+#[cfg(target_arch = "aarch64")]
+pub(crate) unsafe fn spawn_sharing_memory(
+    child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    stack_top: *mut u8,
+    arg: *mut libc::c_void,
+) -> isize {
+    let page = PAGE.load(Ordering::Relaxed);
+    let flags = (libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD) as usize;
+    let result: isize;
+    // SAFETY: as the x86_64 one; x20 and x21 survive the call.
+    unsafe {
+        std::arch::asm!(
+            "ldr x5, [{page}]",
+            "svc #0",
+            "mov x5, xzr",
+            "cbnz x0, 2f",
+            "mov x29, xzr",
+            "mov x0, x20",
+            "blr x21",
+            "mov x8, #93",
+            "svc #0",
+            "brk #0",
+            "2:",
+            page = in(reg) page,
+            in("x8") libc::SYS_clone,
+            inlateout("x0") flags => result,
+            in("x1") stack_top,
+            in("x2") 0usize,
+            in("x3") 0usize,
+            in("x4") 0usize,
+            in("x20") arg,
+            in("x21") child,
+            out("x5") _,
         );
     }
     result

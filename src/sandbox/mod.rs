@@ -63,6 +63,54 @@ pub(crate) fn fork_through_gate() -> Option<isize> {
     None
 }
 
+/// Starts a process sharing this one's memory until it execs, through the gate where this
+/// process is a supervisor under its workers' filter ([`gate::spawn_sharing_memory`]): the
+/// raw result. `None` otherwise: clone as usual.
+///
+/// # Safety
+///
+/// As [`gate::spawn_sharing_memory`].
+pub(crate) unsafe fn spawn_through_gate(
+    child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    stack_top: *mut u8,
+    arg: *mut libc::c_void,
+) -> Option<isize> {
+    #[cfg(target_os = "linux")]
+    if gate::armed() {
+        // SAFETY: the caller vouches for the stack, the function and its argument.
+        return Some(unsafe { gate::spawn_sharing_memory(child, stack_top, arg) });
+    }
+    let _ = (child, stack_top, arg);
+    None
+}
+
+/// Whether this process runs under its workers' filter, with the gate's secret.
+pub(crate) fn filters_this_process() -> bool {
+    #[cfg(target_os = "linux")]
+    return gate::armed() && gate::filtered();
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
+/// For an image this supervisor execs (an upgrade, its check) under its workers' filter: a
+/// descriptor holding the secret, to be closed once the exec is done, and the environment
+/// entry naming it ([`gate::hand_down`]). `None` where there is no such filter.
+pub(crate) fn hand_down() -> Option<(OwnedFd, std::ffi::CString)> {
+    #[cfg(target_os = "linux")]
+    return gate::hand_down();
+    #[cfg(not(target_os = "linux"))]
+    None
+}
+
+/// Whether this image runs under the seccomp filter of the supervisor image that exec'd it
+/// (an upgrade in place, its check), whose SIGSYS handler it installed before `main`.
+pub(crate) fn under_predecessors_filter() -> bool {
+    #[cfg(target_os = "linux")]
+    return gate::inherited_across_exec();
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
 /// What `--sandbox` asks of each worker; see the module documentation of what it confines.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Sandbox {
@@ -401,6 +449,16 @@ impl Prepared {
             let Some(mut filter) = taken else {
                 return Ok(false);
             };
+            if gate::inherited_across_exec() {
+                // An upgrade in place: the filter and its secret are the previous image's,
+                // which this image took before main. Not dumpable again (exec resets it).
+                filter.erase();
+                // SAFETY: prctl with integer arguments.
+                unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+                self.inherited
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                return Ok(true);
+            }
             if !gate::open() {
                 return Ok(false);
             }
@@ -420,6 +478,7 @@ impl Prepared {
             gate::clear_stack();
             gate::clear_registers();
             installed.map_err(|e| format!("--sandbox: seccomp filter: {e}"))?;
+            gate::installed(gate::filters_in_force());
             self.inherited
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             Ok(true)

@@ -1,5 +1,7 @@
 //! The seccomp part of the sandbox: which system calls an in-process worker may make, compiled
-//! once at start by libseccomp into one filter, installed in each worker with one system call.
+//! once at start by libseccomp into one filter, which the supervisor installs on itself and
+//! each worker inherits ([`super::gate`]); where there is no gate, each worker installs it
+//! with one system call.
 //!
 //! Allowed: what a protocol session and Rust's standard library need on descriptors the worker
 //! holds (reading, writing, polling, socket options, closing), memory, time, its own signals,
@@ -7,11 +9,12 @@
 //! changing files, which Landlock decides. Refused with EPERM and logged ([`super::trap`]):
 //! everything else, new sockets, connect, bind, accept, sending to an address (the worker
 //! holds forkd's syslog socket), exec, ptrace, O_PATH opens and stat of a path (Landlock
-//! does not mediate them, and they would tell what exists) among them. Refused with
-//! EPERM by the filter itself, unlogged: creating a process (fork, vfork, clone without
-//! CLONE_THREAD), which the C library does with every signal blocked, when a trap would kill
-//! the worker instead; clone3 answers ENOSYS, so that the C library falls back to clone, whose
-//! flags a filter can read. Killing the worker (logged first, by the trap): the calls that
+//! does not mediate them, and they would tell what exists) among them, and a fork (clone
+//! without CLONE_VM). Refused with EPERM by the filter itself, unlogged: a process sharing the
+//! caller's memory (posix_spawn's clone, vfork) and the fork and vfork calls, since the C
+//! library makes the first with every signal blocked, when a trap would kill the worker
+//! instead; clone3 answers ENOSYS, so that the C library falls back to clone, whose flags a
+//! filter can read. Killing the worker (logged first, by the trap): the calls that
 //! change credentials, where a caller that ignores the failure would carry on with the
 //! privileges it meant to drop.
 //!
@@ -21,7 +24,9 @@
 //! machine of docs/benchmarks.md: seccompiler's linear chain of a longer list took 320 µs to
 //! install; this tree (about 130 instructions) costs a worker about as much as a
 //! one-instruction filter, some 50 µs and more with installing and freeing: the kernel's
-//! fixed cost per filter (docs/security.md).
+//! fixed cost per filter (docs/security.md), which an inherited filter does not pay. With
+//! the gate's rules the tree grows to some 1,500 instructions, installed once; a call
+//! allowed whatever its arguments does not run it (the kernel keeps a bitmap of those).
 
 use std::sync::OnceLock;
 
@@ -114,6 +119,11 @@ const ALLOWED: &[&str] = &[
     "landlock_restrict_self",
     "capset",
     "tgkill",
+    // What the dynamic loader and the C library do as a program starts: the thread's TLS
+    // base and id. (An image a supervisor under this filter execs, its upgrade, starts under
+    // it; a worker cannot exec.)
+    "arch_prctl",
+    "set_tid_address",
     // Threads and the end.
     "set_robust_list",
     "rseq",
@@ -191,8 +201,13 @@ impl Filter {
         } else {
             self.install().map_err(|e| e.to_string())
         };
-        super::gate::erase(&mut self.0);
+        self.erase();
         installed
+    }
+
+    /// Zeroes the program in place.
+    pub(super) fn erase(&mut self) {
+        super::gate::erase(&mut self.0);
     }
 }
 
@@ -272,6 +287,38 @@ pub(super) fn filter(gated: bool) -> Result<Filter, String> {
     };
     let mut conditional: Vec<(&str, ScmpAction, Vec<ScmpArgCompare>)> = vec![
         ("fork", ScmpAction::Errno(libc::EPERM), not_gate.clone()),
+        // Whether a path exists, and its stat: EACCES from the filter, without a trap, since
+        // the dynamic loader asks (/etc/ld.so.preload, each LD_LIBRARY_PATH directory)
+        // before any handler is in place. (The descriptor forms are allowed below.)
+        ("access", ScmpAction::Errno(libc::EACCES), not_gate.clone()),
+        (
+            "faccessat",
+            ScmpAction::Errno(libc::EACCES),
+            not_gate.clone(),
+        ),
+        (
+            "faccessat2",
+            ScmpAction::Errno(libc::EACCES),
+            not_gate.clone(),
+        ),
+        ("stat", ScmpAction::Errno(libc::EACCES), not_gate.clone()),
+        ("lstat", ScmpAction::Errno(libc::EACCES), not_gate.clone()),
+        (
+            "newfstatat",
+            ScmpAction::Errno(libc::EACCES),
+            with(
+                vec![arg(3, ScmpCompareOp::MaskedEqual(empty_path), 0)],
+                &not_gate,
+            ),
+        ),
+        (
+            "statx",
+            ScmpAction::Errno(libc::EACCES),
+            with(
+                vec![arg(2, ScmpCompareOp::MaskedEqual(empty_path), 0)],
+                &not_gate,
+            ),
+        ),
         ("vfork", ScmpAction::Errno(libc::EPERM), not_gate.clone()),
         // ENOSYS, so that the C library falls back to clone, whose flags a filter can read.
         ("clone3", ScmpAction::Errno(libc::ENOSYS), not_gate.clone()),
@@ -356,29 +403,18 @@ pub(super) fn filter(gated: bool) -> Result<Filter, String> {
             ],
         ),
     ];
-    if gated {
-        // A process sharing the caller's memory (posix_spawn, vfork): EPERM from the filter
-        // itself, since the C library blocks every signal around it and the trap would then
-        // kill the worker. A fork (no shared memory) traps: in a worker it is refused and
-        // logged, in the supervisor made again through the gate, so that glibc's fork, with
-        // its handlers, still serves the supervisor.
-        conditional.push((
-            "clone",
-            ScmpAction::Errno(libc::EPERM),
-            with(
-                vec![arg(0, ScmpCompareOp::MaskedEqual(thread | vm), vm)],
-                &not_gate,
-            ),
-        ));
-    } else {
-        // A process: EPERM from the filter itself, since the C library blocks every signal
-        // around posix_spawn and the trap would then kill the worker.
-        conditional.push((
-            "clone",
-            ScmpAction::Errno(libc::EPERM),
-            vec![arg(0, ScmpCompareOp::MaskedEqual(thread), 0)],
-        ));
-    }
+    // A process sharing the caller's memory (posix_spawn, vfork): EPERM from the filter
+    // itself, since the C library blocks every signal around it and the trap would then
+    // kill the worker. A fork (no memory shared) traps, as any refused call: the worker is
+    // told EPERM and the call is logged; the supervisor's is made again through the gate.
+    conditional.push((
+        "clone",
+        ScmpAction::Errno(libc::EPERM),
+        with(
+            vec![arg(0, ScmpCompareOp::MaskedEqual(thread | vm), vm)],
+            &not_gate,
+        ),
+    ));
     conditional.extend(IOCTLS.iter().map(|request| {
         (
             "ioctl",

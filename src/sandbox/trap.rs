@@ -60,6 +60,62 @@ pub(super) fn install() -> Result<(), String> {
     }
 }
 
+/// [`install`], through the gate, in an image a gated supervisor exec'd (before `main`):
+/// its filter refuses rt_sigaction on SIGSYS to a caller without the secret. Also unblocks
+/// SIGSYS, which a blocked trap would turn into death.
+pub(super) fn install_through_gate() {
+    /// The kernel's struct sigaction (not the C library's).
+    #[repr(C)]
+    struct KernelAction {
+        handler: usize,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: u64,
+    }
+    let handler = on_sigsys as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+    #[cfg(target_arch = "x86_64")]
+    let (flags, restorer) = (
+        (libc::SA_SIGINFO | SA_RESTORER) as libc::c_ulong,
+        return_from_handler as *const () as usize,
+    );
+    #[cfg(not(target_arch = "x86_64"))]
+    let (flags, restorer) = (libc::SA_SIGINFO as libc::c_ulong, 0);
+    let action = KernelAction {
+        handler: handler as usize,
+        flags,
+        restorer,
+        mask: 0,
+    };
+    let args = [
+        libc::SIGSYS as usize,
+        &raw const action as usize,
+        0,
+        std::mem::size_of::<u64>(),
+        0,
+    ];
+    // SAFETY: rt_sigaction reads one kernel sigaction for SIGSYS; the handler and the
+    // restorer are functions of this program.
+    unsafe { super::gate::call(libc::SYS_rt_sigaction, args) };
+    // SAFETY: a plain sigprocmask on a set built here.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGSYS);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// The kernel's flag for a sigaction that names its own return path (x86_64 requires one).
+#[cfg(target_arch = "x86_64")]
+const SA_RESTORER: libc::c_int = 0x0400_0000;
+
+/// Where a handler installed with SA_RESTORER returns: rt_sigreturn, as the C library's own.
+#[cfg(target_arch = "x86_64")]
+#[unsafe(naked)]
+extern "C" fn return_from_handler() {
+    std::arch::naked_asm!("mov eax, 15", "syscall", "ud2")
+}
+
 extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo for a handler installed with SA_SIGINFO; its
     // SIGSYS layout begins as SigsysInfo does (three ints, then the union, pointer-aligned).

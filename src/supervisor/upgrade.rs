@@ -12,13 +12,12 @@
 //! and the process execs. If anything before the exec fails, or the exec does, the old image
 //! goes on serving and says why; the new one logs `upgrade=done`.
 
+use nix::unistd::Pid;
 use std::ffi::{CString, OsString};
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::workers::WorkerRecord;
@@ -42,9 +41,62 @@ pub struct UpgradePlan {
     pub args: Vec<OsString>,
 }
 
+/// Starts `PROGRAM --check ARGS` in a process group of its own, its output into `stdout`
+/// and `stderr`, by the supervisor's spawn (which a supervisor under its workers' seccomp
+/// filter makes through its gate, handing the check the secret: it runs under that filter).
+fn spawn_check(
+    plan: &UpgradePlan,
+    stdout: &std::fs::File,
+    stderr: &std::fs::File,
+) -> std::io::Result<Pid> {
+    let c = |bytes: &[u8]| {
+        CString::new(bytes).map_err(|_| std::io::Error::other("a NUL in an argument"))
+    };
+    let program = c(plan.program.as_os_str().as_bytes())?;
+    // --check first: after a `--`, it would be the program's argument.
+    let mut argv = vec![program.clone(), c(b"--check")?];
+    for arg in &plan.args {
+        argv.push(c(arg.as_bytes())?);
+    }
+    let mut env = environment(&[format!("{CHECK_ENV}=1")])?;
+    let gate = crate::sandbox::hand_down();
+    env.extend(gate.as_ref().map(|(_, entry)| entry.clone()));
+    let null = std::fs::File::open("/dev/null")?;
+    let argv: Vec<&std::ffi::CStr> = argv.iter().map(CString::as_c_str).collect();
+    let env: Vec<&std::ffi::CStr> = env.iter().map(CString::as_c_str).collect();
+    let started = crate::spawn::start(
+        &program,
+        &argv,
+        &env,
+        [null.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()],
+        None,
+    );
+    // The check has exec'd (or failed to): the secret's descriptor is closed here.
+    drop(gate);
+    started
+}
+
+/// This process's environment with `extra` entries added, for an exec.
+fn environment(extra: &[String]) -> std::io::Result<Vec<CString>> {
+    let entry = |pair: Vec<u8>| {
+        CString::new(pair).map_err(|_| std::io::Error::other("a NUL in the environment"))
+    };
+    let mut env = Vec::new();
+    for (key, value) in std::env::vars_os() {
+        let mut pair = key.as_bytes().to_vec();
+        pair.push(b'=');
+        pair.extend_from_slice(value.as_bytes());
+        env.push(entry(pair)?);
+    }
+    for pair in extra {
+        env.push(entry(pair.clone().into_bytes())?);
+    }
+    Ok(env)
+}
+
 /// The new binary's `--check`, running in a process group of its own.
 pub(super) struct Check {
-    child: Child,
+    child: Pid,
     deadline: Instant,
     /// Its standard output and error, in memory: a check that writes a lot cannot block
     /// on a pipe nobody reads yet.
@@ -55,9 +107,16 @@ pub(super) struct Check {
 impl Check {
     /// Ends the check and whatever it started, and reaps it.
     fn end(&mut self) {
-        let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
+        let _ = nix::sys::signal::killpg(self.child, nix::sys::signal::Signal::SIGKILL);
+    }
+
+    /// Reaps it: its exit status.
+    fn status(&self) -> Option<std::process::ExitStatus> {
+        use std::os::unix::process::ExitStatusExt;
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into a local.
+        let reaped = unsafe { libc::waitpid(self.child.as_raw(), &mut status, 0) };
+        (reaped == self.child.as_raw()).then(|| std::process::ExitStatus::from_raw(status))
     }
 
     /// What it wrote to `file`, the first 4 KiB.
@@ -89,14 +148,6 @@ impl Supervisor {
         if self.config.model != crate::config::Model::Fork {
             return refuse("threads cannot outlive the image that runs them: restart instead");
         }
-        if let Some(sandbox) = &self.in_place.sandbox
-            && sandbox.inherits_filter()
-        {
-            return refuse(
-                "the supervisor runs under --sandbox's system call filter, which a new image \
-                 would inherit and could not start under: restart instead",
-            );
-        }
         // What a restart would change, an upgrade would not: said now, not found later.
         if let Some(source) = self.reload_source.as_mut() {
             match source().and_then(|new| super::reload::restart_only(&self.config, &new)) {
@@ -115,16 +166,7 @@ impl Supervisor {
         let Ok((child_out, child_err)) = streams else {
             return refuse("cannot hand the check its output");
         };
-        // --check first: after a `--`, it would be the program's argument.
-        let started = Command::new(&plan.program)
-            .arg("--check")
-            .args(&plan.args)
-            .env(CHECK_ENV, "1")
-            .stdin(Stdio::null())
-            .stdout(child_out)
-            .stderr(child_err)
-            .process_group(0)
-            .spawn();
+        let started = spawn_check(plan, &child_out, &child_err);
         match started {
             Ok(child) => {
                 log::info!(
@@ -146,6 +188,7 @@ impl Supervisor {
     pub(super) fn abandon_upgrade(&mut self) {
         if let Some(mut check) = self.upgrade_check.take() {
             check.end();
+            let _ = check.status();
         }
     }
 
@@ -163,15 +206,15 @@ impl Supervisor {
         // Asked without reaping: while the check is a zombie its group's id cannot be reused,
         // so what it left running in its group can be ended by that id.
         use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
-        let pid = nix::unistd::Pid::from_raw(check.child.id() as i32);
+        let pid = check.child;
         let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
         let exited = !matches!(waitid(Id::Pid(pid), flags), Ok(WaitStatus::StillAlive));
         if !exited && check.deadline > now {
             return;
         }
         check.end();
-        let status = match check.child.try_wait() {
-            Ok(Some(status)) if exited => status,
+        let status = match check.status() {
+            Some(status) if exited => status,
             _ => {
                 self.upgrade_check = None;
                 log::error!(
@@ -192,9 +235,22 @@ impl Supervisor {
             .filter(|l| !l.is_empty())
             .collect();
         if !status.success() {
+            use std::os::unix::process::ExitStatusExt;
+            // Under --sandbox's filter, which the check inherits: a binary that cannot take
+            // the secret before main (not a forkd, or one without the gate) is stopped by it.
+            let filtered =
+                crate::sandbox::filters_this_process() && status.signal() == Some(libc::SIGSYS);
+            let hint = if filtered {
+                " (stopped by --sandbox's system call filter, which it inherits: restart instead)"
+            } else {
+                ""
+            };
             log::error!(
                 "status signal=SIGUSR2 upgrade=refused reason={}",
-                quote(&format!("--check failed ({status}): {}", said.join(" / ")))
+                quote(&format!(
+                    "--check failed ({status}){hint}: {}",
+                    said.join(" / ")
+                ))
             );
             return;
         }
@@ -235,16 +291,11 @@ impl Supervisor {
         for arg in &plan.args {
             argv.push(c(arg.as_bytes())?);
         }
-        let mut env: Vec<CString> = Vec::new();
-        for (key, value) in std::env::vars_os() {
-            let mut pair = key.as_bytes().to_vec();
-            pair.push(b'=');
-            pair.extend_from_slice(value.as_bytes());
-            env.push(c(&pair)?);
-        }
-        env.push(c(
-            format!("{}={}", crate::upgrade::ENV, memfd.as_raw_fd()).as_bytes()
-        )?);
+        let mut env = environment(&[format!("{}={}", crate::upgrade::ENV, memfd.as_raw_fd())])
+            .map_err(|e| e.to_string())?;
+        // Under the workers' seccomp filter, which the new image inherits: the secret too.
+        let gate = crate::sandbox::hand_down();
+        env.extend(gate.as_ref().map(|(_, entry)| entry.clone()));
         if let Some(n) = &mut self.notifier {
             n.reloading();
         }
@@ -255,8 +306,9 @@ impl Supervisor {
             state.listeners.len()
         );
         keep_across_exec(&fds, true);
-        let error = nix::unistd::execve(&program, &argv, &env).unwrap_err();
+        let error = exec(&program, &argv, &env);
         keep_across_exec(&fds, false);
+        drop(gate);
         Err(format!("exec {}: {error}", plan.program.display()))
     }
 
@@ -393,4 +445,35 @@ fn is_my_child(pid: i32) -> bool {
     use nix::sys::wait::{Id, WaitPidFlag, waitid};
     let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
     pid > 0 && waitid(Id::Pid(nix::unistd::Pid::from_raw(pid)), flags).is_ok()
+}
+
+/// execve, through the gate where the supervisor runs under its workers' seccomp filter (a
+/// trapped execve would be made again from the signal handler, and the new image would start
+/// with SIGSYS blocked). Returns only on failure.
+fn exec(program: &CString, argv: &[CString], env: &[CString]) -> nix::errno::Errno {
+    let pointers = |strings: &[CString]| -> Vec<*const libc::c_char> {
+        strings
+            .iter()
+            .map(|s| s.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect()
+    };
+    let (argv, envp) = (pointers(argv), pointers(env));
+    let args = [
+        program.as_ptr() as usize,
+        argv.as_ptr() as usize,
+        envp.as_ptr() as usize,
+        0,
+        0,
+    ];
+    // SAFETY: execve reads the NUL-terminated strings and the null-terminated arrays, alive
+    // for the call.
+    match unsafe { crate::sandbox::through_gate(libc::SYS_execve, args) } {
+        Some(error) => nix::errno::Errno::from_raw(-error as i32),
+        None => {
+            // SAFETY: as above.
+            unsafe { libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+            nix::errno::Errno::last()
+        }
+    }
 }

@@ -602,3 +602,17 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A copy of forkd in its own directory, to be replaced (an upgrade in place).
+pub fn installed(dir: &Path) -> PathBuf {
+    let path = dir.join("forkd");
+    std::fs::copy(FORKD, &path).unwrap();
+    path
+}
+
+/// Puts a new file at `path` (a new inode, as dpkg does).
+pub fn replace(path: &Path, with: &Path) {
+    let fresh = path.with_extension("new");
+    std::fs::copy(with, &fresh).unwrap();
+    std::fs::rename(&fresh, path).unwrap();
+}
