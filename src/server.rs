@@ -234,8 +234,9 @@ impl Server {
     /// process itself once it starts serving, and workers inherit it: code of the embedder's
     /// that runs there afterwards (a reload source, say) has its calls outside the workers'
     /// list trapped and made again, and cannot start a program (posix_spawn is refused);
-    /// workers are forked without running `pthread_atfork` handlers; an upgrade in place is
-    /// refused (docs/security.md, "The supervisor carries the filter").
+    /// workers are forked without running `pthread_atfork` handlers; an upgrade in place
+    /// runs the new image under the same filter (docs/security.md, "The supervisor carries
+    /// the filter").
     ///
     /// ```no_run
     /// # use forkd::{Sandbox, Server};

@@ -8,13 +8,15 @@
 //! threads (clone with CLONE_THREAD: a thread is as confined as its process), and opening and
 //! changing files, which Landlock decides. Refused with EPERM and logged ([`super::trap`]):
 //! everything else, new sockets, connect, bind, accept, sending to an address (the worker
-//! holds forkd's syslog socket), exec, ptrace, O_PATH opens and stat of a path (Landlock
-//! does not mediate them, and they would tell what exists) among them, and a fork (clone
-//! without CLONE_VM). Refused with EPERM by the filter itself, unlogged: a process sharing the
-//! caller's memory (posix_spawn's clone, vfork) and the fork and vfork calls, since the C
-//! library makes the first with every signal blocked, when a trap would kill the worker
-//! instead; clone3 answers ENOSYS, so that the C library falls back to clone, whose flags a
-//! filter can read. Killing the worker (logged first, by the trap): the calls that
+//! holds forkd's syslog socket), exec, ptrace, O_PATH opens (Landlock does not mediate them,
+//! and they would tell what exists) among them, and a fork (clone without CLONE_VM). Refused
+//! with EPERM by the filter itself, unlogged: a process sharing the caller's memory
+//! (posix_spawn's clone, vfork) and the fork and vfork calls, since the C library makes the
+//! first with every signal blocked, when a trap would kill the worker instead; clone3
+//! answers ENOSYS, so that the C library falls back to clone, whose flags a filter can read.
+//! Refused with EACCES by the filter, unlogged: a path's stat and access, which the dynamic
+//! loader asks before any handler is in place in a program started under the filter (an
+//! upgrade in place). Killing the worker (logged first, by the trap): the calls that
 //! change credentials, where a caller that ignores the failure would carry on with the
 //! privileges it meant to drop.
 //!
@@ -25,8 +27,8 @@
 //! install; this tree (about 130 instructions) costs a worker about as much as a
 //! one-instruction filter, some 50 µs and more with installing and freeing: the kernel's
 //! fixed cost per filter (docs/security.md), which an inherited filter does not pay. With
-//! the gate's rules the tree grows to some 1,500 instructions, installed once; a call
-//! allowed whatever its arguments does not run it (the kernel keeps a bitmap of those).
+//! the gate's rules the tree grows to some 600 instructions, installed once; a call allowed
+//! whatever its arguments does not run it (the kernel keeps a bitmap of those).
 
 use std::sync::OnceLock;
 
