@@ -391,12 +391,13 @@ pub(super) fn clear_registers() {
 /// As for the system call itself: pointers among `args` must be what it expects. Only the
 /// supervisor may call it after [`open`] (in a worker the secret is zero, and the call is
 /// what it would be without the gate).
-#[cfg(target_arch = "x86_64")]
 pub(crate) unsafe fn call(nr: libc::c_long, args: [usize; 5]) -> isize {
     let page = PAGE.load(Ordering::Relaxed);
     let result: isize;
-    // SAFETY: the caller vouches for the call; r9 is loaded from the page and cleared again
-    // inside this block, so the secret stays in no other register and in no memory.
+    // SAFETY (each architecture): the caller vouches for the call; the sixth argument's
+    // register is loaded from the page and cleared again inside the block, so the secret
+    // stays in no other register and in no memory.
+    #[cfg(target_arch = "x86_64")]
     unsafe {
         std::arch::asm!(
             "mov r9, qword ptr [{page}]",
@@ -415,19 +416,7 @@ pub(crate) unsafe fn call(nr: libc::c_long, args: [usize; 5]) -> isize {
             options(nostack),
         );
     }
-    result
-}
-
-/// As the x86_64 one.
-///
-/// # Safety
-///
-/// As the x86_64 one.
-#[cfg(target_arch = "aarch64")]
-pub(crate) unsafe fn call(nr: libc::c_long, args: [usize; 5]) -> isize {
-    let page = PAGE.load(Ordering::Relaxed);
-    let result: isize;
-    // SAFETY: as the x86_64 one; x5 is the sixth argument.
+    #[cfg(target_arch = "aarch64")]
     unsafe {
         std::arch::asm!(
             "ldr x5, [{page}]",
@@ -444,6 +433,12 @@ pub(crate) unsafe fn call(nr: libc::c_long, args: [usize; 5]) -> isize {
             options(nostack),
         );
     }
+    // Never reached: AVAILABLE is false, no gate is opened.
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = (nr, args, page);
+        result = -(libc::ENOSYS as isize);
+    }
     result
 }
 
@@ -457,7 +452,6 @@ pub(crate) unsafe fn call(nr: libc::c_long, args: [usize; 5]) -> isize {
 /// `stack_top` must be the 16-byte aligned top of memory the child may use as its stack
 /// until it execs; `child` must be safe to run there with `arg`; the caller is suspended
 /// until the child execs or exits, and should have every signal blocked.
-#[cfg(target_arch = "x86_64")]
 pub(crate) unsafe fn spawn_sharing_memory(
     child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
     stack_top: *mut u8,
@@ -466,9 +460,11 @@ pub(crate) unsafe fn spawn_sharing_memory(
     let page = PAGE.load(Ordering::Relaxed);
     let flags = (libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD) as usize;
     let result: isize;
-    // SAFETY: the caller vouches for the stack and the function. The child starts after the
-    // syscall on `stack_top`, clears the secret from r9 first, calls `child(arg)` (r12 and
-    // r13 survive the call) and exits; it never returns into this function's frame.
+    // SAFETY (each architecture): the caller vouches for the stack and the function. The
+    // child starts after the system call on `stack_top`, clears the secret's register first,
+    // calls `child(arg)` (held in registers a call preserves) and exits; it never returns
+    // into this function's frame.
+    #[cfg(target_arch = "x86_64")]
     unsafe {
         std::arch::asm!(
             "mov r9, qword ptr [{page}]",
@@ -498,24 +494,7 @@ pub(crate) unsafe fn spawn_sharing_memory(
             out("r11") _,
         );
     }
-    result
-}
-
-/// As the x86_64 one.
-///
-/// # Safety
-///
-/// As the x86_64 one.
-#[cfg(target_arch = "aarch64")]
-pub(crate) unsafe fn spawn_sharing_memory(
-    child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
-    stack_top: *mut u8,
-    arg: *mut libc::c_void,
-) -> isize {
-    let page = PAGE.load(Ordering::Relaxed);
-    let flags = (libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD) as usize;
-    let result: isize;
-    // SAFETY: as the x86_64 one; x20 and x21 survive the call.
+    #[cfg(target_arch = "aarch64")]
     unsafe {
         std::arch::asm!(
             "ldr x5, [{page}]",
@@ -541,15 +520,11 @@ pub(crate) unsafe fn spawn_sharing_memory(
             out("x5") _,
         );
     }
+    // Never reached: AVAILABLE is false, no gate is opened.
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = (child, stack_top, arg, page, flags);
+        result = -(libc::ENOSYS as isize);
+    }
     result
-}
-
-/// Never called: [`AVAILABLE`] is false here, so no gate is opened.
-///
-/// # Safety
-///
-/// None needed.
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-pub(crate) unsafe fn call(_: libc::c_long, _: [usize; 5]) -> isize {
-    -(libc::ENOSYS as isize)
 }
