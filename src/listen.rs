@@ -198,7 +198,7 @@ fn bind_unix(path: &Path, backlog: i32, file: SocketFile) -> Result<Listener, St
 /// A socket file nobody answers on is left from a forkd that died: remove it. A live one, or
 /// anything that is not a socket, is an error: forkd never deletes what it did not make.
 fn remove_stale_socket(path: &Path) -> Result<(), String> {
-    let meta = match std::fs::symlink_metadata(path) {
+    let meta = match crate::sandbox::path_metadata(path, false) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e.to_string()),

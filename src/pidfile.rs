@@ -101,7 +101,8 @@ impl Drop for Pidfile {
     /// Removes the file if the path still names the file this process locked (not one an
     /// admin put there since), while the lock is still held.
     fn drop(&mut self) {
-        let ours = match (std::fs::symlink_metadata(&self.path), self.file.metadata()) {
+        let at_path = crate::sandbox::path_metadata(&self.path, false);
+        let ours = match (at_path, self.file.metadata()) {
             (Ok(at_path), Ok(locked)) => {
                 at_path.dev() == locked.dev() && at_path.ino() == locked.ino()
             }

@@ -506,6 +506,20 @@ fn occurrences(pid: i32, secret: u64) -> Vec<String> {
     found
 }
 
+/// How many copies of the secret a root scan of the supervisor can read: none where the
+/// kernel has memfd_secret (probed here), one otherwise.
+fn readable_copies() -> usize {
+    // SAFETY: memfd_secret with no flags; the descriptor, if any, is closed at once.
+    let fd = unsafe { libc::syscall(libc::SYS_memfd_secret, 0) };
+    if fd >= 0 {
+        // SAFETY: the descriptor just made.
+        unsafe { libc::close(fd as i32) };
+        0
+    } else {
+        1
+    }
+}
+
 fn status_field(pid: i32, key: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with(key)).unwrap();
@@ -528,9 +542,11 @@ fn workers_inherit_the_supervisors_filter_and_not_its_secret() {
     let secret = secret_in(&filter_of(supervisor));
     assert_ne!(secret, 0);
     // The supervisor holds the secret in its one page, and nowhere else (any other copy would
-    // be a worker's at the next fork); a worker holds it nowhere.
+    // be a worker's at the next fork): a memfd_secret page, which not even root can read
+    // through /proc/PID/mem, or else a page the kernel empties at fork. A worker holds it
+    // nowhere.
     let held = occurrences(supervisor, secret);
-    assert_eq!(held.len(), 1, "{held:#?}");
+    assert_eq!(held.len(), readable_copies(), "{held:#?}");
     assert_eq!(occurrences(worker, secret), Vec::<String>::new());
     // The worker is still confined, and serves.
     assert_eq!(ask(&mut client, "open /etc/passwd"), "denied: EACCES");
@@ -542,26 +558,40 @@ fn workers_inherit_the_supervisors_filter_and_not_its_secret() {
 fn a_supervisor_under_the_filter_still_reloads_ends_workers_and_stops() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("forkd.toml");
+    let pidfile = dir.path().join("forkd.pid");
+    let socket = dir.path().join("added.sock");
     let port = common::free_port();
-    let file = |ports: &[u16]| {
-        let listen: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    let file = |listen: &[String]| {
+        let listen: Vec<String> = listen.iter().map(|l| format!("\"{l}\"")).collect();
         format!(
-            "listen = [{}]\nlog = \"stderr\"\nsandbox = \"best-effort\"\nmax-lifetime = \"1s\"\n",
-            listen.join(", ")
+            "listen = [{}]\nlog = \"stderr\"\nsandbox = \"best-effort\"\n\
+             sandbox-read = [\"/usr/share\"]\nmax-lifetime = \"1s\"\npidfile = \"{}\"\n",
+            listen.join(", "),
+            pidfile.display()
         )
     };
-    std::fs::write(&path, file(&[port])).unwrap();
+    let first = format!("127.0.0.1:{port}");
+    std::fs::write(&path, file(std::slice::from_ref(&first))).unwrap();
     let mut cmd = Command::new(common::FORKD);
     cmd.arg("--config").arg(&path);
     let mut server = Forkd::start_with(&mut cmd, dir);
     server.wait_log("sandbox for=handler");
     assert_eq!(status_field(server.pid, "Seccomp_filters:"), "1");
-    // A reload binds a new listener (socket, bind, listen: calls the workers may not make).
+    // A reload checks the sandbox's paths again and binds new listeners, TCP and Unix
+    // (socket, bind, listen, a stale socket file's stat: calls the workers may not make).
     let added = common::free_port();
-    std::fs::write(&path, file(&[port, added])).unwrap();
+    let unix = format!("unix:{}", socket.display());
+    std::fs::write(
+        &path,
+        file(&[first, format!("127.0.0.1:{added}"), unix.clone()]),
+    )
+    .unwrap();
     server.signal(libc::SIGHUP);
     let line = server.wait_log(" reload=");
     assert!(line.contains(" reload=applied "), "{line}");
+    let mut over_unix = Client::connect(&unix.parse().unwrap());
+    assert_eq!(over_unix.echo(b"unix").payload, b"unix");
+    drop(over_unix);
     let mut client = Client::connect(&format!("127.0.0.1:{added}").parse().unwrap());
     assert_eq!(client.echo(b"new").payload, b"new");
     // --max-lifetime ends a worker (kill), which is then reaped.
@@ -571,15 +601,20 @@ fn a_supervisor_under_the_filter_still_reloads_ends_workers_and_stops() {
     let mut again = Client::connect(&server.addr());
     assert_eq!(again.echo(b"still").payload, b"still");
     drop(again);
+    assert!(pidfile.exists());
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit().success());
+    // Its own files are removed as without the sandbox (their stat is by descriptor).
+    assert!(!pidfile.exists(), "the pidfile is left");
+    assert!(!socket.exists(), "the socket file is left");
 }
 
 #[test]
 fn a_sandboxed_server_upgrades_in_place_under_its_filter() {
     let bin = tempfile::tempdir().unwrap();
     let program = common::installed(bin.path());
-    let mut server = Forkd::start_binary(program.to_str().unwrap(), &["--sandbox"]);
+    let args = ["--sandbox", "--sandbox-read", "/usr/share"];
+    let mut server = Forkd::start_binary(program.to_str().unwrap(), &args);
     server.wait_log("sandbox for=handler");
     let mut running = Client::connect(&server.addr());
     assert_eq!(running.echo(b"before").payload, b"before");
@@ -597,7 +632,7 @@ fn a_sandboxed_server_upgrades_in_place_under_its_filter() {
         assert_eq!(status_field(server.pid, "Seccomp_filters:"), "1");
         assert_eq!(secret_in(&filter_of(server.pid)), secret);
         let held = occurrences(server.pid, secret);
-        assert_eq!(held.len(), 1, "{held:#?}");
+        assert_eq!(held.len(), readable_copies(), "{held:#?}");
         // It serves, and its workers are confined and hold no secret.
         let mut fresh = Client::connect(&server.addr());
         assert_eq!(fresh.echo(b"new image").payload, b"new image");
@@ -629,4 +664,57 @@ fn a_sandboxed_server_upgrades_in_place_under_its_filter() {
     drop(after);
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit().success());
+}
+
+#[test]
+fn a_secret_handed_by_someone_else_is_not_trusted() {
+    // A forkd started under an allow-all filter of someone else's, with a descriptor named by
+    // FORKD_GATE_FD holding a value and that filter count: as if exec'd by a gated
+    // supervisor. It must see that the value opens no filter of forkd's, and install its own.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(common::example("faults"));
+    cmd.args(["--log", "stderr", "--listen", "127.0.0.1:0", "--sandbox"])
+        .env("FORKD_GATE_FD", "9");
+    // SAFETY: between fork and exec only system calls, on memory prepared before the fork.
+    unsafe {
+        cmd.pre_exec(|| {
+            let fd = libc::memfd_create(c"fake".as_ptr(), 0);
+            let fake = [0x41u8; 8];
+            let count: u32 = 1;
+            let allow = [libc::sock_filter {
+                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 0,
+                k: libc::SECCOMP_RET_ALLOW,
+            }];
+            let program = libc::sock_fprog {
+                len: 1,
+                filter: allow.as_ptr() as *mut libc::sock_filter,
+            };
+            let ok = fd >= 0
+                && libc::pwrite(fd, fake.as_ptr().cast(), 8, 0) == 8
+                && libc::pwrite(fd, (&raw const count).cast(), 4, 8) == 4
+                && libc::dup2(fd, 9) == 9
+                && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+                && libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    0,
+                    &raw const program,
+                ) == 0;
+            if ok {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut server = Forkd::start_with(&mut cmd, dir);
+    server.wait_log("sandbox for=handler");
+    // Its own filter on top of the other one, and its workers confined by it.
+    assert_eq!(status_field(server.pid, "Seccomp_filters:"), "2");
+    let mut client = Client::connect(&server.addr());
+    assert_eq!(ask(&mut client, "connect 127.0.0.1:9"), "denied: EPERM");
+    assert_eq!(ask(&mut client, "exec /bin/true"), "denied: EPERM");
+    assert_eq!(ask(&mut client, "hello"), "hello");
 }

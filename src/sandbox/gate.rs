@@ -10,17 +10,20 @@
 //! The filter allows any call whose otherwise unused sixth argument carries a 64-bit secret,
 //! and only the supervisor knows it:
 //!
-//! - the secret lives in one page the kernel empties in every child at fork
-//!   (`MADV_WIPEONFORK`), and nowhere else: it is read into the sixth argument's register
-//!   inside the assembly that makes the call, which clears that register again before any
-//!   other instruction runs, in the supervisor and, after a fork, in the child;
+//! - the secret lives in one page of `memfd_secret` memory (Linux 5.14), which no other
+//!   process can read, not even through `/proc/PID/mem` or ptrace, and which a child does
+//!   not get at fork (`MADV_DONTFORK`); where the kernel has no `memfd_secret`, in a page the
+//!   kernel empties in every child at fork (`MADV_WIPEONFORK`). It is read into the sixth
+//!   argument's register inside the assembly that makes the call, which clears that
+//!   register again before any other instruction runs, in the supervisor and, after a fork,
+//!   in the child;
 //! - the filter is compiled with a placeholder, which is replaced by the secret in the
 //!   program handed to the kernel; that copy is zeroed once installed, and the stack the
 //!   replacement ran on is cleared;
 //! - calls the supervisor makes through libraries (glibc's fork, the syslog socket, the
 //!   listeners a reload adds) are trapped like a worker's and made again here, with the
 //!   secret, by the SIGSYS handler ([`super::trap`]), which tells the supervisor from a
-//!   worker by the page: in a worker it reads zero.
+//!   worker by a flag in a page the kernel empties at fork: in a worker it reads zero.
 //!
 //! A worker that guesses has one try per call, each refused and logged; 2^64 values.
 
@@ -31,8 +34,13 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering}
 /// number, a flag, a small constant).
 pub(super) const PLACEHOLDER: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// The page holding the secret; null where there is no gate.
+/// A page the kernel empties in every child at fork: a flag, nonzero in the supervisor
+/// (whether it holds the secret), then the secret itself where there is no `memfd_secret`.
+/// Null where there is no gate.
 static PAGE: AtomicPtr<u64> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Where the secret is: a `memfd_secret` page, or the second word of [`PAGE`].
+static SECRET: AtomicPtr<u64> = AtomicPtr::new(std::ptr::null_mut());
 
 /// Where the C library keeps this thread's id, which a forked child's id must replace in the
 /// child (as glibc's fork has the kernel do); 0 where the kernel does not say.
@@ -44,21 +52,24 @@ const PR_GET_TID_ADDRESS: libc::c_int = 40;
 /// Whether this architecture has the gate.
 pub(super) const AVAILABLE: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
 
-/// Makes the secret: a page of its own, emptied in each child at fork, filled by the kernel
-/// (or, in an image a gated supervisor exec'd, taken from it before `main`: [`take_handed`]).
-/// `false` where the kernel cannot (no `MADV_WIPEONFORK` before Linux 4.14).
+/// Makes the secret, filled by the kernel (or, in an image a gated supervisor exec'd, taken
+/// from it before `main`: [`take_handed`]). `false` where the kernel cannot (no
+/// `MADV_WIPEONFORK` before Linux 4.14).
 pub(super) fn open() -> bool {
     if armed() {
         return true;
     }
-    let Some(secret) = page() else {
+    let Some(secret) = pages() else {
         return false;
     };
-    // SAFETY: getrandom writes at most 8 bytes at `secret`, in the page; read back with
+    // SAFETY: getrandom writes at most 8 bytes at `secret`, in its page; read back with
     // volatile reads so the value is not kept in a register or on the stack.
     let filled = (0..8).any(|_| unsafe {
         libc::getrandom(secret.cast(), 8, 0) == 8 && std::ptr::read_volatile(secret) != 0
     });
+    if filled {
+        arm();
+    }
     learn_thread_id_address();
     filled
 }
@@ -72,15 +83,23 @@ fn learn_thread_id_address() {
     }
 }
 
-/// The page for the secret, made once: emptied in each child at fork.
-fn page() -> Option<*mut u64> {
-    if !AVAILABLE {
-        return None;
+/// Sets the flag that this process holds the secret.
+fn arm() {
+    // SAFETY: PAGE is live once `pages` made it.
+    unsafe { std::ptr::write_volatile(PAGE.load(Ordering::Relaxed), 1) };
+}
+
+/// Forgets the secret: zeroes it and the flag.
+fn disarm() {
+    // SAFETY: both are live once `pages` made them.
+    unsafe {
+        std::ptr::write_volatile(SECRET.load(Ordering::Relaxed), 0);
+        std::ptr::write_volatile(PAGE.load(Ordering::Relaxed), 0);
     }
-    let made = PAGE.load(Ordering::Relaxed);
-    if !made.is_null() {
-        return Some(made);
-    }
+}
+
+/// An anonymous private page.
+fn anonymous_page() -> Option<*mut libc::c_void> {
     // SAFETY: a new private anonymous mapping; nothing else refers to it.
     let page = unsafe {
         libc::mmap(
@@ -92,17 +111,64 @@ fn page() -> Option<*mut u64> {
             0,
         )
     };
-    if page == libc::MAP_FAILED {
+    (page != libc::MAP_FAILED).then_some(page)
+}
+
+/// A page of `memfd_secret` memory that a child does not get at fork; `None` where the
+/// kernel has none (or refuses it).
+fn secret_page() -> Option<*mut u64> {
+    // SAFETY: memfd_secret with no flags; the descriptor is closed below, the mapping kept.
+    let fd = unsafe { libc::syscall(libc::SYS_memfd_secret, 0) } as libc::c_int;
+    if fd < 0 {
         return None;
     }
+    // SAFETY: a shared mapping of the descriptor just made, sized first; then it is closed.
+    let page = unsafe {
+        let sized = libc::ftruncate(fd, 4096) == 0;
+        let page = sized.then(|| {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        });
+        libc::close(fd);
+        page.filter(|p| *p != libc::MAP_FAILED)?
+    };
+    // SAFETY: `page` is the mapping just made.
+    if unsafe { libc::madvise(page, 4096, libc::MADV_DONTFORK) } != 0 {
+        // SAFETY: unmapping the mapping made above, which nothing refers to.
+        unsafe { libc::munmap(page, 4096) };
+        return None;
+    }
+    Some(page.cast())
+}
+
+/// The flag's page and the secret's place, made once: the secret's place.
+fn pages() -> Option<*mut u64> {
+    if !AVAILABLE {
+        return None;
+    }
+    let made = SECRET.load(Ordering::Relaxed);
+    if !made.is_null() {
+        return Some(made);
+    }
+    let page = anonymous_page()?;
     // SAFETY: `page` is the mapping just made, 4096 bytes.
     if unsafe { libc::madvise(page, 4096, libc::MADV_WIPEONFORK) } != 0 {
         // SAFETY: unmapping the mapping made above, which nothing refers to.
         unsafe { libc::munmap(page, 4096) };
         return None;
     }
-    PAGE.store(page.cast(), Ordering::Relaxed);
-    Some(page.cast())
+    let page = page.cast::<u64>();
+    // SAFETY: the second word of the page.
+    let secret = secret_page().unwrap_or_else(|| unsafe { page.add(1) });
+    PAGE.store(page, Ordering::Relaxed);
+    SECRET.store(secret, Ordering::Relaxed);
+    Some(secret)
 }
 
 /// The environment variable naming the descriptor from which an image a gated supervisor
@@ -159,10 +225,10 @@ pub(crate) fn hand_down() -> Option<(std::os::fd::OwnedFd, std::ffi::CString)> {
     }
     // SAFETY: a new descriptor nothing else owns.
     let file = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    let page = PAGE.load(Ordering::Relaxed);
-    // SAFETY: 8 bytes from the live page, 4 from a local.
+    let secret = SECRET.load(Ordering::Relaxed);
+    // SAFETY: 8 bytes from the live secret, 4 from a local.
     let written = unsafe {
-        libc::pwrite(fd, page.cast(), 8, 0) == 8
+        libc::pwrite(fd, secret.cast(), 8, 0) == 8
             && libc::pwrite(fd, (&raw const filters).cast(), 4, 8) == 4
     };
     if !written {
@@ -174,15 +240,19 @@ pub(crate) fn hand_down() -> Option<(std::os::fd::OwnedFd, std::ffi::CString)> {
 
 /// Before `main`, in every program linking forkd: an image a gated supervisor exec'd takes
 /// the secret from the descriptor it was handed, and, if it runs under that filter (as many
-/// filters as the handing image said), installs the SIGSYS handler through the gate (the
-/// filter refuses rt_sigaction on SIGSYS otherwise, and the first trapped call would kill
-/// it). Without the variable it does nothing but look.
+/// filters as the handing image said, and the filter refuses a call the secret lets through),
+/// installs the SIGSYS handler through the gate (the filter refuses rt_sigaction on SIGSYS
+/// otherwise, and the first trapped call would kill it). Without the variable it does nothing
+/// but look.
 extern "C" fn take_handed() {
     // SAFETY: before main, single-threaded: nothing changes the environment meanwhile.
     let value = unsafe { libc::getenv(HANDED.as_ptr()) };
     if value.is_null() {
         return;
     }
+    // Not dumpable first (exec made it dumpable again; the filter allows this one prctl).
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     // SAFETY: getenv's result is a NUL-terminated string in the environment.
     let fd: Option<libc::c_int> = unsafe { std::ffi::CStr::from_ptr(value) }
         .to_str()
@@ -190,30 +260,55 @@ extern "C" fn take_handed() {
         .and_then(|v| v.parse().ok());
     // SAFETY: as above; the variable is not handed further.
     unsafe { libc::unsetenv(HANDED.as_ptr()) };
-    let (Some(fd), Some(page)) = (fd, page()) else {
+    let (Some(fd), Some(secret)) = (fd, pages()) else {
         return;
     };
     let mut filters: u32 = 0;
-    // SAFETY: reads 8 bytes into the page and 4 into a local, then closes the descriptor,
-    // which this process was handed for this alone.
+    // SAFETY: reads 8 bytes into the secret's page and 4 into a local, then closes the
+    // descriptor, which this process was handed for this alone.
     let read = unsafe {
-        let read = libc::pread(fd, page.cast(), 8, 0) == 8
+        let read = libc::pread(fd, secret.cast(), 8, 0) == 8
             && libc::pread(fd, (&raw mut filters).cast(), 4, 8) == 4;
         libc::close(fd);
         read
     };
-    if read && armed() && filters > 0 && filters_in_force() == filters {
-        FILTERS.store(filters, Ordering::Relaxed);
-        UNDER_HANDED_FILTER.store(true, Ordering::Relaxed);
-        super::trap::install_through_gate();
-        // After the handler: the filter refuses this prctl to a caller without the secret.
-        learn_thread_id_address();
-    } else {
-        // Not under that filter: the value is no secret of a filter here; a filter installed
-        // later gets a fresh one.
-        // SAFETY: the live page.
-        unsafe { std::ptr::write_volatile(page, 0) };
+    if read && filters > 0 && filters_in_force() == filters {
+        arm();
+        if opens_the_filter() {
+            FILTERS.store(filters, Ordering::Relaxed);
+            UNDER_HANDED_FILTER.store(true, Ordering::Relaxed);
+            super::trap::install_through_gate();
+            // After the handler: the filter refuses this prctl to a caller without the secret.
+            learn_thread_id_address();
+            return;
+        }
     }
+    // Not under that filter: the value is no secret of a filter here; a filter installed
+    // later gets a fresh one.
+    disarm();
+}
+
+/// Whether the filter in force is one the secret opens: it answers a path's access with
+/// EACCES to a caller without the secret, and lets the caller with it through. (A filter of
+/// someone else's, with a descriptor of theirs, would not.)
+fn opens_the_filter() -> bool {
+    let root = c"/".as_ptr() as usize;
+    // SAFETY: faccessat reads the path; the sixth argument is zero.
+    let without = unsafe {
+        libc::syscall(
+            libc::SYS_faccessat,
+            libc::AT_FDCWD,
+            root,
+            libc::F_OK,
+            0,
+            0,
+            0,
+        )
+    };
+    let refused = without == -1 && nix::errno::Errno::last() == nix::errno::Errno::EACCES;
+    let args = [libc::AT_FDCWD as usize, root, libc::F_OK as usize, 0, 0];
+    // SAFETY: as above, with the secret.
+    refused && unsafe { call(libc::SYS_faccessat, args) } == 0
 }
 
 #[used]
@@ -246,10 +341,11 @@ pub(crate) fn fork() -> Option<isize> {
 }
 
 /// Whether this process holds the secret: the supervisor after [`open`], never a worker (its
-/// page was emptied at fork). Async-signal-safe.
+/// flag was emptied at fork, and the secret's page is not there). Async-signal-safe.
 pub(crate) fn armed() -> bool {
     let page = PAGE.load(Ordering::Relaxed);
-    // SAFETY: a non-null PAGE points at the live page made by `open`, never unmapped.
+    // SAFETY: a non-null PAGE points at the live page made by `pages`, never unmapped (and
+    // present in a child, emptied).
     !page.is_null() && unsafe { std::ptr::read_volatile(page) } != 0
 }
 
@@ -259,8 +355,8 @@ pub(crate) fn armed() -> bool {
 /// registers only, which [`clear_registers`] empties afterwards.
 #[inline(never)]
 pub(super) fn seal(program: &mut [libc::sock_filter]) -> (usize, usize) {
-    let page = PAGE.load(Ordering::Relaxed);
-    if page.is_null() {
+    let page = SECRET.load(Ordering::Relaxed);
+    if !armed() {
         return (0, 0);
     }
     let (mut low, mut high) = (0, 0);
@@ -268,7 +364,7 @@ pub(super) fn seal(program: &mut [libc::sock_filter]) -> (usize, usize) {
         let placeholder_low = PLACEHOLDER as u32;
         let placeholder_high = (PLACEHOLDER >> 32) as u32;
         if instruction.k == placeholder_low {
-            // SAFETY: `page` is live (see `armed`); the read is not kept beyond this store.
+            // SAFETY: the secret is live (see `armed`); the read is not kept beyond this store.
             unsafe {
                 std::ptr::write_volatile(&mut instruction.k, std::ptr::read_volatile(page) as u32)
             };
@@ -392,7 +488,7 @@ pub(super) fn clear_registers() {
 /// supervisor may call it after [`open`] (in a worker the secret is zero, and the call is
 /// what it would be without the gate).
 pub(crate) unsafe fn call(nr: libc::c_long, args: [usize; 5]) -> isize {
-    let page = PAGE.load(Ordering::Relaxed);
+    let page = SECRET.load(Ordering::Relaxed);
     let result: isize;
     // SAFETY (each architecture): the caller vouches for the call; the sixth argument's
     // register is loaded from the page and cleared again inside the block, so the secret
@@ -457,7 +553,7 @@ pub(crate) unsafe fn spawn_sharing_memory(
     stack_top: *mut u8,
     arg: *mut libc::c_void,
 ) -> isize {
-    let page = PAGE.load(Ordering::Relaxed);
+    let page = SECRET.load(Ordering::Relaxed);
     let flags = (libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD) as usize;
     let result: isize;
     // SAFETY (each architecture): the caller vouches for the stack and the function. The

@@ -111,6 +111,21 @@ pub(crate) fn under_predecessors_filter() -> bool {
     false
 }
 
+/// The metadata of `path` (of a symbolic link itself unless `follow`), from a descriptor
+/// opened for it (`O_PATH`) rather than by path: under the workers' seccomp filter, which
+/// answers a path's stat with EACCES, the supervisor's `O_PATH` open is trapped and made
+/// again through the gate. For the supervisor's own checks (its pidfile, a stale socket
+/// file, the sandbox's paths at a reload).
+pub(crate) fn path_metadata(path: &Path, follow: bool) -> std::io::Result<std::fs::Metadata> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | nofollow)
+        .open(path)?
+        .metadata()
+}
+
 /// What `--sandbox` asks of each worker; see the module documentation of what it confines.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Sandbox {
@@ -162,7 +177,7 @@ impl Sandbox {
             ("--sandbox-write", &self.write),
         ] {
             for path in paths {
-                if let Err(e) = std::fs::metadata(path) {
+                if let Err(e) = path_metadata(path, true) {
                     return Err(format!("{flag} {}: {e}", path.display()));
                 }
             }

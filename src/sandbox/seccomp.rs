@@ -93,6 +93,9 @@ const ALLOWED: &[&str] = &[
     "mremap",
     "mprotect",
     "madvise",
+    // Memory no other process can read (an image exec'd under the filter keeps the gate's
+    // secret in it, before any handler is in place); bounded by RLIMIT_MEMLOCK.
+    "memfd_secret",
     // Time and facts about itself.
     "clock_gettime",
     "clock_getres",
@@ -395,7 +398,16 @@ pub(super) fn filter(gated: bool) -> Result<Filter, String> {
                 arg(1, ScmpCompareOp::Equal, 0),
             ],
         ),
-        // Its own priority (raising it takes a capability a worker does not keep).
+        // Its own priority, read or set (raising it takes a capability a worker does not
+        // keep).
+        (
+            "getpriority",
+            ScmpAction::Allow,
+            vec![
+                arg(0, ScmpCompareOp::Equal, libc::PRIO_PROCESS as u64),
+                arg(1, ScmpCompareOp::Equal, 0),
+            ],
+        ),
         (
             "setpriority",
             ScmpAction::Allow,
@@ -424,7 +436,8 @@ pub(super) fn filter(gated: bool) -> Result<Filter, String> {
             vec![arg(1, ScmpCompareOp::Equal, *request)],
         )
     }));
-    // The name of a thread.
+    // The name of a thread; not dumpable (an image exec'd under the filter makes itself so
+    // before anything else).
     conditional.extend([libc::PR_SET_NAME, libc::PR_GET_NAME].iter().map(|option| {
         (
             "prctl",
@@ -432,6 +445,14 @@ pub(super) fn filter(gated: bool) -> Result<Filter, String> {
             vec![arg(0, ScmpCompareOp::Equal, *option as u64)],
         )
     }));
+    conditional.push((
+        "prctl",
+        ScmpAction::Allow,
+        vec![
+            arg(0, ScmpCompareOp::Equal, libc::PR_SET_DUMPABLE as u64),
+            arg(1, ScmpCompareOp::Equal, 0),
+        ],
+    ));
     for (name, action, compare) in conditional {
         let call = ScmpSyscall::from_name(name).map_err(failed)?;
         ctx.add_rule_conditional(action, call, &compare)
