@@ -27,7 +27,7 @@
 //!
 //! A worker that guesses has one try per call, each refused and logged; 2^64 values.
 
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 
 /// The value the filter is compiled with, replaced by the secret before it is installed.
 /// Chosen so that neither half is a value a filter compares with otherwise (a system call
@@ -41,13 +41,6 @@ static PAGE: AtomicPtr<u64> = AtomicPtr::new(std::ptr::null_mut());
 
 /// Where the secret is: a `memfd_secret` page, or the second word of [`PAGE`].
 static SECRET: AtomicPtr<u64> = AtomicPtr::new(std::ptr::null_mut());
-
-/// Where the C library keeps this thread's id, which a forked child's id must replace in the
-/// child (as glibc's fork has the kernel do); 0 where the kernel does not say.
-static TID_ADDRESS: AtomicUsize = AtomicUsize::new(0);
-
-/// `PR_GET_TID_ADDRESS`, which the libc crate names on some systems only.
-const PR_GET_TID_ADDRESS: libc::c_int = 40;
 
 /// Whether this architecture has the gate.
 pub(super) const AVAILABLE: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
@@ -70,17 +63,7 @@ pub(super) fn open() -> bool {
     if filled {
         arm();
     }
-    learn_thread_id_address();
     filled
-}
-
-/// Learns where the C library keeps the thread id ([`fork`]).
-fn learn_thread_id_address() {
-    let mut tid_address: usize = 0;
-    // SAFETY: the kernel writes one pointer at `tid_address`.
-    if unsafe { libc::prctl(PR_GET_TID_ADDRESS, &raw mut tid_address, 0, 0, 0) } == 0 {
-        TID_ADDRESS.store(tid_address, Ordering::Relaxed);
-    }
 }
 
 /// Sets the flag that this process holds the secret.
@@ -278,8 +261,6 @@ extern "C" fn take_handed() {
             FILTERS.store(filters, Ordering::Relaxed);
             UNDER_HANDED_FILTER.store(true, Ordering::Relaxed);
             super::trap::install_through_gate();
-            // After the handler: the filter refuses this prctl to a caller without the secret.
-            learn_thread_id_address();
             return;
         }
     }
@@ -314,31 +295,6 @@ fn opens_the_filter() -> bool {
 #[used]
 #[unsafe(link_section = ".init_array")]
 static TAKE_HANDED: extern "C" fn() = take_handed;
-
-/// Forks the supervisor through the gate: the child's pid, 0 in the child, or a negative
-/// errno, as the system call returns it. `None` where there is no gate (or the kernel would
-/// not say where the thread id is kept): fork as usual.
-///
-/// The C library's fork is bypassed: its bookkeeping concerns other threads, which the
-/// supervisor never has, and the thread id it keeps, which the kernel writes here as it does
-/// for glibc; handlers registered with pthread_atfork do not run. (Through the C library, the
-/// clone would be trapped and made again by the SIGSYS handler, a signal per connection.)
-pub(crate) fn fork() -> Option<isize> {
-    let tid_address = TID_ADDRESS.load(Ordering::Relaxed);
-    if !armed() || tid_address == 0 {
-        return None;
-    }
-    let flags = (libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD) as usize;
-    // clone's arguments: flags, stack, parent's tid, then the child's tid and the TLS in the
-    // order of the architecture.
-    #[cfg(target_arch = "x86_64")]
-    let args = [flags, 0, 0, tid_address, 0];
-    #[cfg(not(target_arch = "x86_64"))]
-    let args = [flags, 0, 0, 0, tid_address];
-    // SAFETY: a fork of a single-threaded process (the supervisor), whose child only writes
-    // its thread id where the C library keeps it.
-    Some(unsafe { call(libc::SYS_clone, args) })
-}
 
 /// Whether this process holds the secret: the supervisor after [`open`], never a worker (its
 /// flag was emptied at fork, and the secret's page is not there). Async-signal-safe.

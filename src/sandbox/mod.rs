@@ -54,15 +54,6 @@ pub(crate) unsafe fn through_gate(nr: libc::c_long, args: [usize; 5]) -> Option<
     None
 }
 
-/// Forks through the gate where this process is a supervisor under its workers' filter
-/// ([`gate::fork`]); `None` otherwise.
-pub(crate) fn fork_through_gate() -> Option<isize> {
-    #[cfg(target_os = "linux")]
-    return gate::fork();
-    #[cfg(not(target_os = "linux"))]
-    None
-}
-
 /// Starts a process sharing this one's memory until it execs, through the gate where this
 /// process is a supervisor under its workers' filter ([`gate::spawn_sharing_memory`]): the
 /// raw result. `None` otherwise: clone as usual.
