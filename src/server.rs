@@ -233,10 +233,9 @@ impl Server {
     /// With a handler of the embedder's, the seccomp filter is installed on the serving
     /// process itself once it starts serving, and workers inherit it: code of the embedder's
     /// that runs there afterwards (a reload source, say) has its calls outside the workers'
-    /// list trapped and made again, and cannot start a program (posix_spawn is refused);
-    /// workers are forked without running `pthread_atfork` handlers; an upgrade in place
-    /// runs the new image under the same filter (docs/security.md, "The supervisor carries
-    /// the filter").
+    /// list trapped and made again, and cannot start a program (posix_spawn is refused); an
+    /// upgrade in place runs the new image under the same filter (docs/security.md, "The
+    /// supervisor carries the filter").
     ///
     /// ```no_run
     /// # use forkd::{Sandbox, Server};
@@ -292,7 +291,8 @@ impl Server {
     ///
     /// Installs forkd's logger unless the process already has one, and a panic hook that
     /// logs panics. The calling process must be single-threaded under the fork model: a
-    /// fork copies only the calling thread.
+    /// fork copies only the calling thread. Workers are forked with the clone system call,
+    /// not the C library's fork: `pthread_atfork` handlers do not run in them.
     pub fn serve(self) -> Result<(), Error> {
         self.check()?;
         let Server {
