@@ -440,9 +440,8 @@ pub(super) fn clear_registers() {
 ///
 /// # Safety
 ///
-/// As for the system call itself: pointers among `args` must be what it expects. Only the
-/// supervisor may call it after [`open`] (in a worker the secret is zero, and the call is
-/// what it would be without the gate).
+/// As for the system call itself: pointers among `args` must be what it expects. Only a
+/// process that is [`armed`] may call it: in a worker the secret's page is not there.
 pub(crate) unsafe fn call(nr: libc::c_long, args: [usize; 5]) -> isize {
     let page = SECRET.load(Ordering::Relaxed);
     let result: isize;

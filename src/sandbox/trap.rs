@@ -8,8 +8,9 @@
 //! (SIGKILL): a caller that ignored the failure would go on with the privileges it meant to
 //! drop.
 //!
-//! Installed once in the supervisor (which never traps) and inherited by each forked worker,
-//! at no cost per connection; a program loses it at exec. A worker cannot remove it: the
+//! Installed once in the supervisor and inherited by each forked worker, at no cost per
+//! connection; a program loses it at exec. A supervisor under its workers' filter traps too:
+//! the handler makes its call again through the gate ([`super::gate`]). A worker cannot remove it: the
 //! filter refuses rt_sigaction on SIGSYS, and a SIGSYS the worker blocks or ignores is
 //! delivered with the default action (death) instead.
 
@@ -21,7 +22,7 @@ use crate::logging::emergency;
 pub(super) const CAN_ANSWER: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
 
 /// Whether this process has logged a refused call. Each worker starts with its copy false
-/// (the supervisor never traps).
+/// (the supervisor's trapped calls are made again, not logged).
 static REPORTED: AtomicBool = AtomicBool::new(false);
 
 /// `si_code` of a SIGSYS sent by seccomp.
