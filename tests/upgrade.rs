@@ -294,6 +294,11 @@ fn upgrades_leak_no_descriptor_into_the_supervisor_or_its_workers() {
     let bin = tempfile::tempdir().unwrap();
     let program = installed(bin.path());
     let mut server = Forkd::start_binary(program.to_str().unwrap(), &[]);
+    // Counted once the server serves: it makes its tables after the start line.
+    let mut first = Client::connect(&server.addr());
+    assert_eq!(first.echo(b"up").payload, b"up");
+    drop(first);
+    server.wait_no_children();
     let before = server.fd_count();
     for count in 1..=3 {
         replace(&program, Path::new(FORKD));
