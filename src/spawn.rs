@@ -77,8 +77,8 @@ mod vfork {
         stdio: [RawFd; 3],
         sandbox: Option<&Prepared>,
     ) -> io::Result<Pid> {
-        let argv_ptrs = null_terminated(argv);
-        let envp_ptrs = null_terminated(envp);
+        let argv_ptrs = super::null_terminated(argv);
+        let envp_ptrs = super::null_terminated(envp);
         let mut reset = [libc::SIGPIPE; 3 + HANDLED.len()];
         reset[1] = libc::SIGSEGV;
         reset[2] = libc::SIGBUS;
@@ -151,14 +151,6 @@ mod vfork {
         }
     }
 
-    fn null_terminated(strings: &[&CStr]) -> Vec<*const libc::c_char> {
-        strings
-            .iter()
-            .map(|s| s.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect()
-    }
-
     /// The child, on its own stack in the parent's memory: own process group, the stdio
     /// descriptors, default dispositions, an empty mask, exec. Nothing here allocates or
     /// takes a lock.
@@ -223,6 +215,15 @@ mod vfork {
         }
         fail(plan)
     }
+}
+
+/// The pointers of `strings` and a null after them: an argv or envp for exec.
+pub(crate) fn null_terminated<S: AsRef<std::ffi::CStr>>(strings: &[S]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ref().as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]

@@ -160,14 +160,7 @@ impl Supervisor {
             (Ok(out), Ok(err)) => (out, err),
             (Err(e), _) | (_, Err(e)) => return refuse(&e),
         };
-        let streams = stdout
-            .try_clone()
-            .and_then(|out| Ok((out, stderr.try_clone()?)));
-        let Ok((child_out, child_err)) = streams else {
-            return refuse("cannot hand the check its output");
-        };
-        let started = spawn_check(plan, &child_out, &child_err);
-        match started {
+        match spawn_check(plan, &stdout, &stderr) {
             Ok(child) => {
                 log::info!(
                     "status signal=SIGUSR2 upgrade=checking program={}",
@@ -451,14 +444,10 @@ fn is_my_child(pid: i32) -> bool {
 /// trapped execve would be made again from the signal handler, and the new image would start
 /// with SIGSYS blocked). Returns only on failure.
 fn exec(program: &CString, argv: &[CString], env: &[CString]) -> nix::errno::Errno {
-    let pointers = |strings: &[CString]| -> Vec<*const libc::c_char> {
-        strings
-            .iter()
-            .map(|s| s.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect()
-    };
-    let (argv, envp) = (pointers(argv), pointers(env));
+    let (argv, envp) = (
+        crate::spawn::null_terminated(argv),
+        crate::spawn::null_terminated(env),
+    );
     let args = [
         program.as_ptr() as usize,
         argv.as_ptr() as usize,
