@@ -445,9 +445,9 @@ pub(super) fn clear_registers() {
 pub(crate) unsafe fn call(nr: libc::c_long, args: [usize; 5]) -> isize {
     let page = SECRET.load(Ordering::Relaxed);
     let result: isize;
-    // SAFETY (each architecture): the caller vouches for the call; the sixth argument's
-    // register is loaded from the page and cleared again inside the block, so the secret
-    // stays in no other register and in no memory.
+    // SAFETY: the caller vouches for the call; r9, the sixth argument, is loaded from the
+    // page and cleared again inside the block, so the secret stays in no other register and
+    // in no memory.
     #[cfg(target_arch = "x86_64")]
     unsafe {
         std::arch::asm!(
@@ -467,6 +467,7 @@ pub(crate) unsafe fn call(nr: libc::c_long, args: [usize; 5]) -> isize {
             options(nostack),
         );
     }
+    // SAFETY: as the x86_64 block: x5, the sixth argument, is loaded and cleared inside.
     #[cfg(target_arch = "aarch64")]
     unsafe {
         std::arch::asm!(
@@ -511,10 +512,9 @@ pub(crate) unsafe fn spawn_sharing_memory(
     let page = SECRET.load(Ordering::Relaxed);
     let flags = (libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD) as usize;
     let result: isize;
-    // SAFETY (each architecture): the caller vouches for the stack and the function. The
-    // child starts after the system call on `stack_top`, clears the secret's register first,
-    // calls `child(arg)` (held in registers a call preserves) and exits; it never returns
-    // into this function's frame.
+    // SAFETY: the caller vouches for the stack and the function. The child starts after the
+    // system call on `stack_top`, clears r9 (the secret) first, calls `child(arg)` (r12 and
+    // r13 hold them across the call) and exits; it never returns into this function's frame.
     #[cfg(target_arch = "x86_64")]
     unsafe {
         std::arch::asm!(
@@ -545,6 +545,8 @@ pub(crate) unsafe fn spawn_sharing_memory(
             out("r11") _,
         );
     }
+    // SAFETY: as the x86_64 block; x20 and x21 hold the argument and the function across
+    // the call.
     #[cfg(target_arch = "aarch64")]
     unsafe {
         std::arch::asm!(

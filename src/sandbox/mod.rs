@@ -333,8 +333,6 @@ pub(crate) struct Prepared {
     /// (and erased) when installed.
     #[cfg(target_os = "linux")]
     supervisor_filter: std::sync::Mutex<Option<seccomp::Filter>>,
-    /// Whether the supervisor runs under the allow list, which its workers then inherit.
-    inherited: std::sync::atomic::AtomicBool,
     /// Whether the supervisor holds capabilities (root, say) that a worker must give up.
     drop_capabilities: bool,
     /// What the kernel offered, and to whom, for the start line.
@@ -408,7 +406,6 @@ impl Prepared {
                 ruleset,
                 filter,
                 supervisor_filter: std::sync::Mutex::new(supervisor_filter),
-                inherited: std::sync::atomic::AtomicBool::new(false),
                 drop_capabilities: capabilities::held(),
                 support,
                 in_process,
@@ -419,7 +416,6 @@ impl Prepared {
             let _ = who;
             Ok(Prepared {
                 ruleset: None,
-                inherited: std::sync::atomic::AtomicBool::new(false),
                 drop_capabilities: false,
                 support,
                 in_process,
@@ -461,8 +457,6 @@ impl Prepared {
                 filter.erase();
                 // SAFETY: prctl with integer arguments.
                 unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
-                self.inherited
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 return Ok(true);
             }
             if !gate::open() {
@@ -472,9 +466,10 @@ impl Prepared {
             // user may read the supervisor's memory or its calls' arguments (/proc/PID/mem,
             // /proc/PID/syscall), where the secret could be found. Workers inherit both.
             // SAFETY: prctl with integer arguments.
-            if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0
-                || unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0
-            {
+            let no_new_privs = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+            // SAFETY: prctl with integer arguments.
+            let not_dumpable = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+            if no_new_privs != 0 || not_dumpable != 0 {
                 return Err(format!(
                     "--sandbox: no_new_privs: {}",
                     std::io::Error::last_os_error()
@@ -485,17 +480,19 @@ impl Prepared {
             gate::clear_registers();
             installed.map_err(|e| format!("--sandbox: seccomp filter: {e}"))?;
             gate::installed(gate::filters_in_force());
-            self.inherited
-                .store(true, std::sync::atomic::Ordering::Relaxed);
             Ok(true)
         }
         #[cfg(not(target_os = "linux"))]
         Ok(false)
     }
 
-    /// Whether workers inherit the allow list from the supervisor.
+    /// Whether workers inherit the allow list from the supervisor (which installed it, or
+    /// runs under its predecessor's): a worker's copy of the answer is the supervisor's.
     pub(crate) fn inherits_filter(&self) -> bool {
-        self.inherited.load(std::sync::atomic::Ordering::Relaxed)
+        #[cfg(target_os = "linux")]
+        return gate::filtered();
+        #[cfg(not(target_os = "linux"))]
+        false
     }
 
     /// Confines the calling process: no_new_privs, the Landlock domain, the seccomp filter,
@@ -506,11 +503,11 @@ impl Prepared {
         {
             use nix::errno::Errno;
             // A supervisor under the workers' filter has no_new_privs, which fork keeps.
-            // SAFETY: prctl with integer arguments only.
-            if !self.inherits_filter()
-                && unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0
-            {
-                return Err(("no_new_privs", Errno::last()));
+            if !self.inherits_filter() {
+                // SAFETY: prctl with integer arguments only.
+                if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+                    return Err(("no_new_privs", Errno::last()));
+                }
             }
             if self.drop_capabilities {
                 let may_exec = !(self.in_process && self.filter.is_some());
