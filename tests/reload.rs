@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Client, FORKD, Forkd, field, forkc, free_port};
+use common::{Client, FORKD, Forkd, field, free_port};
 
 /// forkd with `--config FILE`, FILE holding `toml`; its path is returned to rewrite it.
 fn start(toml: &str) -> (Forkd, std::path::PathBuf) {
@@ -163,24 +163,7 @@ fn ten_reloads_under_load_fail_no_connection() {
         )
     };
     let (mut server, path) = start(&rules(0));
-    let addr = format!("127.0.0.1:{port}");
-    let load = std::thread::spawn(move || {
-        forkc(
-            &[
-                "--connect",
-                &addr,
-                "bench",
-                "--json",
-                "--workload",
-                "churn",
-                "--connections",
-                "4",
-                "--duration",
-                "4",
-            ],
-            b"",
-        )
-    });
+    let load = common::load_in_background(&format!("127.0.0.1:{port}"), "churn", 4, 4);
     for n in 1..=10 {
         std::thread::sleep(Duration::from_millis(250));
         let line = reload(&mut server, &path, &rules(n), n);

@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Client, FORKD, Forkd, forkc, installed, replace};
+use common::{Client, FORKD, Forkd, installed, replace};
 
 /// The inode of the file the process runs.
 fn running_inode(pid: i32) -> u64 {
@@ -106,26 +106,7 @@ fn reloads_and_upgrades_under_load_fail_no_connection() {
     let mut server = Forkd::start_with(&mut cmd, tempfile::tempdir().unwrap());
     let pid = server.pid;
     let addr = format!("127.0.0.1:{port}");
-    let load = |workload: &'static str| {
-        let addr = addr.clone();
-        std::thread::spawn(move || {
-            forkc(
-                &[
-                    "--connect",
-                    &addr,
-                    "bench",
-                    "--json",
-                    "--workload",
-                    workload,
-                    "--connections",
-                    "2",
-                    "--duration",
-                    "6",
-                ],
-                b"",
-            )
-        })
-    };
+    let load = |workload| common::load_in_background(&addr, workload, 2, 6);
     let (churn, persistent) = (load("churn"), load("persistent"));
     let mut upgrades = 0;
     for n in 1..=10 {

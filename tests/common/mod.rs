@@ -531,6 +531,33 @@ pub fn forkc(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
     )
 }
 
+/// `forkc bench --json` against `addr` with `workload` on `connections` connections for
+/// `seconds`, on a thread of its own: what [`forkc`] returns.
+pub fn load_in_background(
+    addr: &str,
+    workload: &str,
+    connections: u32,
+    seconds: u32,
+) -> std::thread::JoinHandle<(i32, String, String)> {
+    let (addr, workload) = (addr.to_string(), workload.to_string());
+    let (connections, seconds) = (connections.to_string(), seconds.to_string());
+    std::thread::spawn(move || {
+        let args = [
+            "--connect",
+            &addr,
+            "bench",
+            "--json",
+            "--workload",
+            &workload,
+            "--connections",
+            &connections,
+            "--duration",
+            &seconds,
+        ];
+        forkc(&args, b"")
+    })
+}
+
 /// forkc with `args` and `stdin`: (exit code, stdout and stderr byte for byte).
 pub fn forkc_bytes(args: &[&str], stdin: &[u8]) -> (i32, Vec<u8>, Vec<u8>) {
     let mut child = Command::new(FORKC)
