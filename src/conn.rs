@@ -77,8 +77,8 @@ impl Stream {
     /// Closing a socket whose receive buffer still holds unread bytes makes the kernel send a
     /// reset, and a reset can destroy the ERROR frame before the peer reads it. So: shut down
     /// the write side (the peer sees the ERROR, then EOF), then read and discard what the peer
-    /// still sends, for at most `DRAIN_TIME` and `DRAIN_BYTES`, then close.
-    pub(crate) fn close_after_error(self) {
+    /// still sends, for at most `DRAIN_TIME` and `DRAIN_BYTES`; its owner then closes it.
+    pub(crate) fn close_after_error(&mut self) {
         const DRAIN_TIME: Duration = Duration::from_secs(1);
         const DRAIN_BYTES: usize = 64 * 1024;
         let _ = self.set_nonblocking(false);
@@ -88,13 +88,12 @@ impl Stream {
         let deadline = Instant::now() + DRAIN_TIME;
         let mut scratch = [0u8; 8192];
         let mut drained = 0;
-        let mut stream = self;
         while drained < DRAIN_BYTES {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            if left.is_zero() || self.set_read_timeout(Some(left)).is_err() {
                 break;
             }
-            match stream.read(&mut scratch) {
+            match self.read(&mut scratch) {
                 Ok(0) => break,
                 Ok(n) => drained += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -104,21 +103,17 @@ impl Stream {
     }
 }
 
+// One recv, one send, as std's streams make them, but without the C library's wrappers, whose
+// code a forked worker would fault in (crate::raw).
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Unix(s) => s.read(buf),
-        }
+        crate::raw::recv(self.as_raw_fd(), crate::raw::as_room(buf))
     }
 }
 
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.write(buf),
-            Stream::Unix(s) => s.write(buf),
-        }
+        crate::raw::send(self.as_raw_fd(), buf)
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
+use std::mem::MaybeUninit;
 
 /// Bytes in a frame header: length (4) + kind (1).
 pub const HEADER_LEN: usize = 5;
@@ -269,11 +270,13 @@ impl std::error::Error for DecodeError {}
 /// frames come out of [`Decoder::decode`].
 ///
 /// Memory follows bytes received: a read asks for at most 64 KiB, and the buffer grows
-/// geometrically as bytes arrive, whatever length a header announces. Bytes of the buffer are
-/// zeroed once, when it grows, not on every read.
+/// geometrically as bytes arrive, whatever length a header announces. A read from a socket of
+/// forkd's own goes straight into the buffer's unused capacity; a read from any other
+/// [`Read`] gets room zeroed first (once: bytes stay initialized for later reads).
 #[derive(Debug)]
 pub struct Decoder {
-    /// `buf[start..end]` is received and not yet decoded; `buf[end..]` is zeroed room.
+    /// `buf[start..end]` is received and not yet decoded; `buf[end..]` is initialized room
+    /// (earlier reads' bytes or zeroes), and the capacity beyond it is room not yet written.
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -300,8 +303,9 @@ impl Decoder {
 
     /// Adds received bytes.
     pub fn extend(&mut self, bytes: &[u8]) {
-        self.make_room(bytes.len());
-        self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        self.reserve_room(bytes.len());
+        self.buf.truncate(self.end);
+        self.buf.extend_from_slice(bytes);
         self.end += bytes.len();
     }
 
@@ -357,18 +361,60 @@ impl Decoder {
     /// whichever is more, and never more than 64 KiB, so a large frame arrives in few reads
     /// and an announced length alone costs nothing.
     pub fn read_from<R: Read + ?Sized>(&mut self, r: &mut R) -> io::Result<usize> {
-        let want = self
-            .missing_for_current_frame()
-            .max(self.read_chunk)
-            .min(READ_MAX);
-        self.make_room(want);
+        let want = self.next_read();
+        self.reserve_room(want);
+        if self.buf.len() < self.end + want {
+            // A reader may look at what it is given: it gets initialized bytes.
+            self.buf.resize(self.end + want, 0);
+        }
         let room = &mut self.buf[self.end..self.end + want];
-        let result = loop {
-            match r.read(room) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other,
-            }
+        let result = retrying_interrupts(|| r.read(room));
+        self.received(result, want)
+    }
+
+    /// As [`Decoder::read_from`], with `read` given the buffer's room as it is, not zeroed:
+    /// for reads by system call, where the kernel writes what it returns. `read` must have
+    /// written the bytes whose count it returns (forkd's sockets: `crate::raw::recv`).
+    pub(crate) fn read_uninit(
+        &mut self,
+        mut read: impl FnMut(&mut [MaybeUninit<u8>]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let want = self.next_read();
+        self.reserve_room(want);
+        // SAFETY: reserve_room left capacity for `want` bytes from `end`; the slice is of
+        // MaybeUninit, which the bytes beyond the length (unwritten as yet) may be.
+        let room = unsafe {
+            std::slice::from_raw_parts_mut(
+                self.buf
+                    .as_mut_ptr()
+                    .add(self.end)
+                    .cast::<MaybeUninit<u8>>(),
+                want,
+            )
         };
+        let result = retrying_interrupts(|| read(room));
+        if let Ok(n) = result {
+            assert!(n <= want, "a read returned more than it was given room for");
+            if self.buf.len() < self.end + n {
+                // SAFETY: `read` wrote the n bytes from `end` (its contract); the bytes
+                // before `end` were initialized already.
+                unsafe { self.buf.set_len(self.end + n) };
+            }
+        }
+        self.received(result, want)
+    }
+
+    /// How much the next read asks for: what the current frame still needs or the read
+    /// chunk, whichever is more, and never more than 64 KiB.
+    fn next_read(&self) -> usize {
+        self.missing_for_current_frame()
+            .max(self.read_chunk)
+            .min(READ_MAX)
+    }
+
+    /// Counts the bytes a read of `want` placed after `end`, and doubles the read chunk when
+    /// the read filled what it asked for (the peer pipelines).
+    fn received(&mut self, result: io::Result<usize>, want: usize) -> io::Result<usize> {
         let n = *result.as_ref().unwrap_or(&0);
         self.end += n;
         if n == want {
@@ -391,28 +437,38 @@ impl Decoder {
         (HEADER_LEN + len as usize).saturating_sub(avail.len())
     }
 
-    /// Makes `buf[end..end + more]` available: moves undecoded bytes to the front, gives back
-    /// a large idle buffer, and grows (at least doubling, zeroing only the new bytes) when
-    /// the room is still short.
-    fn make_room(&mut self, more: usize) {
+    /// Makes capacity for `more` bytes from `end`: moves undecoded bytes to the front, gives
+    /// back a large idle buffer, and grows (at least doubling) when the room is still short.
+    /// Writes nothing into the room.
+    fn reserve_room(&mut self, more: usize) {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-            if self.buf.len() > KEEP_IDLE_BUFFER {
+            if self.buf.capacity() > KEEP_IDLE_BUFFER {
                 self.buf = Vec::new();
             }
-        } else if self.start > 0 && self.buf.len() - self.end < more {
+        } else if self.start > 0 && self.buf.capacity() - self.end < more {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
         let needed = self.end + more;
-        if self.buf.len() < needed {
+        if self.buf.capacity() < needed {
             // Doubling, but never past the end of the frame being received when its length
             // is known: a frame of N bytes costs N bytes of buffer, not 2N.
             let frame_end = self.end + self.missing_for_current_frame();
-            let grown = needed.max(self.buf.len().saturating_mul(2).min(frame_end));
-            self.buf.resize(grown, 0);
+            let grown = needed.max(self.buf.capacity().saturating_mul(2).min(frame_end));
+            self.buf.reserve_exact(grown - self.buf.len());
+        }
+    }
+}
+
+/// Runs `read` again while it is interrupted by a signal.
+fn retrying_interrupts(mut read: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
+    loop {
+        match read() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
         }
     }
 }

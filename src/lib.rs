@@ -54,6 +54,7 @@ mod penalty;
 mod pidfile;
 mod privilege;
 mod proxy;
+mod raw;
 mod relay;
 mod sandbox;
 mod server;

@@ -102,14 +102,7 @@ fn default_dispositions() {
 /// code expects, and the exec handler restores the default itself before exec.
 pub fn reset_for_child() {
     imp::reset_dispositions();
-    // An all-zero sigset_t is the empty set; built in place rather than by sigemptyset(),
-    // whose code a new child would otherwise fault in for this one call.
-    // SAFETY: sigset_t is plain data for which all-zero bits are the empty set (glibc and
-    // musl).
-    let empty: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: pthread_sigmask reads the set it is given and writes nothing back (null old
-    // set).
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) };
+    crate::raw::unblock_all_signals();
 }
 
 #[cfg(any(target_os = "linux", target_os = "android"))]

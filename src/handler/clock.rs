@@ -8,23 +8,29 @@
 //! Both deadlines are absolute. The kernel's timeout (SO_RCVTIMEO, SO_SNDTIMEO) is set to
 //! what is left only when it is stale by more than a tenth of the limit, so the usual frame,
 //! read or written in one call, costs no extra system call; a wait the kernel ends early is
-//! resumed, never taken for expiry.
+//! resumed, never taken for expiry. Moments are read from the monotonic clock by system call
+//! (`crate::raw::monotonic`, which says why), as durations since its origin.
 
-use std::io::{self, Read, Write};
-use std::time::{Duration, Instant};
+use std::io::{self, Write};
+use std::mem::{ManuallyDrop, MaybeUninit};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use crate::raw::{self, monotonic};
 
 use crate::conn::Stream;
 use crate::isolation::tally::Counter;
 
 /// The connection with its idle clock.
 pub(crate) struct IdleClock {
-    pub(crate) stream: Stream,
+    /// Closed when the clock is dropped (see its Drop).
+    pub(crate) stream: ManuallyDrop<Stream>,
     idle: Option<Duration>,
     /// When a complete request must have arrived (set after each reply).
-    read_deadline: Option<Instant>,
+    read_deadline: Option<Duration>,
     /// When the replies being written must have been taken (set at the first write of a
     /// batch, cleared by `flush` once the batch is written).
-    write_deadline: Option<Instant>,
+    write_deadline: Option<Duration>,
     read_timeout_set: Option<Duration>,
     write_timeout_set: Option<Duration>,
     /// Where the bytes read and written are counted.
@@ -41,7 +47,7 @@ impl IdleClock {
         tally: Option<&'static Counter>,
     ) -> Self {
         IdleClock {
-            stream,
+            stream: ManuallyDrop::new(stream),
             idle,
             read_deadline: None,
             write_deadline: None,
@@ -53,7 +59,7 @@ impl IdleClock {
 
     /// Starts the wait for the next request.
     pub(crate) fn start_idle(&mut self) {
-        self.read_deadline = self.idle.map(|idle| Instant::now() + idle);
+        self.read_deadline = self.idle.map(|idle| monotonic() + idle);
     }
 }
 
@@ -62,7 +68,7 @@ impl IdleClock {
 /// left when the one given last is stale, and a wait the kernel ends early is resumed;
 /// `TimedOut` once the deadline has passed.
 fn within<T>(
-    deadline: Instant,
+    deadline: Duration,
     idle: Duration,
     timeout_set: &mut Option<Duration>,
     stream: &mut Stream,
@@ -71,7 +77,7 @@ fn within<T>(
 ) -> io::Result<T> {
     let slack = idle / 10;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.saturating_sub(monotonic());
         if left.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());
         }
@@ -97,8 +103,19 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-impl Read for IdleClock {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl Drop for IdleClock {
+    fn drop(&mut self) {
+        // The socket is closed by system call, as it is read and written (crate::raw): the C
+        // library's close would be one more page of code for each worker to fault in. The
+        // stream owns nothing else.
+        raw::close(self.stream.as_raw_fd());
+    }
+}
+
+impl IdleClock {
+    /// One read into `room`, which need not be initialized (the kernel writes what it
+    /// returns): the decoder reads into its buffer's unused capacity.
+    pub(crate) fn read_into(&mut self, room: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
         let read = match (self.read_deadline, self.idle) {
             (Some(deadline), Some(idle)) => within(
                 deadline,
@@ -106,9 +123,9 @@ impl Read for IdleClock {
                 &mut self.read_timeout_set,
                 &mut self.stream,
                 Stream::set_read_timeout,
-                |stream| stream.read(buf),
+                |stream| raw::recv(stream.as_raw_fd(), room),
             ),
-            _ => self.stream.read(buf),
+            _ => raw::recv(self.stream.as_raw_fd(), room),
         };
         if let (Ok(n), Some(tally)) = (&read, self.tally) {
             tally.add_read(*n);
@@ -123,7 +140,7 @@ impl Write for IdleClock {
             Some(idle) => {
                 let deadline = *self
                     .write_deadline
-                    .get_or_insert_with(|| Instant::now() + idle);
+                    .get_or_insert_with(|| monotonic() + idle);
                 within(
                     deadline,
                     idle,

@@ -99,7 +99,7 @@ pub(crate) fn serve(
         if answered {
             timed.start_idle();
         }
-        match decoder.read_from(&mut timed) {
+        match decoder.read_uninit(|room| timed.read_into(room)) {
             Ok(0) => match decoder.finish() {
                 // A half-close at a frame boundary: every reply was written before this read.
                 Ok(()) => return Outcome::Clean,

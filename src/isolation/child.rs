@@ -147,12 +147,7 @@ unsafe fn fork() -> nix::Result<ForkResult> {
         Some(result) => result,
         None => {
             // SAFETY: as above.
-            let raw = unsafe { libc::syscall(libc::SYS_clone, args[0], 0, 0, args[3], args[4]) };
-            if raw < 0 {
-                -(Errno::last() as isize)
-            } else {
-                raw as isize
-            }
+            unsafe { crate::raw::syscall(libc::SYS_clone, [args[0], 0, 0, args[3], args[4], 0]) }
         }
     };
     match result {
@@ -244,14 +239,13 @@ fn run_child(conn: Connection, setup: &ChildSetup, job: &Job<'_>) -> ! {
     signals::reset_for_child();
     crate::logging::nonblocking_stderr_for_worker();
     for fd in setup.supervisor_fds.iter().chain(job.close) {
-        // SAFETY: the supervisor's objects owning these descriptors are never dropped here
-        // (the child ends in _exit), so closing them cannot double-close or close a reused
-        // number.
-        unsafe { libc::close(*fd) };
+        // The supervisor's objects owning these descriptors are never dropped here (the child
+        // ends in _exit), so closing them cannot double-close or close a reused number.
+        crate::raw::close(*fd);
     }
     // Out of the supervisor's process group: a Ctrl-C at the terminal reaches the supervisor,
     // which then grants the grace period, instead of killing every conversation at once.
-    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    crate::raw::own_process_group();
     let prepared = apply_limits(&setup.limits)
         .and_then(|()| {
             if ACCEPTED_SOCKETS_INHERIT {
@@ -307,10 +301,10 @@ pub(crate) fn serve_here(
     })))
 }
 
+/// Leaves without running an atexit handler or a destructor of the state copied from the
+/// supervisor, which this process does not own.
 fn exit(code: i32) -> ! {
-    // SAFETY: _exit never returns and runs no atexit handler or destructor of the state
-    // copied from the supervisor, which this process does not own.
-    unsafe { libc::_exit(code) }
+    crate::raw::exit(code)
 }
 
 /// Makes forking cheaper: no fastbins in glibc's allocator. With fastbins, a child's first

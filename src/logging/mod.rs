@@ -170,9 +170,9 @@ const STDERR_SOCKET: i32 = -2;
 pub(crate) fn nonblocking_stderr_for_worker() {
     let fd = WORKER_STDERR.load(std::sync::atomic::Ordering::Relaxed);
     if fd >= 0 {
-        // SAFETY: both are open descriptors of this process; dup2 replaces descriptor 2,
-        // which no Rust object owns, with a copy of the workers' description.
-        unsafe { libc::dup2(fd, 2) };
+        // Both are open descriptors of this process; descriptor 2, which no Rust object owns,
+        // becomes a copy of the workers' description.
+        crate::raw::dup2(fd, 2);
     } else if fd == STDERR_SOCKET {
         // SAFETY: F_GETFL/F_SETFL only read and set descriptor 2's status flags.
         unsafe {

@@ -1,0 +1,332 @@
+//! The system calls on a forked worker's path, made directly rather than through the C
+//! library: the fork's return, the child's setup (mask, stderr, descriptors, process group),
+//! a connection's reads and writes, the idle clock, and the exit.
+//!
+//! Why: a child inherits no page-table entries for code, so each 64 KiB window of code it runs
+//! is a page fault in every child, and the C library's wrappers for these calls lie in five to
+//! seven windows of its own. Made here, they lie in the window of forkd's code the child runs
+//! anyway (src/bin/forkd/child-path.ld). The clock is read with the system call, not the vDSO,
+//! for the same reason: the vDSO's page and the C library's wrapper are two faults, against a
+//! few system calls a connection. Linux on x86_64 and aarch64; elsewhere, the C library's
+//! functions.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+/// A system call with up to six arguments: its result, or a negative errno.
+///
+/// # Safety
+///
+/// As for the system call itself: pointers among `args` must be what it expects.
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+#[inline(always)]
+pub(crate) unsafe fn syscall(nr: libc::c_long, args: [usize; 6]) -> isize {
+    let result: isize;
+    // SAFETY: the caller vouches for the call; the registers the kernel clobbers are declared.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") nr as isize => result,
+            in("rdi") args[0],
+            in("rsi") args[1],
+            in("rdx") args[2],
+            in("r10") args[3],
+            in("r8") args[4],
+            in("r9") args[5],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    // SAFETY: as above.
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        std::arch::asm!(
+            "svc #0",
+            in("x8") nr,
+            inlateout("x0") args[0] => result,
+            in("x1") args[1],
+            in("x2") args[2],
+            in("x3") args[3],
+            in("x4") args[4],
+            in("x5") args[5],
+            options(nostack),
+        );
+    }
+    result
+}
+
+/// As above, through the C library's `syscall` where there is no direct call.
+///
+/// # Safety
+///
+/// As above.
+#[cfg(all(
+    target_os = "linux",
+    not(any(target_arch = "x86_64", target_arch = "aarch64"))
+))]
+pub(crate) unsafe fn syscall(nr: libc::c_long, args: [usize; 6]) -> isize {
+    // SAFETY: as above.
+    let raw = unsafe { libc::syscall(nr, args[0], args[1], args[2], args[3], args[4], args[5]) };
+    if raw < 0 {
+        -(io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO) as isize)
+    } else {
+        raw as isize
+    }
+}
+
+/// A system call's result as `io::Result`.
+#[cfg(target_os = "linux")]
+fn checked(result: isize) -> io::Result<usize> {
+    if result < 0 {
+        Err(io::Error::from_raw_os_error(-result as i32))
+    } else {
+        Ok(result as usize)
+    }
+}
+
+/// Closes `fd`, whose owner will never close it (a child copy's supervisor descriptors).
+pub(crate) fn close(fd: RawFd) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: close takes no pointer; the caller owns the number.
+    unsafe {
+        syscall(libc::SYS_close, [fd as usize, 0, 0, 0, 0, 0]);
+    }
+    #[cfg(not(target_os = "linux"))]
+    // SAFETY: as above.
+    unsafe {
+        libc::close(fd);
+    }
+}
+
+/// Makes `to` a copy of `from` (dup2: nothing to do when they are the same).
+pub(crate) fn dup2(from: RawFd, to: RawFd) {
+    if from == to {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: dup3 takes no pointer.
+    unsafe {
+        syscall(libc::SYS_dup3, [from as usize, to as usize, 0, 0, 0, 0]);
+    }
+    #[cfg(not(target_os = "linux"))]
+    // SAFETY: as above.
+    unsafe {
+        libc::dup2(from, to);
+    }
+}
+
+/// Makes this process the leader of a process group of its own.
+pub(crate) fn own_process_group() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpgid takes no pointer.
+    unsafe {
+        syscall(libc::SYS_setpgid, [0; 6]);
+    }
+    #[cfg(not(target_os = "linux"))]
+    // SAFETY: as above.
+    unsafe {
+        libc::setpgid(0, 0);
+    }
+}
+
+/// Empties this thread's signal mask.
+pub(crate) fn unblock_all_signals() {
+    #[cfg(target_os = "linux")]
+    {
+        // The kernel's sigset: 64 bits on every architecture Linux runs glibc on with 64
+        // signals; its size is the call's fourth argument.
+        let empty: u64 = 0;
+        // SAFETY: the kernel reads the set from a live local and writes no old set.
+        unsafe {
+            syscall(
+                libc::SYS_rt_sigprocmask,
+                [
+                    libc::SIG_SETMASK as usize,
+                    (&raw const empty) as usize,
+                    0,
+                    std::mem::size_of::<u64>(),
+                    0,
+                    0,
+                ],
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        // SAFETY: an all-zero sigset_t is the empty set; nothing is written back.
+        let empty: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) };
+    }
+}
+
+/// Ends this process at once with `code`: no atexit handler, no destructor, no flush.
+pub(crate) fn exit(code: i32) -> ! {
+    #[cfg(target_os = "linux")]
+    // SAFETY: exit_group does not return.
+    unsafe {
+        syscall(libc::SYS_exit_group, [code as usize, 0, 0, 0, 0, 0]);
+    }
+    // SAFETY: as above.
+    unsafe { libc::_exit(code) }
+}
+
+/// One read from socket `fd` (recv without flags, as std's streams make it) into `buf`, which
+/// need not be initialized: the kernel writes the bytes whose count it returns.
+pub(crate) fn recv(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+    #[cfg(target_os = "linux")]
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`; no address is asked for.
+    unsafe {
+        checked(syscall(
+            libc::SYS_recvfrom,
+            [fd as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0],
+        ))
+    }
+    #[cfg(not(target_os = "linux"))]
+    // SAFETY: as above.
+    unsafe {
+        let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
+/// One write to socket `fd`, without SIGPIPE for a peer gone (send with MSG_NOSIGNAL, as
+/// std's TcpStream makes it).
+pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    #[cfg(target_os = "linux")]
+    // SAFETY: the kernel reads `buf.len()` bytes from `buf`; no address is given.
+    unsafe {
+        checked(syscall(
+            libc::SYS_sendto,
+            [
+                fd as usize,
+                buf.as_ptr() as usize,
+                buf.len(),
+                libc::MSG_NOSIGNAL as usize,
+                0,
+                0,
+            ],
+        ))
+    }
+    #[cfg(not(target_os = "linux"))]
+    // SAFETY: as above. (No MSG_NOSIGNAL everywhere: forkd ignores SIGPIPE.)
+    unsafe {
+        let n = libc::send(fd, buf.as_ptr().cast(), buf.len(), 0);
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
+/// `buf` as room for a read: initialized bytes are valid uninitialized ones.
+pub(crate) fn as_room(buf: &mut [u8]) -> &mut [MaybeUninit<u8>] {
+    // SAFETY: same layout; the caller's bytes stay initialized, as nothing here or in a read
+    // writes an uninitialized value into them.
+    unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) }
+}
+
+/// The monotonic clock (CLOCK_MONOTONIC, as std's `Instant`), as time since its origin.
+pub(crate) fn monotonic() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    #[cfg(target_os = "linux")]
+    // SAFETY: the kernel writes one timespec into a live local.
+    unsafe {
+        syscall(
+            libc::SYS_clock_gettime,
+            [
+                libc::CLOCK_MONOTONIC as usize,
+                (&raw mut now) as usize,
+                0,
+                0,
+                0,
+                0,
+            ],
+        );
+    }
+    #[cfg(not(target_os = "linux"))]
+    // SAFETY: as above.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+    }
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn send_and_recv_carry_bytes_and_errors() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        assert_eq!(send(b.as_raw_fd(), b"ping").unwrap(), 4);
+        let mut buf = [0u8; 8];
+        assert_eq!(a.read(&mut buf).unwrap(), 4);
+        a.write_all(b"pong").unwrap();
+        assert_eq!(recv(b.as_raw_fd(), as_room(&mut buf)).unwrap(), 4);
+        assert_eq!(&buf[..4], b"pong");
+        drop(a);
+        // The peer is gone: EPIPE as an error, not a SIGPIPE that ends the test.
+        let gone = send(b.as_raw_fd(), b"x").unwrap_err();
+        assert_eq!(gone.kind(), io::ErrorKind::BrokenPipe);
+        let mut room = [MaybeUninit::uninit(); 8];
+        assert_eq!(
+            recv(-1, &mut room).unwrap_err().raw_os_error(),
+            Some(libc::EBADF)
+        );
+    }
+
+    #[test]
+    fn the_clock_moves_forward_with_std_instant() {
+        let before = monotonic();
+        let instant = std::time::Instant::now();
+        std::thread::sleep(Duration::from_millis(20));
+        let elapsed = monotonic() - before;
+        assert!(elapsed >= Duration::from_millis(20), "{elapsed:?}");
+        assert!(
+            elapsed <= instant.elapsed() + Duration::from_millis(5),
+            "{elapsed:?}"
+        );
+    }
+
+    #[test]
+    fn dup2_copies_and_close_closes() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let spare = UnixStream::pair().unwrap().0;
+        let target = spare.as_raw_fd();
+        dup2(a.as_raw_fd(), target);
+        // SAFETY: fcntl reads the descriptor's flags only.
+        let open = |fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1;
+        assert!(open(target));
+        let inode = |fd| {
+            // SAFETY: fstat writes into a live local.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
+            st.st_ino
+        };
+        assert_eq!(inode(target), inode(a.as_raw_fd()));
+        let spare_fd = std::os::fd::IntoRawFd::into_raw_fd(spare);
+        close(spare_fd);
+        assert!(!open(spare_fd));
+    }
+}
