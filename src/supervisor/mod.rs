@@ -15,6 +15,7 @@
 
 mod headers;
 mod lines;
+mod own_memory;
 mod poll;
 mod reload;
 mod shutdown;
@@ -631,15 +632,23 @@ impl Supervisor {
             .admission
             .source_of(&conn.peer)
             .map_or(1, |s| self.admission.connections_from(&s) + 1);
-        self.close_in_child.clear();
-        self.close_in_child.extend(self.drains.raw_fds());
-        self.close_in_child.extend(self.headers.raw_fds());
         // The shared tables' memfds: a worker has their memory mapped, and no use for them.
-        self.close_in_child
-            .extend(crate::isolation::groups::table_fd());
-        self.close_in_child
-            .extend(self.tally.as_ref().and_then(Tally::fd));
-        self.close_in_child.extend(self.relays.raw_fds());
+        let close = || {
+            self.drains
+                .raw_fds()
+                .into_iter()
+                .chain(self.headers.raw_fds())
+                .chain(crate::isolation::groups::table_fd())
+                .chain(self.tally.as_ref().and_then(Tally::fd))
+                .chain(self.relays.raw_fds())
+        };
+        // Rewritten only when it changed: after a fork each page the supervisor writes is a
+        // copy-on-write fault while the child lives, and the list is the same from one
+        // connection to the next unless sockets are draining or programs relaying.
+        if !self.close_in_child.iter().copied().eq(close()) {
+            let fresh: Vec<RawFd> = close().collect();
+            self.close_in_child = fresh;
+        }
         let (peer, via) = (conn.peer.clone(), conn.proxied.as_ref().map(|p| p.via));
         let (slot, settings) = self.settings_with_tally();
         let job = Job {

@@ -6,10 +6,12 @@
 //! ending differ, and those are the [`Isolation`]'s. The table is the supervisor's single
 //! source of truth for what is running.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+use std::hash::RandomState;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::own_memory::OwnMemory;
 use crate::conn::{Connection, Peer, Who};
 use crate::isolation::tally::Slot;
 use crate::isolation::{
@@ -18,6 +20,10 @@ use crate::isolation::{
 
 /// Between the SIGTERM and the SIGKILL for a worker past `--max-lifetime`.
 const LIFETIME_KILL_DELAY: Duration = Duration::from_secs(1);
+
+/// The records by worker, in memory a forked worker does not inherit (written at every
+/// connection, read by no worker: see `own_memory`).
+type Records = hashbrown::HashMap<WorkerId, WorkerRecord, RandomState, OwnMemory>;
 
 /// A connection being served.
 pub(super) struct WorkerRecord {
@@ -42,7 +48,7 @@ impl WorkerRecord {
 
 pub(super) struct Workers {
     isolation: Box<dyn Isolation>,
-    table: HashMap<WorkerId, WorkerRecord>,
+    table: Records,
     max_lifetime: Option<Duration>,
     /// Workers with a lifetime, by the moment it ends: the first is the next to outlive it.
     /// Entries leave when the worker is collected, so this is as small as the table.
@@ -55,7 +61,7 @@ impl Workers {
     pub(super) fn new(isolation: Box<dyn Isolation>, max_lifetime: Option<Duration>) -> Workers {
         Workers {
             isolation,
-            table: HashMap::new(),
+            table: Records::with_hasher_in(RandomState::new(), OwnMemory),
             max_lifetime,
             lifetimes: BTreeSet::new(),
             kills_due: VecDeque::new(),
@@ -220,7 +226,7 @@ impl Workers {
 
 /// The table as the isolation reports to it.
 struct Table<'a, F> {
-    table: &'a mut HashMap<WorkerId, WorkerRecord>,
+    table: &'a mut Records,
     lifetimes: &'a mut BTreeSet<(Instant, WorkerId)>,
     ended: F,
 }
