@@ -69,6 +69,7 @@ pub use addr::Addr;
 pub use config::{Config, Model, Sandbox, Service};
 pub use conn::{Connection, Peer, Proxied, Stream};
 pub use handler::{FramedHandler, NewFramed, Payload, Reply, StreamHandler};
+pub use isolation::arena::WorkerAllocator;
 pub use logging::stderr_is_journal;
 pub use server::{Error, Server};
 pub use supervisor::CHECK_ENV as UPGRADE_CHECK_ENV;

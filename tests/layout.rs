@@ -56,7 +56,7 @@ fn the_workers_path_is_one_section_on_a_64_kib_boundary() {
         &["Decoder", "read_uninit"],
         &["IdleClock", "read_into"],
         &["7session5serve"],
-        &["___rdl_alloc"],
+        &["WorkerAllocator", "GlobalAlloc", "5alloc"],
         &["6Socket", "AsFd"],
     ];
     for fragments in path {

@@ -236,6 +236,7 @@ pub(crate) fn spawn_program(
 }
 
 fn run_child(conn: Connection, setup: &ChildSetup, job: &Job<'_>) -> ! {
+    super::arena::enter_worker();
     signals::reset_for_child();
     crate::logging::nonblocking_stderr_for_worker();
     for fd in setup.supervisor_fds.iter().chain(job.close) {

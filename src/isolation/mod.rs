@@ -12,6 +12,7 @@
 //! A worker process and everything it starts form one process group, whose id is the
 //! worker's pid, so [`Isolation::terminate`] ends them together.
 
+pub(crate) mod arena;
 pub(crate) mod child;
 pub(crate) mod fault;
 mod fork;

@@ -210,6 +210,7 @@ pub(crate) fn run(config: &Config, work: Work, start: Start) -> Result<(), Strin
     }
     supervisor.ready();
     crate::isolation::child::prime_allocator();
+    crate::isolation::arena::reserve();
     supervisor.serve();
     drop(pidfile);
     Ok(())

@@ -13,6 +13,10 @@ mod file;
 use std::io::Write;
 use std::process::ExitCode;
 
+/// A worker's first allocations from memory of its own (forkd::WorkerAllocator says why).
+#[global_allocator]
+static ALLOCATOR: forkd::WorkerAllocator = forkd::WorkerAllocator;
+
 fn main() -> ExitCode {
     // Under inetd, descriptor 2 may be the connection itself: before anything can be said on
     // it (a bad flag, a refused setting), it must point elsewhere.
