@@ -8,8 +8,9 @@
 //! a worker's allocations from an arena the supervisor reserved at start and never touched:
 //! the worker's first write there is one fresh page, and the C library is not called.
 //!
-//! The arena is small (64 KiB of address space, pages made only as used) and never given
-//! back while the worker runs: a freed block is reused only if it was the last one handed
+//! The arena is small (64 KiB of address space, pages made only as used) and ordinary
+//! memory, inherited as any other: a handler that forks (or starts a program with fork and
+//! exec) hands its blocks down intact. It is never given back while the worker runs: a freed block is reused only if it was the last one handed
 //! out. Past the arena, and in every process that is not a forked worker (the supervisor,
 //! the thread model's workers, a program's process), allocations are the C library's.
 //!
