@@ -140,10 +140,13 @@ pub(crate) fn own_process_group() {
 
 /// Empties this thread's signal mask.
 pub(crate) fn unblock_all_signals() {
-    #[cfg(target_os = "linux")]
+    // The kernel's sigset is 64 bits on x86_64 and aarch64 (its size is the call's fourth
+    // argument); elsewhere (MIPS has 128) the C library knows it.
+    #[cfg(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
     {
-        // The kernel's sigset: 64 bits on every architecture Linux runs glibc on with 64
-        // signals; its size is the call's fourth argument.
         let empty: u64 = 0;
         // SAFETY: the kernel reads the set from a live local and writes no old set.
         unsafe {
@@ -160,7 +163,10 @@ pub(crate) fn unblock_all_signals() {
             );
         }
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )))]
     {
         // SAFETY: an all-zero sigset_t is the empty set; nothing is written back.
         let empty: libc::sigset_t = unsafe { std::mem::zeroed() };

@@ -5,11 +5,13 @@
 //! chunks it hands out (one page each, wherever they lie), and its code is one more window
 //! for the worker to fault in. A churn connection's worker allocated two buffers, and paid
 //! four page faults for them. [`WorkerAllocator`], installed as the global allocator, serves
-//! a worker's allocations from an arena the supervisor reserved at start and never touched:
-//! the worker's first write there is one fresh page, and the C library is not called.
+//! a worker's allocations from an arena the supervisor reserved at start and never wrote but
+//! for its first word: the worker's first writes there are one page, and the C library is
+//! not called.
 //!
-//! The arena is small (64 KiB of address space, pages made only as used) and ordinary
-//! memory, inherited as any other: a handler that forks (or starts a program with fork and
+//! The arena is small (64 KiB, a block of the C library's heap, whose pages the kernel makes
+//! only when written: a mapping of its own would be one more to copy at each fork and one
+//! more for each worker to set up) and ordinary memory, inherited as any other: a handler that forks (or starts a program with fork and
 //! exec) hands its blocks down intact. It is never given back while the worker runs: a freed block is reused only if it was the last one handed
 //! out. Past the arena, and in every process that is not a forked worker (the supervisor,
 //! the thread model's workers, a program's process), allocations are the C library's.
@@ -161,26 +163,25 @@ unsafe impl GlobalAlloc for WorkerAllocator {
 }
 
 /// In the supervisor, before serving: reserves the arena if [`WorkerAllocator`] is the
-/// global allocator. Address space only: nothing is written, so no page exists until a
-/// worker writes one.
+/// global allocator. Only its first word, the cursor, is written (zero: not a worker); a
+/// block below the allocator's mmap threshold comes from the heap's end, pages the kernel
+/// makes only when a worker writes them.
 pub(crate) fn reserve() {
     if !INSTALLED.load(Ordering::Relaxed) || !ARENA.load(Ordering::Relaxed).is_null() {
         return;
     }
-    // SAFETY: a new private anonymous mapping; nothing else is touched.
-    let arena = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            ARENA_LEN,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
+    let Ok(layout) = Layout::from_size_align(ARENA_LEN, FIRST_BLOCK) else {
+        return;
     };
-    if arena != libc::MAP_FAILED {
-        ARENA.store(arena.cast(), Ordering::Relaxed);
+    // SAFETY: a valid layout; the block is never given back.
+    let arena = unsafe { System.alloc(layout) };
+    if arena.is_null() {
+        return;
     }
+    // SAFETY: the block is ours and aligned for the cursor; a block reused by the allocator
+    // may hold anything, and the cursor must say "not a worker".
+    unsafe { arena.cast::<AtomicUsize>().write(AtomicUsize::new(0)) };
+    ARENA.store(arena, Ordering::Relaxed);
 }
 
 /// In a forked worker, first thing: its allocations come from the arena from now on.

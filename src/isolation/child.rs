@@ -235,7 +235,19 @@ pub(crate) fn spawn_program(
     Ok(Pid::from_raw(child.id() as i32))
 }
 
+/// Ends a worker at once if its setup panics: unwinding would go on into the supervisor's
+/// frames in the child, and drop the supervisor's state there (its worker table, which a
+/// child sees empty). The handler's own panics are caught before this.
+struct ExitOnUnwind;
+
+impl Drop for ExitOnUnwind {
+    fn drop(&mut self) {
+        exit(EXIT_FAILED)
+    }
+}
+
 fn run_child(conn: Connection, setup: &ChildSetup, job: &Job<'_>) -> ! {
+    let _never_unwinds = ExitOnUnwind;
     super::arena::enter_worker();
     signals::reset_for_child();
     crate::logging::nonblocking_stderr_for_worker();
@@ -258,9 +270,9 @@ fn run_child(conn: Connection, setup: &ChildSetup, job: &Job<'_>) -> ! {
         .and_then(|()| {
             let confined = confine(setup);
             if let Some(fd) = setup.sandbox.as_ref().and_then(|s| s.ruleset_fd()) {
-                // SAFETY: the ruleset's owner (the supervisor's `Prepared`) is never dropped
-                // in this child, which ends in _exit: no double close, no reused number.
-                unsafe { libc::close(fd) };
+                // The ruleset's owner (the supervisor's `Prepared`) is never dropped in this
+                // child, which ends in _exit: no double close, no reused number.
+                crate::raw::close(fd);
             }
             confined
         });

@@ -196,9 +196,9 @@ pub(crate) fn release_supervisor_stderr() {
         return;
     }
     let own = SUPERVISOR_STDERR.load(std::sync::atomic::Ordering::Relaxed);
-    // SAFETY: both are open descriptors of this process; the logger that owns `own` is leaked
-    // at start and never dropped (a worker ends in _exit), so the number stays its.
-    unsafe { libc::dup2(fd, own) };
+    // Both are open descriptors of this process; the logger that owns `own` is leaked at start
+    // and never dropped (a worker ends in _exit), so the number stays its.
+    crate::raw::dup2(fd, own);
 }
 
 /// Connects to the syslog socket afresh (SIGHUP), for a syslog daemon that was restarted or

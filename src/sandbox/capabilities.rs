@@ -69,7 +69,24 @@ pub(super) fn drop_all(may_exec: bool) -> Result<(), Errno> {
         pid: 0,
     };
     let none = [Data::default(); 2];
-    // SAFETY: capset reads the header and two Data for version 3.
-    let rc = unsafe { libc::syscall(libc::SYS_capset, &header, none.as_ptr()) };
-    if rc == 0 { Ok(()) } else { Err(Errno::last()) }
+    // SAFETY: capset reads the header and two Data for version 3. (Made directly, as in each
+    // new worker: crate::raw says why.)
+    let rc = unsafe {
+        crate::raw::syscall(
+            libc::SYS_capset,
+            [
+                (&raw const header) as usize,
+                none.as_ptr() as usize,
+                0,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Errno::from_raw(-rc as i32))
+    }
 }

@@ -170,9 +170,19 @@ fn elf_interpreter(path: &Path) -> Option<PathBuf> {
 
 /// Restricts the calling thread with `ruleset` (no_new_privs set already).
 pub(super) fn restrict_self(ruleset: RawFd) -> Result<(), Errno> {
-    // SAFETY: a plain system call on a descriptor; no memory is passed.
-    let rc = unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset, 0u32) };
-    if rc == 0 { Ok(()) } else { Err(Errno::last()) }
+    // SAFETY: a plain system call on a descriptor; no memory is passed. (Made directly, as
+    // in each new worker: crate::raw says why.)
+    let rc = unsafe {
+        crate::raw::syscall(
+            libc::SYS_landlock_restrict_self,
+            [ruleset as usize, 0, 0, 0, 0, 0],
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Errno::from_raw(-rc as i32))
+    }
 }
 
 #[cfg(test)]
