@@ -357,6 +357,85 @@ pub(crate) fn prime_allocator() {
     }
 }
 
+/// Unregisters the calling thread's restartable-sequences area, which glibc (2.35 and later)
+/// registers for every thread for `sched_getcpu` (which falls back to a system call without
+/// it). The kernel writes the area whenever a registered thread returns to user mode after
+/// being scheduled, and a worker inherits the registration: in each new worker that write is
+/// a copy-on-write fault on a page of the thread's control block, one of a churn worker's
+/// seven (dynamically linked builds; a static build's control block shares a page the worker
+/// writes anyway). forkd runs no restartable sequence. Nothing happens where the C library
+/// registered none or does not say where.
+pub(crate) fn forget_rseq() {
+    #[cfg(all(
+        target_os = "linux",
+        target_env = "gnu",
+        not(target_feature = "crt-static"),
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
+    {
+        /// The signature glibc registered with, which unregistering must repeat.
+        #[cfg(target_arch = "x86_64")]
+        const RSEQ_SIG: usize = 0x5305_3053;
+        #[cfg(target_arch = "aarch64")]
+        const RSEQ_SIG: usize = 0xd428_bc00;
+        const RSEQ_FLAG_UNREGISTER: usize = 1;
+        // SAFETY: dlsym only looks names up among the loaded objects.
+        let (offset, size) = unsafe {
+            (
+                libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()),
+                libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()),
+            )
+        };
+        if offset.is_null() || size.is_null() {
+            return;
+        }
+        // SAFETY: glibc's exported variables: a ptrdiff_t and an unsigned int.
+        let (offset, size) = unsafe { (*offset.cast::<isize>(), *size.cast::<u32>()) };
+        if size == 0 {
+            return;
+        }
+        let area = thread_pointer().wrapping_offset(offset) as usize;
+        // The length registered: `__rseq_size` where it is that, else the original 32 bytes
+        // (glibc 2.40 and later say the size of the fields in use, 20, and register 32).
+        for len in [size as usize, 32] {
+            // SAFETY: unregistering asks the kernel to forget the area; it checks address,
+            // length and signature against the registration and touches nothing else.
+            let rc = unsafe {
+                crate::raw::syscall(
+                    libc::SYS_rseq,
+                    [area, len, RSEQ_FLAG_UNREGISTER, RSEQ_SIG, 0, 0],
+                )
+            };
+            if rc == 0 {
+                return;
+            }
+        }
+    }
+}
+
+/// The calling thread's thread pointer, which glibc's `__rseq_offset` is relative to.
+#[cfg(all(
+    target_os = "linux",
+    target_env = "gnu",
+    not(target_feature = "crt-static"),
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+fn thread_pointer() -> *const u8 {
+    let pointer: usize;
+    // SAFETY: reads the thread's own control-block pointer (x86_64: its first word is the
+    // block's address; aarch64: the thread register).
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) pointer, options(nostack, readonly, preserves_flags));
+    }
+    // SAFETY: as above.
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        std::arch::asm!("mrs {}, tpidr_el0", out(reg) pointer, options(nostack, nomem, preserves_flags));
+    }
+    pointer as *const u8
+}
+
 /// fork() in a process with other threads copies only the calling one; locks the others held
 /// stay locked forever in the child. forkd's supervisor must never have a second thread.
 fn debug_assert_single_threaded() {
@@ -364,5 +443,49 @@ fn debug_assert_single_threaded() {
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         let threads = tasks.count();
         debug_assert_eq!(threads, 1, "the supervisor must be single-threaded at fork");
+    }
+}
+
+#[cfg(all(
+    test,
+    target_os = "linux",
+    target_env = "gnu",
+    not(target_feature = "crt-static"),
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forgetting_rseq_unregisters_the_threads_area() {
+        std::thread::spawn(|| {
+            // SAFETY: as in forget_rseq.
+            let (offset, size) = unsafe {
+                (
+                    libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()),
+                    libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()),
+                )
+            };
+            assert!(!offset.is_null() && !size.is_null(), "glibc 2.35 or later");
+            // SAFETY: glibc's variables, as above.
+            let (offset, size) = unsafe { (*offset.cast::<isize>(), *size.cast::<u32>()) };
+            assert!(size > 0, "glibc registered an rseq area for this thread");
+            let cpu_id = thread_pointer().wrapping_offset(offset + 4).cast::<i32>();
+            // SAFETY: the area's cpu_id field, which the kernel keeps while registered.
+            assert!(
+                unsafe { cpu_id.read_volatile() } >= 0,
+                "registered: a cpu number"
+            );
+            forget_rseq();
+            // The kernel marks an unregistered area's cpu_id uninitialized (-1), and leaves it.
+            std::thread::yield_now();
+            // SAFETY: as above.
+            assert_eq!(unsafe { cpu_id.read_volatile() }, -1);
+            // glibc's sched_getcpu falls back to the system call.
+            // SAFETY: no arguments.
+            assert!(unsafe { libc::sched_getcpu() } >= 0);
+        })
+        .join()
+        .unwrap();
     }
 }
