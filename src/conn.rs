@@ -107,7 +107,8 @@ impl Stream {
 // code a forked worker would fault in (crate::raw).
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        crate::raw::recv(self.as_raw_fd(), crate::raw::as_room(buf))
+        // SAFETY: only the kernel writes through it, bytes.
+        crate::raw::recv(self.as_raw_fd(), unsafe { crate::raw::as_room(buf) })
     }
 }
 

@@ -381,25 +381,13 @@ impl Decoder {
     ) -> io::Result<usize> {
         let want = self.next_read();
         self.reserve_room(want);
-        // SAFETY: reserve_room left capacity for `want` bytes from `end`; the slice is of
-        // MaybeUninit, which the bytes beyond the length (unwritten as yet) may be.
-        let room = unsafe {
-            std::slice::from_raw_parts_mut(
-                self.buf
-                    .as_mut_ptr()
-                    .add(self.end)
-                    .cast::<MaybeUninit<u8>>(),
-                want,
-            )
-        };
+        self.buf.truncate(self.end);
+        let room = &mut self.buf.spare_capacity_mut()[..want];
         let result = retrying_interrupts(|| read(room));
         if let Ok(n) = result {
             assert!(n <= want, "a read returned more than it was given room for");
-            if self.buf.len() < self.end + n {
-                // SAFETY: `read` wrote the n bytes from `end` (its contract); the bytes
-                // before `end` were initialized already.
-                unsafe { self.buf.set_len(self.end + n) };
-            }
+            // SAFETY: `read` wrote the n bytes after `end` (its contract).
+            unsafe { self.buf.set_len(self.end + n) };
         }
         self.received(result, want)
     }

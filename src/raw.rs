@@ -239,10 +239,14 @@ pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     }
 }
 
-/// `buf` as room for a read: initialized bytes are valid uninitialized ones.
-pub(crate) fn as_room(buf: &mut [u8]) -> &mut [MaybeUninit<u8>] {
-    // SAFETY: same layout; the caller's bytes stay initialized, as nothing here or in a read
-    // writes an uninitialized value into them.
+/// `buf` as room for a read.
+///
+/// # Safety
+///
+/// Nothing may write an uninitialized value through the result: `buf` is still `[u8]` to
+/// its owner. A [`recv`] into it only has the kernel write bytes.
+pub(crate) unsafe fn as_room(buf: &mut [u8]) -> &mut [MaybeUninit<u8>] {
+    // SAFETY: same layout; the caller keeps the bytes initialized (above).
     unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) }
 }
 
@@ -254,7 +258,7 @@ pub(crate) fn monotonic() -> Duration {
     };
     #[cfg(target_os = "linux")]
     // SAFETY: the kernel writes one timespec into a live local.
-    unsafe {
+    let direct = unsafe {
         syscall(
             libc::SYS_clock_gettime,
             [
@@ -265,12 +269,16 @@ pub(crate) fn monotonic() -> Duration {
                 0,
                 0,
             ],
-        );
-    }
+        )
+    };
     #[cfg(not(target_os = "linux"))]
-    // SAFETY: as above.
-    unsafe {
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+    let direct = -1;
+    if direct != 0 {
+        // Refused (by a seccomp policy of someone else's, which the vDSO never had to pass):
+        // the C library's, which reads the vDSO. A clock stuck at zero would keep every idle
+        // deadline away.
+        // SAFETY: as above.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     }
     Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
@@ -289,7 +297,11 @@ mod tests {
         let mut buf = [0u8; 8];
         assert_eq!(a.read(&mut buf).unwrap(), 4);
         a.write_all(b"pong").unwrap();
-        assert_eq!(recv(b.as_raw_fd(), as_room(&mut buf)).unwrap(), 4);
+        // SAFETY: only recv writes through it.
+        assert_eq!(
+            recv(b.as_raw_fd(), unsafe { as_room(&mut buf) }).unwrap(),
+            4
+        );
         assert_eq!(&buf[..4], b"pong");
         drop(a);
         // The peer is gone: EPIPE as an error, not a SIGPIPE that ends the test.

@@ -1,5 +1,7 @@
 //! The forkd binary's layout: the code a worker runs lies in one 64 KiB-aligned section
-//! (src/bin/forkd/child-path.ld), so that a forked child faults it in at once.
+//! (src/bin/forkd/child-path.ld), so that a forked child faults it in at once. Linux, where
+//! build.rs gives the linker that script.
+#![cfg(target_os = "linux")]
 
 use std::process::Command;
 

@@ -11,7 +11,8 @@
 //! resumed, never taken for expiry. Moments are read from the monotonic clock by system call
 //! (`crate::raw::monotonic`, which says why), as durations since its origin, and a reading is
 //! used again until a read or write returns: the deadline set after a reply and the wait for
-//! the next request share one (three readings a request instead of six).
+//! the next request share one reading, the write deadline and the write another (two a
+//! request, where each deadline and each wait read the clock before).
 
 use std::io::{self, Write};
 use std::mem::{ManuallyDrop, MaybeUninit};

@@ -75,7 +75,9 @@ fn bump(cursor: &AtomicUsize, layout: Layout) -> *mut u8 {
             Some(end) if end <= ARENA_LEN => end,
             _ => return std::ptr::null_mut(),
         };
-        match cursor.compare_exchange_weak(taken, end, Ordering::Relaxed, Ordering::Relaxed) {
+        // Acquire: a block given back by another thread (the cursor moved back over it) was
+        // written by that thread before; those writes come before this one's.
+        match cursor.compare_exchange_weak(taken, end, Ordering::Acquire, Ordering::Relaxed) {
             Ok(_) => return (arena + start) as *mut u8,
             Err(now) => taken = now,
         }
@@ -106,10 +108,11 @@ unsafe impl GlobalAlloc for WorkerAllocator {
             if let Some(cursor) = cursor() {
                 let arena = ARENA.load(Ordering::Relaxed) as usize;
                 let end = ptr as usize - arena + layout.size();
+                // Release: this thread's writes to the block come before the next owner's.
                 let _ = cursor.compare_exchange(
                     end,
                     ptr as usize - arena,
-                    Ordering::Relaxed,
+                    Ordering::Release,
                     Ordering::Relaxed,
                 );
             }
@@ -141,7 +144,7 @@ unsafe impl GlobalAlloc for WorkerAllocator {
                     .compare_exchange(
                         start + layout.size(),
                         start + new_size,
-                        Ordering::Relaxed,
+                        Ordering::AcqRel,
                         Ordering::Relaxed,
                     )
                     .is_ok()
@@ -170,7 +173,9 @@ pub(crate) fn reserve() {
     if !INSTALLED.load(Ordering::Relaxed) || !ARENA.load(Ordering::Relaxed).is_null() {
         return;
     }
-    let Ok(layout) = Layout::from_size_align(ARENA_LEN, FIRST_BLOCK) else {
+    // Page-aligned, so that the cursor and the first blocks share the page a worker writes
+    // first.
+    let Ok(layout) = Layout::from_size_align(ARENA_LEN, 4096) else {
         return;
     };
     // SAFETY: a valid layout; the block is never given back.
