@@ -320,7 +320,7 @@ impl Server {
         } else {
             crate::activation::take().map_err(Error)?
         };
-        crate::isolation::child::prepare_allocator();
+        crate::isolation::lean::prepare_allocator();
 
         // After an upgrade in place, the table the old image's workers still fill.
         let groups_table = upgraded.as_ref().and_then(|u| u.groups_table);

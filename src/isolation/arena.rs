@@ -169,24 +169,29 @@ unsafe impl GlobalAlloc for WorkerAllocator {
 /// global allocator. Only its first word, the cursor, is written (zero: not a worker); a
 /// block below the allocator's mmap threshold comes from the heap's end, pages the kernel
 /// makes only when a worker writes them.
-pub(crate) fn reserve() {
-    if !INSTALLED.load(Ordering::Relaxed) || !ARENA.load(Ordering::Relaxed).is_null() {
-        return;
+/// Whether there is an arena.
+pub(crate) fn reserve() -> bool {
+    if !ARENA.load(Ordering::Relaxed).is_null() {
+        return true;
+    }
+    if !INSTALLED.load(Ordering::Relaxed) {
+        return false;
     }
     // Page-aligned, so that the cursor and the first blocks share the page a worker writes
     // first.
     let Ok(layout) = Layout::from_size_align(ARENA_LEN, 4096) else {
-        return;
+        return false;
     };
     // SAFETY: a valid layout; the block is never given back.
     let arena = unsafe { System.alloc(layout) };
     if arena.is_null() {
-        return;
+        return false;
     }
     // SAFETY: the block is ours and aligned for the cursor; a block reused by the allocator
     // may hold anything, and the cursor must say "not a worker".
     unsafe { arena.cast::<AtomicUsize>().write(AtomicUsize::new(0)) };
     ARENA.store(arena, Ordering::Relaxed);
+    true
 }
 
 /// In a forked worker, first thing: its allocations come from the arena from now on.
@@ -207,7 +212,7 @@ mod tests {
     #[test]
     fn blocks_bump_reuse_the_last_and_spill_over() {
         INSTALLED.store(true, Ordering::Relaxed);
-        reserve();
+        assert!(reserve());
         assert!(!ARENA.load(Ordering::Relaxed).is_null());
         assert!(cursor().is_none(), "not a worker until entered");
         enter_worker();

@@ -17,6 +17,7 @@ pub(crate) mod child;
 pub(crate) mod fault;
 mod fork;
 pub(crate) mod groups;
+pub(crate) mod lean;
 pub(crate) mod tally;
 mod thread;
 

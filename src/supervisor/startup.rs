@@ -209,9 +209,7 @@ pub(crate) fn run(config: &Config, work: Work, start: Start) -> Result<(), Strin
         supervisor.take(conn, Origin::Inetd, false);
     }
     supervisor.ready();
-    crate::isolation::child::forget_rseq();
-    crate::isolation::child::prime_allocator();
-    crate::isolation::arena::reserve();
+    crate::isolation::lean::ready_to_serve();
     supervisor.serve();
     drop(pidfile);
     Ok(())
