@@ -250,32 +250,39 @@ pub(crate) unsafe fn as_room(buf: &mut [u8]) -> &mut [MaybeUninit<u8>] {
     unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) }
 }
 
-/// The monotonic clock (CLOCK_MONOTONIC, as std's `Instant`), as time since its origin.
-pub(crate) fn monotonic() -> Duration {
+/// The monotonic clock (CLOCK_MONOTONIC, as std's `Instant`), as time since its origin:
+/// read by system call (`direct`), which runs nothing outside forkd's own code, or through
+/// the C library and the vDSO, which makes no system call but is two pages of code for a new
+/// worker to fault in (the C library's wrapper and the vDSO) the first time.
+pub(crate) fn monotonic(direct: bool) -> Duration {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     #[cfg(target_os = "linux")]
     // SAFETY: the kernel writes one timespec into a live local.
-    let direct = unsafe {
-        syscall(
-            libc::SYS_clock_gettime,
-            [
-                libc::CLOCK_MONOTONIC as usize,
-                (&raw mut now) as usize,
-                0,
-                0,
-                0,
-                0,
-            ],
-        )
-    };
+    let read = direct
+        && unsafe {
+            syscall(
+                libc::SYS_clock_gettime,
+                [
+                    libc::CLOCK_MONOTONIC as usize,
+                    (&raw mut now) as usize,
+                    0,
+                    0,
+                    0,
+                    0,
+                ],
+            )
+        } == 0;
     #[cfg(not(target_os = "linux"))]
-    let direct = -1;
-    if direct != 0 {
-        // Refused (by a seccomp policy of someone else's, which the vDSO never had to pass):
-        // the C library's, which reads the vDSO. A clock stuck at zero would keep every idle
+    let read = {
+        let _ = direct;
+        false
+    };
+    if !read {
+        // Also where the system call is refused (by a seccomp policy of someone else's,
+        // which the vDSO never has to pass): a clock stuck at zero would keep every idle
         // deadline away.
         // SAFETY: as above.
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
@@ -316,10 +323,10 @@ mod tests {
 
     #[test]
     fn the_clock_moves_forward_with_std_instant() {
-        let before = monotonic();
+        let before = monotonic(true);
         let instant = std::time::Instant::now();
         std::thread::sleep(Duration::from_millis(20));
-        let elapsed = monotonic() - before;
+        let elapsed = monotonic(false) - before;
         assert!(elapsed >= Duration::from_millis(20), "{elapsed:?}");
         assert!(
             elapsed <= instant.elapsed() + Duration::from_millis(5),

@@ -8,18 +8,20 @@
 //! Both deadlines are absolute. The kernel's timeout (SO_RCVTIMEO, SO_SNDTIMEO) is set to
 //! what is left only when it is stale by more than a tenth of the limit, so the usual frame,
 //! read or written in one call, costs no extra system call; a wait the kernel ends early is
-//! resumed, never taken for expiry. Moments are read from the monotonic clock by system call
-//! (`crate::raw::monotonic`, which says why), as durations since its origin, and a reading is
-//! used again until a read or write returns: the deadline set after a reply and the wait for
-//! the next request share one reading, the write deadline and the write another (two a
-//! request, where each deadline and each wait read the clock before).
+//! resumed, never taken for expiry. Moments are durations since the monotonic clock's origin,
+//! and a reading is used again until a read or write returns: the deadline set after a reply
+//! and the wait for the next request share one reading, the write deadline and the write
+//! another (two a request, where each deadline and each wait read the clock before). A
+//! conversation's first readings are system calls, later ones the vDSO's (`crate::raw::
+//! monotonic` says why): a short conversation runs no code outside the worker's own pages,
+//! a long one makes no system call for the time.
 
 use std::io::{self, Write};
 use std::mem::{ManuallyDrop, MaybeUninit};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use crate::raw::{self, monotonic};
+use crate::raw;
 
 use crate::conn::Stream;
 use crate::isolation::tally::Counter;
@@ -38,8 +40,36 @@ pub(crate) struct IdleClock {
     write_timeout_set: Option<Duration>,
     /// Where the bytes read and written are counted.
     tally: Option<&'static Counter>,
-    /// The clock as read since the last read or write returned (nothing has waited since).
-    now: Option<Duration>,
+    clock: Clock,
+}
+
+/// The clock's readings for one conversation.
+#[derive(Default)]
+struct Clock {
+    /// The reading taken since the last read or write returned (nothing has waited since).
+    reading: Option<Duration>,
+    /// How many readings were taken.
+    taken: u32,
+}
+
+/// Readings by system call before the vDSO's: a churn connection (one request) takes three.
+const DIRECT_READINGS: u32 = 8;
+
+impl Clock {
+    /// The reading, taken first if there is none.
+    fn now(&mut self) -> Duration {
+        if let Some(reading) = self.reading {
+            return reading;
+        }
+        let direct = self.taken < DIRECT_READINGS;
+        self.taken = self.taken.saturating_add(1);
+        *self.reading.insert(crate::raw::monotonic(direct))
+    }
+
+    /// A read or write returned: time may have passed.
+    fn waited(&mut self) {
+        self.reading = None;
+    }
 }
 
 impl IdleClock {
@@ -59,19 +89,14 @@ impl IdleClock {
             read_timeout_set: preset,
             write_timeout_set: preset,
             tally,
-            now: None,
+            clock: Clock::default(),
         }
     }
 
     /// Starts the wait for the next request.
     pub(crate) fn start_idle(&mut self) {
-        self.read_deadline = self.idle.map(|idle| now(&mut self.now) + idle);
+        self.read_deadline = self.idle.map(|idle| self.clock.now() + idle);
     }
-}
-
-/// The clock's reading in `now`, read first if nothing is there.
-fn now(now: &mut Option<Duration>) -> Duration {
-    *now.get_or_insert_with(monotonic)
 }
 
 /// Runs `io` (one read or one write on `stream`) so that it ends by `deadline`: the kernel's
@@ -81,7 +106,7 @@ fn now(now: &mut Option<Duration>) -> Duration {
 fn within<T>(
     deadline: Duration,
     idle: Duration,
-    reading: &mut Option<Duration>,
+    clock: &mut Clock,
     timeout_set: &mut Option<Duration>,
     stream: &mut Stream,
     set: fn(&Stream, Option<Duration>) -> io::Result<()>,
@@ -89,7 +114,7 @@ fn within<T>(
 ) -> io::Result<T> {
     let slack = idle / 10;
     loop {
-        let left = deadline.saturating_sub(now(reading));
+        let left = deadline.saturating_sub(clock.now());
         if left.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());
         }
@@ -99,7 +124,7 @@ fn within<T>(
             *timeout_set = Some(left);
         }
         let done = io(stream);
-        *reading = None;
+        clock.waited();
         match done {
             // Woken before the deadline (a timeout set for an earlier, longer wait): wait
             // for what is left.
@@ -134,14 +159,14 @@ impl IdleClock {
             (Some(deadline), Some(idle)) => within(
                 deadline,
                 idle,
-                &mut self.now,
+                &mut self.clock,
                 &mut self.read_timeout_set,
                 &mut self.stream,
                 Stream::set_read_timeout,
                 |stream| raw::recv(stream.as_raw_fd(), room),
             ),
             _ => {
-                self.now = None;
+                self.clock.waited();
                 raw::recv(self.stream.as_raw_fd(), room)
             }
         };
@@ -156,14 +181,14 @@ impl Write for IdleClock {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let written = match self.idle {
             Some(idle) => {
-                let reading = &mut self.now;
+                let clock = &mut self.clock;
                 let deadline = *self
                     .write_deadline
-                    .get_or_insert_with(|| now(reading) + idle);
+                    .get_or_insert_with(|| clock.now() + idle);
                 within(
                     deadline,
                     idle,
-                    &mut self.now,
+                    &mut self.clock,
                     &mut self.write_timeout_set,
                     &mut self.stream,
                     Stream::set_write_timeout,
@@ -171,7 +196,7 @@ impl Write for IdleClock {
                 )
             }
             None => {
-                self.now = None;
+                self.clock.waited();
                 self.stream.write(buf)
             }
         };
