@@ -93,6 +93,12 @@ fn checked(result: isize) -> io::Result<usize> {
     }
 }
 
+/// A C library call's result as `io::Result` (-1 and errno for a failure).
+#[cfg(not(target_os = "linux"))]
+fn from_libc(result: isize) -> io::Result<usize> {
+    usize::try_from(result).map_err(|_| io::Error::last_os_error())
+}
+
 /// Closes `fd`, whose owner will never close it (a child copy's supervisor descriptors).
 pub(crate) fn close(fd: RawFd) {
     #[cfg(target_os = "linux")]
@@ -200,12 +206,7 @@ pub(crate) fn recv(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> 
     #[cfg(not(target_os = "linux"))]
     // SAFETY: as above.
     unsafe {
-        let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        from_libc(libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0))
     }
 }
 
@@ -230,12 +231,7 @@ pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     #[cfg(not(target_os = "linux"))]
     // SAFETY: as above. (No MSG_NOSIGNAL everywhere: forkd ignores SIGPIPE.)
     unsafe {
-        let n = libc::send(fd, buf.as_ptr().cast(), buf.len(), 0);
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        from_libc(libc::send(fd, buf.as_ptr().cast(), buf.len(), 0))
     }
 }
 
