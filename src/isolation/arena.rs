@@ -11,10 +11,12 @@
 //!
 //! The arena is small (64 KiB, a block of the C library's heap, whose pages the kernel makes
 //! only when written: a mapping of its own would be one more to copy at each fork and one
-//! more for each worker to set up) and ordinary memory, inherited as any other: a handler that forks (or starts a program with fork and
-//! exec) hands its blocks down intact. It is never given back while the worker runs: a freed block is reused only if it was the last one handed
-//! out. Past the arena, and in every process that is not a forked worker (the supervisor,
-//! the thread model's workers, a program's process), allocations are the C library's.
+//! more for each worker to set up) and ordinary memory, inherited as any other: a handler
+//! that forks (or starts a program with fork and exec) hands its blocks down intact. It is
+//! never given back while the worker runs: a freed block is reused only if it was the last
+//! one handed out. Past the arena, and in every process that is not a forked worker (the
+//! supervisor, the thread model's workers, a program's process), allocations are the C
+//! library's.
 //!
 //! How a process knows it is a worker without writing memory the supervisor shares: the
 //! arena's first word, the bump cursor, is zero until a worker sets it; the supervisor only
@@ -53,8 +55,8 @@ fn cursor() -> Option<&'static AtomicUsize> {
     if arena.is_null() {
         return None;
     }
-    // SAFETY: the arena is a live mapping for the process's lifetime, its first word the
-    // cursor, only ever accessed atomically.
+    // SAFETY: the arena is a block never given back, its first word the cursor, only ever
+    // accessed atomically.
     let cursor = unsafe { &*arena.cast::<AtomicUsize>() };
     (cursor.load(Ordering::Relaxed) != 0).then_some(cursor)
 }
