@@ -5,9 +5,9 @@
 //! Why: a child inherits no page-table entries for code, so each 64 KiB window of code it runs
 //! is a page fault in every child, and the C library's wrappers for these calls lie in five to
 //! seven windows of its own. Made here, they lie in the window of forkd's code the child runs
-//! anyway (src/bin/forkd/child-path.ld). The clock is read with the system call, not the vDSO,
-//! for the same reason: the vDSO's page and the C library's wrapper are two faults, against a
-//! few system calls a connection. Linux on x86_64 and aarch64; elsewhere, the C library's
+//! anyway (src/bin/forkd/child-path.ld). A conversation's first clock readings are system
+//! calls, not the vDSO's, for the same reason: the vDSO's page and the C library's wrapper are
+//! two faults, against a few system calls a short connection makes (`monotonic`). Linux on x86_64 and aarch64; elsewhere, the C library's
 //! functions.
 
 use std::io;

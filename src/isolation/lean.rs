@@ -44,22 +44,39 @@ pub(crate) fn ready_to_serve() {
 fn trim_stack() {
     #[cfg(target_os = "linux")]
     {
-        // The stack's mapping, from /proc/self/maps: its lowest address.
+        // SAFETY: sysconf reads a constant of the system.
+        let Ok(page) = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }) else {
+            return;
+        };
+        if !page.is_power_of_two() {
+            return;
+        }
+        // The stack's mapping, from /proc/self/maps: the line whose name is exactly [stack].
         let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
             return;
         };
-        let Some(lowest) = maps.lines().find_map(|line| {
-            line.ends_with("[stack]")
-                .then(|| usize::from_str_radix(line.split('-').next()?, 16).ok())
-                .flatten()
+        let Some((lowest, end)) = maps.lines().find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let range = fields.next()?;
+            (fields.nth(4)? == "[stack]" && fields.next().is_none()).then_some(())?;
+            let (low, high) = range.split_once('-')?;
+            Some((
+                usize::from_str_radix(low, 16).ok()?,
+                usize::from_str_radix(high, 16).ok()?,
+            ))
         }) else {
             return;
         };
         let here = std::hint::black_box(0u8);
-        let page = 4096;
+        let here = (&raw const here) as usize;
+        // This frame must be on that stack (a library user could serve from another thread).
+        if !(lowest..end).contains(&here) {
+            return;
+        }
         // A page of margin below this frame: the system call itself pushes nothing (it is
-        // made inline), but a signal's frame could land there.
-        let keep_from = ((&raw const here) as usize & !(page - 1)).saturating_sub(page);
+        // made inline), but a signal's frame could land there. Whole pages only: the kernel
+        // rounds the length up to one.
+        let keep_from = (here & !(page - 1)).saturating_sub(page);
         if keep_from <= lowest {
             return;
         }

@@ -209,7 +209,11 @@ pub(crate) fn run(config: &Config, work: Work, start: Start) -> Result<(), Strin
         supervisor.take(conn, Origin::Inetd, false);
     }
     supervisor.ready();
-    crate::isolation::lean::ready_to_serve();
+    // Only where workers are forked: inetd's one conversation was served above, and the
+    // thread model copies nothing.
+    if config.model == Model::Fork && !config.inetd {
+        crate::isolation::lean::ready_to_serve();
+    }
     supervisor.serve();
     drop(pidfile);
     Ok(())
