@@ -83,14 +83,15 @@ pub(crate) unsafe fn syscall(nr: libc::c_long, args: [usize; 6]) -> isize {
     }
 }
 
+/// A system call's raw result (a negative errno on failure) as the value or the errno.
+pub(crate) fn result(raw: isize) -> nix::Result<usize> {
+    usize::try_from(raw).map_err(|_| nix::errno::Errno::from_raw(-raw as i32))
+}
+
 /// A system call's result as `io::Result`.
 #[cfg(target_os = "linux")]
-fn checked(result: isize) -> io::Result<usize> {
-    if result < 0 {
-        Err(io::Error::from_raw_os_error(-result as i32))
-    } else {
-        Ok(result as usize)
-    }
+fn checked(raw: isize) -> io::Result<usize> {
+    result(raw).map_err(io::Error::from)
 }
 
 /// A C library call's result as `io::Result` (-1 and errno for a failure).
@@ -256,9 +257,9 @@ pub(crate) fn monotonic(direct: bool) -> Duration {
         tv_nsec: 0,
     };
     #[cfg(target_os = "linux")]
-    // SAFETY: the kernel writes one timespec into a live local.
-    let read = direct
-        && unsafe {
+    let read = direct && {
+        // SAFETY: the kernel writes one timespec into a live local.
+        let done = unsafe {
             syscall(
                 libc::SYS_clock_gettime,
                 [
@@ -270,7 +271,9 @@ pub(crate) fn monotonic(direct: bool) -> Duration {
                     0,
                 ],
             )
-        } == 0;
+        };
+        done == 0
+    };
     #[cfg(not(target_os = "linux"))]
     let read = {
         let _ = direct;
@@ -301,10 +304,8 @@ mod tests {
         assert_eq!(a.read(&mut buf).unwrap(), 4);
         a.write_all(b"pong").unwrap();
         // SAFETY: only recv writes through it.
-        assert_eq!(
-            recv(b.as_raw_fd(), unsafe { as_room(&mut buf) }).unwrap(),
-            4
-        );
+        let room = unsafe { as_room(&mut buf) };
+        assert_eq!(recv(b.as_raw_fd(), room).unwrap(), 4);
         assert_eq!(&buf[..4], b"pong");
         drop(a);
         // The peer is gone: EPIPE as an error, not a SIGPIPE that ends the test.
@@ -340,9 +341,11 @@ mod tests {
         let open = |fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1;
         assert!(open(target));
         let inode = |fd| {
-            // SAFETY: fstat writes into a live local.
+            // SAFETY: all-zero bytes are a valid libc::stat.
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
-            assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
+            // SAFETY: fstat writes into a live local.
+            let done = unsafe { libc::fstat(fd, &mut st) };
+            assert_eq!(done, 0);
             st.st_ino
         };
         assert_eq!(inode(target), inode(a.as_raw_fd()));

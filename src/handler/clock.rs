@@ -63,7 +63,7 @@ impl Clock {
         }
         let direct = self.taken < DIRECT_READINGS;
         self.taken = self.taken.saturating_add(1);
-        *self.reading.insert(crate::raw::monotonic(direct))
+        *self.reading.insert(raw::monotonic(direct))
     }
 
     /// A read or write returned: time may have passed.

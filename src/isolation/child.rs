@@ -150,13 +150,12 @@ unsafe fn fork() -> nix::Result<ForkResult> {
             unsafe { crate::raw::syscall(libc::SYS_clone, [args[0], 0, 0, args[3], args[4], 0]) }
         }
     };
-    match result {
-        0 => Ok(ForkResult::Child),
-        pid if pid > 0 => Ok(ForkResult::Parent {
+    Ok(match crate::raw::result(result)? {
+        0 => ForkResult::Child,
+        pid => ForkResult::Parent {
             child: Pid::from_raw(pid as i32),
-        }),
-        error => Err(Errno::from_raw(-error as i32)),
-    }
+        },
+    })
 }
 
 /// Where the C library keeps this thread's id (the kernel's clear_child_tid address), asked

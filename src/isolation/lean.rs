@@ -36,6 +36,19 @@ pub(crate) fn ready_to_serve() {
     }
 }
 
+/// The system's page size, asked once.
+pub(crate) fn page_size() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf reads a constant of the system.
+        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(size)
+            .ok()
+            .filter(|s| s.is_power_of_two())
+            .unwrap_or(4096)
+    })
+}
+
 /// Gives back the stack below the caller's frames: start-up (the command line, the
 /// configuration, the sandbox's rules) ran some 50 KiB deep, the serving loop needs a few
 /// pages, and the rest would be copied at each fork and unmapped at each exit. A page the
@@ -44,13 +57,7 @@ pub(crate) fn ready_to_serve() {
 fn trim_stack() {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: sysconf reads a constant of the system.
-        let Ok(page) = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }) else {
-            return;
-        };
-        if !page.is_power_of_two() {
-            return;
-        }
+        let page = page_size();
         // The stack's mapping, from /proc/self/maps: the line whose name is exactly [stack].
         let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
             return;
@@ -105,6 +112,7 @@ fn trim_stack() {
 /// arena state written is a copy-on-write fault. Measured with `perf record -e page-faults`:
 /// a child's `_int_malloc` took 4 faults (two on libc's data, two in the heap) when the cache
 /// had nothing of those sizes; with it primed, about 2 fewer per connection.
+///
 /// Not where the worker arena serves those allocations (`WorkerAllocator`): the cache's
 /// chunks would be some 17 pages more of the supervisor's heap to copy at each fork and to
 /// unmap at each exit, for nothing.
@@ -126,8 +134,7 @@ fn prime_allocator() {
 /// registers for every thread for `sched_getcpu` (which falls back to a system call without
 /// it). The kernel writes the area whenever a registered thread returns to user mode after
 /// being scheduled, and a worker inherits the registration: in each new worker that write is
-/// a copy-on-write fault on a page of the thread's control block, one of a churn worker's
-/// seven (dynamically linked builds; a static build's control block shares a page the worker
+/// a copy-on-write fault on a page of the thread's control block (dynamically linked builds; a static build's control block shares a page the worker
 /// writes anyway). forkd runs no restartable sequence. Nothing happens where the C library
 /// registered none or does not say where.
 fn forget_rseq() {
@@ -227,10 +234,8 @@ mod tests {
             assert!(size > 0, "glibc registered an rseq area for this thread");
             let cpu_id = thread_pointer().wrapping_offset(offset + 4).cast::<i32>();
             // SAFETY: the area's cpu_id field, which the kernel keeps while registered.
-            assert!(
-                unsafe { cpu_id.read_volatile() } >= 0,
-                "registered: a cpu number"
-            );
+            let registered = unsafe { cpu_id.read_volatile() };
+            assert!(registered >= 0, "registered: a cpu number");
             forget_rseq();
             // The kernel marks an unregistered area's cpu_id uninitialized (-1), and leaves it.
             std::thread::yield_now();

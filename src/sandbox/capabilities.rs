@@ -84,9 +84,5 @@ pub(super) fn drop_all(may_exec: bool) -> Result<(), Errno> {
             ],
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(Errno::from_raw(-rc as i32))
-    }
+    crate::raw::result(rc).map(drop)
 }

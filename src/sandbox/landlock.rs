@@ -178,11 +178,7 @@ pub(super) fn restrict_self(ruleset: RawFd) -> Result<(), Errno> {
             [ruleset as usize, 0, 0, 0, 0, 0],
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(Errno::from_raw(-rc as i32))
-    }
+    crate::raw::result(rc).map(drop)
 }
 
 #[cfg(test)]

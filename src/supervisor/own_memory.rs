@@ -22,13 +22,7 @@ use allocator_api2::alloc::{AllocError, Allocator};
 pub(super) struct OwnMemory;
 
 #[cfg(target_os = "linux")]
-fn page_size() -> usize {
-    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    // SAFETY: sysconf reads a constant of the system.
-    *PAGE.get_or_init(|| {
-        usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
-    })
-}
+use crate::isolation::lean::page_size;
 
 #[cfg(target_os = "linux")]
 fn mapped_len(layout: Layout) -> usize {
