@@ -168,10 +168,12 @@ unsafe impl GlobalAlloc for WorkerAllocator {
 }
 
 /// In the supervisor, before serving: reserves the arena if [`WorkerAllocator`] is the
-/// global allocator. Only its first word, the cursor, is written (zero: not a worker); a
-/// block below the allocator's mmap threshold comes from the heap's end, pages the kernel
-/// makes only when a worker writes them.
-/// Whether there is an arena.
+/// global allocator. Whether there is an arena.
+///
+/// The block is a reused part of the heap, which start-up wrote: its pages are given back to
+/// the kernel, so that a fork copies none of them and the supervisor never writes them (a
+/// page given back reads as zeros: the cursor says "not a worker"). A worker's first write
+/// then makes a fresh page, instead of copying one.
 pub(crate) fn reserve() -> bool {
     if !ARENA.load(Ordering::Relaxed).is_null() {
         return true;
@@ -179,19 +181,26 @@ pub(crate) fn reserve() -> bool {
     if !INSTALLED.load(Ordering::Relaxed) {
         return false;
     }
-    // Page-aligned, so that the cursor and the first blocks share the page a worker writes
-    // first.
-    let Ok(layout) = Layout::from_size_align(ARENA_LEN, 4096) else {
+    // Page-aligned, so that its pages can be given back and the cursor and the first blocks
+    // share the page a worker writes first.
+    let Ok(layout) = Layout::from_size_align(ARENA_LEN, super::lean::page_size().max(4096))
+    else {
         return false;
     };
-    // SAFETY: a valid layout; the block is never given back.
+    // SAFETY: a valid layout; the block is never given back to the allocator.
     let arena = unsafe { System.alloc(layout) };
     if arena.is_null() {
         return false;
     }
-    // SAFETY: the block is ours and aligned for the cursor; a block reused by the allocator
-    // may hold anything, and the cursor must say "not a worker".
-    unsafe { arena.cast::<AtomicUsize>().write(AtomicUsize::new(0)) };
+    // SAFETY: the block is ours, page-aligned and a whole number of pages (the page size
+    // divides 64 KiB on every system Linux runs with); its bytes are not in use.
+    let given_back =
+        unsafe { libc::madvise(arena.cast(), ARENA_LEN, libc::MADV_DONTNEED) } == 0;
+    if !given_back {
+        // SAFETY: the block is ours and aligned for the cursor; reused heap may hold
+        // anything, and the cursor must say "not a worker".
+        unsafe { arena.cast::<AtomicUsize>().write(AtomicUsize::new(0)) };
+    }
     ARENA.store(arena, Ordering::Relaxed);
     true
 }
