@@ -183,8 +183,7 @@ pub(crate) fn reserve() -> bool {
     }
     // Page-aligned, so that its pages can be given back and the cursor and the first blocks
     // share the page a worker writes first.
-    let Ok(layout) = Layout::from_size_align(ARENA_LEN, super::lean::page_size().max(4096))
-    else {
+    let Ok(layout) = Layout::from_size_align(ARENA_LEN, super::lean::page_size().max(4096)) else {
         return false;
     };
     // SAFETY: a valid layout; the block is never given back to the allocator.
@@ -194,8 +193,7 @@ pub(crate) fn reserve() -> bool {
     }
     // SAFETY: the block is ours, page-aligned and a whole number of pages (the page size
     // divides 64 KiB on every system Linux runs with); its bytes are not in use.
-    let given_back =
-        unsafe { libc::madvise(arena.cast(), ARENA_LEN, libc::MADV_DONTNEED) } == 0;
+    let given_back = unsafe { libc::madvise(arena.cast(), ARENA_LEN, libc::MADV_DONTNEED) } == 0;
     if !given_back {
         // SAFETY: the block is ours and aligned for the cursor; reused heap may hold
         // anything, and the cursor must say "not a worker".
