@@ -197,7 +197,8 @@ impl Server {
     /// running conversations keep theirs). An `Err`, an invalid configuration or a change
     /// only a restart can make (user, model, sandbox) is refused and logged, and the server
     /// goes on as it was. The handler stays the one the server was built with. Without a
-    /// source, SIGHUP only reconnects the log.
+    /// source, SIGHUP only reconnects the log. A process `source` starts must exec or exit,
+    /// never return into the supervisor's code.
     pub fn on_reload(mut self, source: impl FnMut() -> Result<Config, String> + 'static) -> Server {
         self.reload = Some(Box::new(source));
         self
@@ -292,7 +293,9 @@ impl Server {
     /// Installs forkd's logger unless the process already has one, and a panic hook that
     /// logs panics. The calling process must be single-threaded under the fork model: a
     /// fork copies only the calling thread. Workers are forked with the clone system call,
-    /// not the C library's fork: `pthread_atfork` handlers do not run in them.
+    /// not the C library's fork: `pthread_atfork` handlers do not run in them. Under the fork
+    /// model (x86_64 Linux) the supervisor serves on a stack of its own, which workers do not
+    /// inherit; they run on the stack this was called on.
     pub fn serve(self) -> Result<(), Error> {
         self.check()?;
         let Server {

@@ -106,14 +106,21 @@ pub(crate) unsafe fn fork_worker(
     job: &Job<'_>,
 ) -> Result<Pid, (Errno, Connection)> {
     debug_assert_single_threaded();
-    // SAFETY: the caller guarantees a single-threaded process (asserted above in debug
-    // builds), so the child is a full copy with no lock held by a vanished thread.
-    // SAFETY: as above.
-    match unsafe { fork() } {
-        Ok(ForkResult::Parent { child }) => Ok(child),
-        Ok(ForkResult::Child) => run_child(conn, setup, job),
-        Err(e) => Err((e, conn)),
-    }
+    // Copied out of the serving loop's frames, which a child does not have (see stacks.rs).
+    let job = Job {
+        work: job.work,
+        settings: job.settings,
+        close: job.close,
+    };
+    super::stacks::on_calling_stack(move || {
+        // SAFETY: the caller guarantees a single-threaded process (asserted above in debug
+        // builds), so the child is a full copy with no lock held by a vanished thread.
+        match unsafe { fork() } {
+            Ok(ForkResult::Parent { child }) => Ok(child),
+            Ok(ForkResult::Child) => run_child(conn, setup, &job),
+            Err(e) => Err((e, conn)),
+        }
+    })
 }
 
 /// Forks this process with the clone system call alone, not the C library's fork, whose
@@ -229,7 +236,8 @@ pub(crate) fn spawn_program(
             }
         });
     }
-    let child = command.spawn()?;
+    // std forks here: on the stack the child inherits (isolation/stacks.rs).
+    let child = super::stacks::on_calling_stack(move || command.spawn())?;
     // Not waited for through `child`: the supervisor reaps every child with waitpid.
     Ok(Pid::from_raw(child.id() as i32))
 }

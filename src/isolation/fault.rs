@@ -3,7 +3,8 @@
 //! it and the worker dies a plain SIGSEGV. Here a worker's SIGSEGV or SIGBUS at an address
 //! where the stack grows (within 1 MiB either side of its limit, which nothing else maps)
 //! logs that message first; then the default disposition takes over and the worker dies of
-//! the signal as it would have, so the supervisor's `end` line is unchanged.
+//! the signal as it would have, so the supervisor's `end` line is unchanged. The supervisor's
+//! own loop stack (isolation/stacks.rs) is watched the same way, at its guard page.
 //!
 //! The handler is installed once, in the supervisor of the fork model (single-threaded, its
 //! stack the one every worker continues); workers inherit it with the fork, at no cost per
@@ -74,7 +75,8 @@ extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut 
     let fault = code > 0;
     let low = GROWTH_LOW.load(Ordering::Relaxed);
     let high = GROWTH_HIGH.load(Ordering::Relaxed);
-    if fault && (low..high).contains(&address) {
+    let overflowed = (low..high).contains(&address) || super::stacks::is_loop_stack_guard(address);
+    if fault && overflowed {
         emergency::error(b"stack overflow: thread 'main' has overflowed its stack");
     }
     // SA_RESETHAND restored the default disposition; the signal raised again is delivered as

@@ -18,6 +18,7 @@ pub(crate) mod fault;
 mod fork;
 pub(crate) mod groups;
 pub(crate) mod lean;
+pub(crate) mod stacks;
 pub(crate) mod tally;
 mod thread;
 

@@ -96,7 +96,9 @@ struct Supervisor {
     listener_names: Vec<String>,
     signals: Signals,
     poll: PollSet,
-    work: Work,
+    /// On the heap: a worker reads it, and the supervisor itself lives on a stack workers do
+    /// not inherit (isolation/stacks.rs).
+    work: Box<Work>,
     settings: ProtocolSettings,
     max_children: usize,
     overload: Overload,
@@ -170,7 +172,7 @@ impl Supervisor {
             poll: PollSet::default(),
             // Sources are counted for --per-source, and for TCPCONNNUM where a program sees it.
             admission: Admission::new(config.admission.clone(), work.counts_sources()),
-            work,
+            work: Box::new(work),
             settings,
             max_children: config.max_children as usize,
             overload: config.overload,

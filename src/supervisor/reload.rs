@@ -30,7 +30,9 @@ impl Supervisor {
         if let Some(n) = &mut self.notifier {
             n.reloading();
         }
-        match source().and_then(|config| self.apply(config)) {
+        // An embedder's source may start a process: see isolation/stacks.rs.
+        let config = crate::isolation::stacks::on_calling_stack(source);
+        match config.and_then(|config| self.apply(config)) {
             Ok(summary) => log::info!("status signal=SIGHUP reload=applied {summary}"),
             Err(why) => log::error!("status signal=SIGHUP reload=refused reason={}", quote(&why)),
         }

@@ -213,8 +213,15 @@ pub(crate) fn run(config: &Config, work: Work, start: Start) -> Result<(), Strin
     // thread model copies nothing.
     if config.model == Model::Fork && !config.inetd {
         crate::isolation::lean::ready_to_serve();
+        // The supervisor and its loop move to a stack workers do not inherit, so that what
+        // the loop writes between forks is not copy-on-write (isolation/stacks.rs).
+        crate::isolation::stacks::run_on_own_stack(move || {
+            let mut supervisor = supervisor;
+            supervisor.serve();
+        });
+    } else {
+        supervisor.serve();
     }
-    supervisor.serve();
     drop(pidfile);
     Ok(())
 }

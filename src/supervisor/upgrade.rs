@@ -150,7 +150,8 @@ impl Supervisor {
         }
         // What a restart would change, an upgrade would not: said now, not found later.
         if let Some(source) = self.reload_source.as_mut() {
-            match source().and_then(|new| super::reload::restart_only(&self.config, &new)) {
+            let new = crate::isolation::stacks::on_calling_stack(source);
+            match new.and_then(|new| super::reload::restart_only(&self.config, &new)) {
                 Ok(()) => {}
                 Err(why) => return refuse(&why),
             }
