@@ -294,8 +294,10 @@ impl Server {
     /// logs panics. The calling process must be single-threaded under the fork model: a
     /// fork copies only the calling thread. Workers are forked with the clone system call,
     /// not the C library's fork: `pthread_atfork` handlers do not run in them. Under the fork
-    /// model (x86_64 Linux) the supervisor serves on a stack of its own, which workers do not
-    /// inherit; they run on the stack this was called on.
+    /// model (x86_64 Linux, not [`Config::inetd`]) the supervisor serves on a stack of its
+    /// own, which workers do not inherit; they run on the stack this was called on, as does the
+    /// reload source. Other code of yours that the supervisor runs (a logger, a `Drop`) must
+    /// not start a process with a `Command` that forks (docs/library.md says which do).
     pub fn serve(self) -> Result<(), Error> {
         self.check()?;
         let Server {

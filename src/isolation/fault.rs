@@ -6,8 +6,8 @@
 //! the signal as it would have, so the supervisor's `end` line is unchanged. The supervisor's
 //! own loop stack (isolation/stacks.rs) is watched the same way, at its guard page.
 //!
-//! The handler is installed once, in the supervisor of the fork model (single-threaded, its
-//! stack the one every worker continues); workers inherit it with the fork, at no cost per
+//! The handler is installed once, in the supervisor of the fork model (single-threaded, on
+//! the stack every worker starts on); workers inherit it with the fork, at no cost per
 //! connection, and a program loses it at exec.
 
 use std::sync::atomic::{AtomicUsize, Ordering};

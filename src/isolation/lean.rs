@@ -134,14 +134,14 @@ fn prime_allocator() {
 /// registers for every thread for `sched_getcpu` (which falls back to a system call without
 /// it). The kernel writes the area whenever a registered thread returns to user mode after
 /// being scheduled, and a worker inherits the registration: in each new worker that write is
-/// a copy-on-write fault on a page of the thread's control block; in a static build that page
-/// is the heap's first, which the supervisor's own rescheduled returns wrote (a fault in a
-/// third of its connections). forkd runs no restartable sequence. Nothing happens where the C
-/// library registered none or does not say where.
+/// a copy-on-write fault on a page of the thread's control block (dynamically linked builds; a static build's control block shares a page the worker
+/// writes anyway). forkd runs no restartable sequence. Nothing happens where the C library
+/// registered none or does not say where.
 fn forget_rseq() {
     #[cfg(all(
         target_os = "linux",
         target_env = "gnu",
+        not(target_feature = "crt-static"),
         any(target_arch = "x86_64", target_arch = "aarch64")
     ))]
     {
@@ -151,9 +151,21 @@ fn forget_rseq() {
         #[cfg(target_arch = "aarch64")]
         const RSEQ_SIG: usize = 0xd428_bc00;
         const RSEQ_FLAG_UNREGISTER: usize = 1;
-        let Some((offset, size)) = rseq_registration() else {
-            return;
+        // SAFETY: dlsym only looks names up among the loaded objects.
+        let (offset, size) = unsafe {
+            (
+                libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()),
+                libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()),
+            )
         };
+        if offset.is_null() || size.is_null() {
+            return;
+        }
+        // SAFETY: glibc's exported variables: a ptrdiff_t and an unsigned int.
+        let (offset, size) = unsafe { (*offset.cast::<isize>(), *size.cast::<u32>()) };
+        if size == 0 {
+            return;
+        }
         let area = thread_pointer().wrapping_offset(offset) as usize;
         // The length registered: `__rseq_size` where it is that, else the original 32 bytes
         // (glibc 2.40 and later say the size of the fields in use, 20, and register 32).
@@ -173,43 +185,11 @@ fn forget_rseq() {
     }
 }
 
-/// Where glibc registered the calling thread's rseq area, relative to the thread pointer, and
-/// its length: glibc's `__rseq_offset` and `__rseq_size`, looked up at run time in a dynamic
-/// build (a C library before 2.35 has neither), linked in a static one (the C library it is
-/// built with has them). `None` where no area is registered.
-#[cfg(all(
-    target_os = "linux",
-    target_env = "gnu",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-fn rseq_registration() -> Option<(isize, u32)> {
-    #[cfg(not(target_feature = "crt-static"))]
-    // SAFETY: dlsym only looks names up among the loaded objects; what it finds are glibc's
-    // exported variables, a ptrdiff_t and an unsigned int.
-    let (offset, size) = unsafe {
-        let offset = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr());
-        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr());
-        if offset.is_null() || size.is_null() {
-            return None;
-        }
-        (*offset.cast::<isize>(), *size.cast::<u32>())
-    };
-    #[cfg(target_feature = "crt-static")]
-    let (offset, size) = {
-        unsafe extern "C" {
-            static __rseq_offset: isize;
-            static __rseq_size: libc::c_uint;
-        }
-        // SAFETY: glibc's variables, set once at start, before main.
-        unsafe { (__rseq_offset, __rseq_size) }
-    };
-    (size != 0).then_some((offset, size))
-}
-
 /// The calling thread's thread pointer, which glibc's `__rseq_offset` is relative to.
 #[cfg(all(
     target_os = "linux",
     target_env = "gnu",
+    not(target_feature = "crt-static"),
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 fn thread_pointer() -> *const u8 {
@@ -232,6 +212,7 @@ fn thread_pointer() -> *const u8 {
     test,
     target_os = "linux",
     target_env = "gnu",
+    not(target_feature = "crt-static"),
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 mod tests {
@@ -240,8 +221,17 @@ mod tests {
     #[test]
     fn forgetting_rseq_unregisters_the_threads_area() {
         std::thread::spawn(|| {
-            let (offset, _) =
-                rseq_registration().expect("glibc 2.35 or later registered an rseq area");
+            // SAFETY: as in forget_rseq.
+            let (offset, size) = unsafe {
+                (
+                    libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()),
+                    libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()),
+                )
+            };
+            assert!(!offset.is_null() && !size.is_null(), "glibc 2.35 or later");
+            // SAFETY: glibc's variables, as above.
+            let (offset, size) = unsafe { (*offset.cast::<isize>(), *size.cast::<u32>()) };
+            assert!(size > 0, "glibc registered an rseq area for this thread");
             let cpu_id = thread_pointer().wrapping_offset(offset + 4).cast::<i32>();
             // SAFETY: the area's cpu_id field, which the kernel keeps while registered.
             let registered = unsafe { cpu_id.read_volatile() };

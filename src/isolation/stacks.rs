@@ -14,17 +14,27 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// The loop's stack: as large as a main thread's usually is; pages never touched cost nothing.
+/// The loop's stack: as large as a main thread's usually is (whatever `ulimit -s` says);
+/// pages never touched cost nothing.
 const LOOP_STACK_LEN: usize = 8 << 20;
 
-/// Room left below the calling stack's last frame: x86_64's red zone (128 bytes), rounded.
+/// The inaccessible gap below it, as the kernel keeps below a main stack (`stack_guard_gap`):
+/// a frame that does not probe its pages (C code's) cannot jump past it into a mapping below.
+const GUARD_LEN: usize = 1 << 20;
+
+/// Room left below the calling stack's last frame before a fork's frames start.
 const BELOW_CALLER: usize = 256;
 
 /// The calling stack's pointer while the loop runs on its own; 0 otherwise.
 static CALLING_STACK: AtomicUsize = AtomicUsize::new(0);
-/// The loop's stack while the loop runs on it: the usable range, above a guard page.
+/// The loop's stack while the loop runs on it: the usable range, above the guard.
 static LOOP_LOW: AtomicUsize = AtomicUsize::new(0);
 static LOOP_HIGH: AtomicUsize = AtomicUsize::new(0);
+/// Who runs the loop: its thread (its thread pointer) and process. A worker inherits these
+/// values with the supervisor's memory but has no loop stack; a thread it starts may even
+/// get a stack where the loop's was.
+static LOOP_THREAD: AtomicUsize = AtomicUsize::new(0);
+static LOOP_PROCESS: AtomicUsize = AtomicUsize::new(0);
 
 /// Whether this platform switches stacks (elsewhere both functions just call).
 const SWITCHES: bool = cfg!(all(target_os = "linux", target_arch = "x86_64"));
@@ -41,6 +51,8 @@ pub(crate) fn run_on_own_stack<F: FnOnce() -> R, R>(body: F) -> R {
     };
     LOOP_LOW.store(low, Ordering::Relaxed);
     LOOP_HIGH.store(high, Ordering::Relaxed);
+    LOOP_THREAD.store(thread_pointer(), Ordering::Relaxed);
+    LOOP_PROCESS.store(std::process::id() as usize, Ordering::Relaxed);
     let mut call = Call::new(body);
     // SAFETY: `high` is the 16-aligned end of a fresh writable mapping of LOOP_STACK_LEN
     // bytes that nothing else uses; `call` outlives the switch, which returns here.
@@ -55,9 +67,15 @@ pub(crate) fn run_on_own_stack<F: FnOnce() -> R, R>(body: F) -> R {
     CALLING_STACK.store(0, Ordering::Relaxed);
     LOOP_LOW.store(0, Ordering::Relaxed);
     LOOP_HIGH.store(0, Ordering::Relaxed);
-    let page = super::lean::page_size();
-    // SAFETY: the mapping loop_stack made (with its guard page), no longer in use.
-    unsafe { libc::munmap((low - page) as *mut libc::c_void, high - low + page) };
+    LOOP_THREAD.store(0, Ordering::Relaxed);
+    LOOP_PROCESS.store(0, Ordering::Relaxed);
+    // SAFETY: the mapping loop_stack made (with its guard), no longer in use.
+    unsafe {
+        libc::munmap(
+            (low - GUARD_LEN) as *mut libc::c_void,
+            high - low + GUARD_LEN,
+        )
+    };
     call.finish()
 }
 
@@ -85,18 +103,38 @@ pub(crate) fn on_calling_stack<F: FnOnce() -> R, R>(body: F) -> R {
     call.finish()
 }
 
-/// Whether the calling thread runs on the loop's stack.
+/// Whether the calling thread runs on the loop's stack: the loop's thread (a worker's main
+/// thread is a copy of it, but on the calling stack), with its stack pointer in the range.
 fn on_loop_stack() -> bool {
     let here = std::hint::black_box(0u8);
     let here = (&raw const here) as usize;
-    (LOOP_LOW.load(Ordering::Relaxed)..LOOP_HIGH.load(Ordering::Relaxed)).contains(&here)
+    LOOP_THREAD.load(Ordering::Relaxed) == thread_pointer()
+        && (LOOP_LOW.load(Ordering::Relaxed)..LOOP_HIGH.load(Ordering::Relaxed)).contains(&here)
 }
 
-/// Whether `address` is the loop stack's guard page: a fault there is the loop's stack
-/// overflowing (for the fault handler, which must not allocate or lock).
+/// Whether `address`, where this process faulted, is the loop stack's guard: its stack
+/// overflowed. For the fault handler: no allocation, no lock (getpid is a plain system call).
 pub(crate) fn is_loop_stack_guard(address: usize) -> bool {
     let low = LOOP_LOW.load(Ordering::Relaxed);
-    low != 0 && (low.saturating_sub(super::lean::page_size())..low).contains(&address)
+    low != 0
+        && (low.saturating_sub(GUARD_LEN)..low).contains(&address)
+        // SAFETY: getpid has no arguments and cannot fail.
+        && LOOP_PROCESS.load(Ordering::Relaxed) == unsafe { libc::getpid() } as usize
+}
+
+/// The calling thread's thread pointer, which tells threads of a process apart.
+fn thread_pointer() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let pointer: usize;
+        // SAFETY: reads the thread control block's first word, its own address.
+        unsafe {
+            std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) pointer, options(nostack, readonly, preserves_flags));
+        }
+        pointer
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    0
 }
 
 /// A closure to run on another stack, then its result (or its panic, carried back across).
@@ -133,18 +171,17 @@ impl<F: FnOnce() -> R, R> Call<F, R> {
     }
 }
 
-/// A fresh mapping for the loop, not inherited by forks, with a guard page below it: its
-/// usable range.
+/// A fresh mapping for the loop, not inherited by forks, with a guard below it: its usable
+/// range. Small pages only: the loop uses a few, and a huge page would be 2 MiB of memory.
 fn loop_stack() -> Option<(usize, usize)> {
-    let page = super::lean::page_size();
-    let len = LOOP_STACK_LEN + page;
+    let len = GUARD_LEN + LOOP_STACK_LEN;
     // SAFETY: a new private anonymous mapping; nothing else is touched.
     let base = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
             -1,
             0,
         )
@@ -152,17 +189,19 @@ fn loop_stack() -> Option<(usize, usize)> {
     if base == libc::MAP_FAILED {
         return None;
     }
-    // SAFETY: advice and protection on the mapping just made.
+    // SAFETY: advice and protection on the mapping just made. (No huge pages is advice
+    // only: a kernel without transparent huge pages refuses it, and need not be told.)
     let ready = unsafe {
+        libc::madvise(base, len, libc::MADV_NOHUGEPAGE);
         libc::madvise(base, len, libc::MADV_DONTFORK) == 0
-            && libc::mprotect(base, page, libc::PROT_NONE) == 0
+            && libc::mprotect(base, GUARD_LEN, libc::PROT_NONE) == 0
     };
     if !ready {
         // SAFETY: the mapping just made, unused.
         unsafe { libc::munmap(base, len) };
         return None;
     }
-    Some((base as usize + page, base as usize + len))
+    Some((base as usize + GUARD_LEN, base as usize + len))
 }
 
 /// Calls `f(arg)` with the stack pointer at `top` and returns on this stack, having noted this
