@@ -124,7 +124,7 @@ pub(crate) fn is_loop_stack_guard(address: usize) -> bool {
 
 /// The calling thread's thread pointer, which tells threads of a process apart.
 fn thread_pointer() -> usize {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     {
         let pointer: usize;
         // SAFETY: reads the thread control block's first word, its own address.
@@ -133,7 +133,7 @@ fn thread_pointer() -> usize {
         }
         pointer
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
     0
 }
 
@@ -173,6 +173,7 @@ impl<F: FnOnce() -> R, R> Call<F, R> {
 
 /// A fresh mapping for the loop, not inherited by forks, with a guard below it: its usable
 /// range. Small pages only: the loop uses a few, and a huge page would be 2 MiB of memory.
+#[cfg(target_os = "linux")]
 fn loop_stack() -> Option<(usize, usize)> {
     let len = GUARD_LEN + LOOP_STACK_LEN;
     // SAFETY: a new private anonymous mapping; nothing else is touched.
@@ -204,6 +205,12 @@ fn loop_stack() -> Option<(usize, usize)> {
     Some((base as usize + GUARD_LEN, base as usize + len))
 }
 
+/// Elsewhere there is no MADV_DONTFORK: the loop stays where it is.
+#[cfg(not(target_os = "linux"))]
+fn loop_stack() -> Option<(usize, usize)> {
+    None
+}
+
 /// Calls `f(arg)` with the stack pointer at `top` and returns on this stack, having noted this
 /// stack's pointer at `note`. To an unwinder (a backtrace) this frame is the outermost: what
 /// lies above it is another stack.
@@ -212,7 +219,7 @@ fn loop_stack() -> Option<(usize, usize)> {
 ///
 /// `top` must be 16-aligned, above enough writable memory for `f` that nothing else uses
 /// while `f` runs; `f` must not unwind; `note` must be valid for a write.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #[unsafe(naked)]
 unsafe extern "C" fn switch_and_call(
     arg: *mut u8,
@@ -242,7 +249,7 @@ unsafe extern "C" fn switch_and_call(
 /// # Safety
 ///
 /// None needed.
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
 unsafe extern "C" fn switch_and_call(
     arg: *mut u8,
     f: extern "C" fn(*mut u8),
