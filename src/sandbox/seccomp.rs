@@ -54,6 +54,7 @@ const ALLOWED: &[&str] = &[
     "getsockname",
     "getpeername",
     "close",
+    "close_range",
     "dup",
     "dup2",
     "dup3",

@@ -201,10 +201,12 @@ impl Supervisor {
         }
     }
 
-    /// The descriptors a new worker closes: the supervisor's own and its listeners.
+    /// The descriptors a new worker closes: the supervisor's own and its listeners, in order.
     fn supervisor_fds(&self) -> Vec<RawFd> {
         let listeners = self.listeners.iter().map(|l| l.as_fd().as_raw_fd());
-        self.own_fds.iter().copied().chain(listeners).collect()
+        let mut fds: Vec<RawFd> = self.own_fds.iter().copied().chain(listeners).collect();
+        fds.sort_unstable();
+        fds
     }
 
     /// For systemd's STATUS=.

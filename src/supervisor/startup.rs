@@ -174,6 +174,8 @@ pub(crate) fn run(config: &Config, work: Work, start: Start) -> Result<(), Strin
     supervisor_fds.extend(signals.raw_fds());
     supervisor_fds.extend(notifier.as_ref().map(Notifier::raw_fd));
     supervisor_fds.extend(pidfile.as_ref().map(Pidfile::raw_fd));
+    // In order: a worker closes consecutive numbers with one system call.
+    supervisor_fds.sort_unstable();
     let setup = ChildSetup {
         supervisor_fds,
         limits: config.limits,
