@@ -89,7 +89,13 @@ fn fifteen_hundred_hostile_connections_leave_nothing_behind() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "accepted and ended: {now:?}"
+            "accepted and ended: {now:?}; children {:?}; lines lost: {:?}",
+            server.children(),
+            server
+                .log()
+                .iter()
+                .filter(|l| l.contains("log_dropped="))
+                .collect::<Vec<_>>()
         );
         last = now;
         std::thread::sleep(Duration::from_millis(500));

@@ -177,6 +177,16 @@ impl Forkd {
         let pid = child.id() as i32;
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
+        // Room for a busy test's whole log: forkd drops a line rather than wait for its reader
+        // (`status log_dropped=N`), and on a loaded machine this thread can fall behind.
+        // SAFETY: fcntl on the pipe's read end, which `stderr` owns.
+        unsafe {
+            libc::fcntl(
+                std::os::fd::AsRawFd::as_raw_fd(&stderr),
+                libc::F_SETPIPE_SZ,
+                1 << 20,
+            )
+        };
         let sink = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
