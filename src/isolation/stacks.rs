@@ -40,8 +40,8 @@ static LOOP_PROCESS: AtomicUsize = AtomicUsize::new(0);
 const SWITCHES: bool = cfg!(all(target_os = "linux", target_arch = "x86_64"));
 
 /// Runs `body` on a stack of its own that forks do not copy, where that can be done (x86_64
-/// Linux; elsewhere, or if the mapping cannot be made, on this stack). Not
-/// nested: a second call while one runs calls `body` where it is.
+/// Linux; elsewhere, or if the mapping cannot be made, on this stack). Not nested: a second
+/// call while one runs calls `body` where it is.
 pub(crate) fn run_on_own_stack<F: FnOnce() -> R, R>(body: F) -> R {
     if !SWITCHES || LOOP_HIGH.load(Ordering::Relaxed) != 0 {
         return body();
