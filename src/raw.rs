@@ -27,8 +27,8 @@ use std::time::Duration;
 #[inline(always)]
 pub(crate) unsafe fn syscall(nr: libc::c_long, args: [usize; 6]) -> isize {
     let result: isize;
-    // SAFETY: the caller vouches for the call; the registers the kernel clobbers are declared.
     #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller vouches for the call; the registers the kernel clobbers are declared.
     unsafe {
         std::arch::asm!(
             "syscall",
@@ -44,8 +44,8 @@ pub(crate) unsafe fn syscall(nr: libc::c_long, args: [usize; 6]) -> isize {
             options(nostack),
         );
     }
-    // SAFETY: as above.
     #[cfg(target_arch = "aarch64")]
+    // SAFETY: as above.
     unsafe {
         std::arch::asm!(
             "svc #0",

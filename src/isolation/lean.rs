@@ -194,14 +194,14 @@ fn forget_rseq() {
 ))]
 fn thread_pointer() -> *const u8 {
     let pointer: usize;
+    #[cfg(target_arch = "x86_64")]
     // SAFETY: reads the thread's own control-block pointer (x86_64: its first word is the
     // block's address; aarch64: the thread register).
-    #[cfg(target_arch = "x86_64")]
     unsafe {
         std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) pointer, options(nostack, readonly, preserves_flags));
     }
-    // SAFETY: as above.
     #[cfg(target_arch = "aarch64")]
+    // SAFETY: as above.
     unsafe {
         std::arch::asm!("mrs {}, tpidr_el0", out(reg) pointer, options(nostack, nomem, preserves_flags));
     }

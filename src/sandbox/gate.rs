@@ -445,10 +445,10 @@ pub(super) fn clear_registers() {
 pub(crate) unsafe fn call(nr: libc::c_long, args: [usize; 5]) -> isize {
     let page = SECRET.load(Ordering::Relaxed);
     let result: isize;
+    #[cfg(target_arch = "x86_64")]
     // SAFETY: the caller vouches for the call; r9, the sixth argument, is loaded from the
     // page and cleared again inside the block, so the secret stays in no other register and
     // in no memory.
-    #[cfg(target_arch = "x86_64")]
     unsafe {
         std::arch::asm!(
             "mov r9, qword ptr [{page}]",
@@ -467,8 +467,8 @@ pub(crate) unsafe fn call(nr: libc::c_long, args: [usize; 5]) -> isize {
             options(nostack),
         );
     }
-    // SAFETY: as the x86_64 block: x5, the sixth argument, is loaded and cleared inside.
     #[cfg(target_arch = "aarch64")]
+    // SAFETY: as the x86_64 block: x5, the sixth argument, is loaded and cleared inside.
     unsafe {
         std::arch::asm!(
             "ldr x5, [{page}]",
@@ -512,10 +512,10 @@ pub(crate) unsafe fn spawn_sharing_memory(
     let page = SECRET.load(Ordering::Relaxed);
     let flags = (libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD) as usize;
     let result: isize;
+    #[cfg(target_arch = "x86_64")]
     // SAFETY: the caller vouches for the stack and the function. The child starts after the
     // system call on `stack_top`, clears r9 (the secret) first, calls `child(arg)` (r12 and
     // r13 hold them across the call) and exits; it never returns into this function's frame.
-    #[cfg(target_arch = "x86_64")]
     unsafe {
         std::arch::asm!(
             "mov r9, qword ptr [{page}]",
@@ -545,9 +545,9 @@ pub(crate) unsafe fn spawn_sharing_memory(
             out("r11") _,
         );
     }
+    #[cfg(target_arch = "aarch64")]
     // SAFETY: as the x86_64 block; x20 and x21 hold the argument and the function across
     // the call.
-    #[cfg(target_arch = "aarch64")]
     unsafe {
         std::arch::asm!(
             "ldr x5, [{page}]",
