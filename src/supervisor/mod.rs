@@ -9,7 +9,8 @@
 //! accepting to reject (`--overload reject`). It never reads client data; the only bytes it
 //! writes to a client are a best-effort ERROR frame when it turns a connection away.
 //!
-//! Its parts: [`startup`] (from a configuration to a running loop), this module (the loop:
+//! Its parts: [`startup`] (from a configuration to a running loop; [`startup_code`], the code
+//! it keeps mapped once it serves), this module (the loop:
 //! accept, admit, start, reap), [`workers`] (the table of what runs, and lifetimes),
 //! [`shutdown`], [`poll`] (the poll set) and [`throttle`] (bounded repeated log lines).
 
@@ -20,6 +21,7 @@ mod poll;
 mod reload;
 mod shutdown;
 mod startup;
+pub(crate) mod startup_code;
 mod throttle;
 mod upgrade;
 mod workers;

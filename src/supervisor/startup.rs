@@ -222,6 +222,11 @@ pub(crate) fn run(config: &Config, work: Work, start: Start) -> Result<(), Strin
             supervisor.serve();
         });
     } else {
+        // (The fork model's ready_to_serve does this too, at the right moment among its
+        // steps.) Under inetd the process ends with its one conversation.
+        if !config.inetd {
+            super::startup_code::forget();
+        }
         supervisor.serve();
     }
     drop(pidfile);
