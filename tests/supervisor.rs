@@ -525,4 +525,29 @@ fn a_serving_supervisor_keeps_little_of_its_start_up_code_mapped() {
             mapped * 100.0
         );
     }
+    // A reload runs start-up's code again: the configuration file read and parsed, the
+    // listeners compared (the fork model: a thread model's threads may still be there, and
+    // while they are, nothing is dropped).
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("forkd.toml");
+    let port = common::free_port();
+    std::fs::write(
+        &config,
+        format!("listen = [\"127.0.0.1:{port}\"]\nlog = \"stderr\"\n"),
+    )
+    .unwrap();
+    let mut server = Forkd::start_with(
+        Command::new(common::FORKD).arg("--config").arg(&config),
+        dir,
+    );
+    server.signal(libc::SIGHUP);
+    let line = server.wait_log(" reload=");
+    assert!(line.contains(" reload=applied "), "{line}");
+    assert_eq!(Client::connect(&server.addr()).echo(b"x").payload, b"x");
+    let mapped = program_code_mapped(server.pid);
+    assert!(
+        mapped < 0.7,
+        "after SIGHUP: {:.0}% of the program's code and read-only data mapped",
+        mapped * 100.0
+    );
 }

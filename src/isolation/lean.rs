@@ -33,6 +33,12 @@ pub(crate) fn ready_to_serve() {
     crate::supervisor::startup_code::forget();
     // Last, as reading the maps frees what it allocated. Building the sandbox's filters
     // alone leaves some 600 KiB of free heap.
+    trim_heap();
+}
+
+/// Gives the allocator's free memory back to the kernel: free heap pages would be copied at
+/// each fork and unmapped at each exit.
+pub(crate) fn trim_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free memory of the allocator's.
     unsafe {

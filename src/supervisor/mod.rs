@@ -313,6 +313,7 @@ impl Supervisor {
                     let log = crate::logging::reopen();
                     log::info!("status signal=SIGHUP log={log}");
                     self.reload();
+                    self.after_reload();
                 }
                 if signals.contains(Signal::SIGUSR1) {
                     self.log_status();
@@ -750,6 +751,19 @@ impl Supervisor {
         }
         let frame = Frame::error(ErrorCode::Busy, "server cannot start a process");
         self.drains.reject(conn.stream, &frame, now);
+    }
+
+    /// After a SIGHUP: reopening the log and reloading ran start-up's code again (parsing,
+    /// binding), which is mapped again, and in the fork model left free heap, which each
+    /// fork would copy: both go back, as before serving.
+    fn after_reload(&self) {
+        if self.inetd {
+            return;
+        }
+        startup_code::forget();
+        if self.config.model == crate::config::Model::Fork {
+            crate::isolation::lean::trim_heap();
+        }
     }
 
     /// Collects every worker that has ended, without blocking.
