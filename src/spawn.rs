@@ -112,10 +112,9 @@ mod vfork {
         };
         let arg = &plan as *const Plan as *mut libc::c_void;
         // A supervisor under its workers' seccomp filter spawns through its gate.
-        // SAFETY (this call and the clone below): CLONE_VFORK suspends this thread until the
-        // child exec'd or exited, so `plan`, the arguments and the stack outlive the child's
-        // use of them; the child runs only `child`, which makes system calls and writes
-        // nothing but `plan.error`.
+        // SAFETY: CLONE_VFORK suspends this thread until the child exec'd or exited, so
+        // `plan`, the arguments and the stack outlive the child's use of them; the child runs
+        // only `child`, which makes system calls and writes nothing but `plan.error`.
         let gated = unsafe { crate::sandbox::spawn_through_gate(child, top as *mut u8, arg) };
         let pid = match gated {
             Some(result) if result < 0 => {
@@ -123,7 +122,10 @@ mod vfork {
                 -1
             }
             Some(pid) => pid as libc::pid_t,
-            // SAFETY: as above.
+            // SAFETY: the same vfork-style clone without the gate: CLONE_VFORK suspends this
+            // thread until the child exec'd or exited, so `plan`, the arguments and the stack
+            // outlive the child's use of them; the child runs only `child`, which makes system
+            // calls and writes nothing but `plan.error`.
             None => unsafe {
                 libc::clone(
                     child,
