@@ -7,8 +7,8 @@
 //! seven windows of its own. Made here, they lie in the window of forkd's code the child runs
 //! anyway (src/bin/forkd/child-path.ld). A conversation's first clock readings are system
 //! calls, not the vDSO's, for the same reason: the vDSO's page and the C library's wrapper are
-//! two faults, against a few system calls a short connection makes (`monotonic`). Linux on x86_64 and aarch64; elsewhere, the C library's
-//! functions.
+//! two faults, against a few system calls a short connection makes (`monotonic`). Linux on
+//! x86_64 and aarch64; elsewhere, the C library's functions.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -203,6 +203,35 @@ pub(crate) fn unblock_all_signals() {
         // SAFETY: as above.
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) };
     }
+}
+
+/// The calling thread's thread pointer (x86_64: the control block's first word, its own
+/// address; aarch64: the thread register): it tells a process's threads apart, and glibc's
+/// per-thread offsets (`__rseq_offset`) are relative to it. 0 on other architectures.
+pub(crate) fn thread_pointer() -> usize {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    {
+        let pointer: usize;
+        // SAFETY: reads the thread control block's first word, its own address.
+        unsafe {
+            std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) pointer, options(nostack, readonly, preserves_flags));
+        }
+        pointer
+    }
+    #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+    {
+        let pointer: usize;
+        // SAFETY: reads the thread register; no memory is touched.
+        unsafe {
+            std::arch::asm!("mrs {}, tpidr_el0", out(reg) pointer, options(nostack, nomem, preserves_flags));
+        }
+        pointer
+    }
+    #[cfg(not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )))]
+    0
 }
 
 /// Ends this process at once with `code`: no atexit handler, no destructor, no flush.

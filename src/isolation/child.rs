@@ -107,11 +107,7 @@ pub(crate) unsafe fn fork_worker(
 ) -> Result<Pid, (Errno, Connection)> {
     debug_assert_single_threaded();
     // Copied out of the serving loop's frames, which a child does not have (see stacks.rs).
-    let job = Job {
-        work: job.work,
-        settings: job.settings,
-        close: job.close,
-    };
+    let job = *job;
     super::stacks::on_calling_stack(move || {
         // SAFETY: the caller guarantees a single-threaded process (asserted above in debug
         // builds), so the child is a full copy with no lock held by a vanished thread.

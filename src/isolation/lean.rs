@@ -176,7 +176,7 @@ fn forget_rseq() {
         if size == 0 {
             return;
         }
-        let area = thread_pointer().wrapping_offset(offset) as usize;
+        let area = (crate::raw::thread_pointer() as *const u8).wrapping_offset(offset) as usize;
         // The length registered: `__rseq_size` where it is that, else the original 32 bytes
         // (glibc 2.40 and later say the size of the fields in use, 20, and register 32).
         for len in [size as usize, 32] {
@@ -193,29 +193,6 @@ fn forget_rseq() {
             }
         }
     }
-}
-
-/// The calling thread's thread pointer, which glibc's `__rseq_offset` is relative to.
-#[cfg(all(
-    target_os = "linux",
-    target_env = "gnu",
-    not(target_feature = "crt-static"),
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-fn thread_pointer() -> *const u8 {
-    let pointer: usize;
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: reads the thread's own control-block pointer (x86_64: its first word is the
-    // block's address; aarch64: the thread register).
-    unsafe {
-        std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) pointer, options(nostack, readonly, preserves_flags));
-    }
-    #[cfg(target_arch = "aarch64")]
-    // SAFETY: as above.
-    unsafe {
-        std::arch::asm!("mrs {}, tpidr_el0", out(reg) pointer, options(nostack, nomem, preserves_flags));
-    }
-    pointer as *const u8
 }
 
 #[cfg(all(
@@ -242,7 +219,9 @@ mod tests {
             // SAFETY: glibc's variables, as above.
             let (offset, size) = unsafe { (*offset.cast::<isize>(), *size.cast::<u32>()) };
             assert!(size > 0, "glibc registered an rseq area for this thread");
-            let cpu_id = thread_pointer().wrapping_offset(offset + 4).cast::<i32>();
+            let cpu_id = (crate::raw::thread_pointer() as *const u8)
+                .wrapping_offset(offset + 4)
+                .cast::<i32>();
             // SAFETY: the area's cpu_id field, which the kernel keeps while registered.
             let registered = unsafe { cpu_id.read_volatile() };
             assert!(registered >= 0, "registered: a cpu number");

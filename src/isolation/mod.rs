@@ -81,6 +81,7 @@ pub(crate) enum Ended {
 }
 
 /// What a new worker needs besides its connection.
+#[derive(Clone, Copy)]
 pub(crate) struct Job<'a> {
     pub work: &'a Work,
     pub settings: ProtocolSettings,

@@ -51,7 +51,7 @@ pub(crate) fn run_on_own_stack<F: FnOnce() -> R, R>(body: F) -> R {
     };
     LOOP_LOW.store(low, Ordering::Relaxed);
     LOOP_HIGH.store(high, Ordering::Relaxed);
-    LOOP_THREAD.store(thread_pointer(), Ordering::Relaxed);
+    LOOP_THREAD.store(crate::raw::thread_pointer(), Ordering::Relaxed);
     LOOP_PROCESS.store(std::process::id() as usize, Ordering::Relaxed);
     let mut call = Call::new(body);
     // SAFETY: `high` is the 16-aligned end of a fresh writable mapping of LOOP_STACK_LEN
@@ -108,7 +108,7 @@ pub(crate) fn on_calling_stack<F: FnOnce() -> R, R>(body: F) -> R {
 fn on_loop_stack() -> bool {
     let here = std::hint::black_box(0u8);
     let here = (&raw const here) as usize;
-    LOOP_THREAD.load(Ordering::Relaxed) == thread_pointer()
+    LOOP_THREAD.load(Ordering::Relaxed) == crate::raw::thread_pointer()
         && (LOOP_LOW.load(Ordering::Relaxed)..LOOP_HIGH.load(Ordering::Relaxed)).contains(&here)
 }
 
@@ -120,21 +120,6 @@ pub(crate) fn is_loop_stack_guard(address: usize) -> bool {
         && (low.saturating_sub(GUARD_LEN)..low).contains(&address)
         // SAFETY: getpid has no arguments and cannot fail.
         && LOOP_PROCESS.load(Ordering::Relaxed) == unsafe { libc::getpid() } as usize
-}
-
-/// The calling thread's thread pointer, which tells threads of a process apart.
-fn thread_pointer() -> usize {
-    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-    {
-        let pointer: usize;
-        // SAFETY: reads the thread control block's first word, its own address.
-        unsafe {
-            std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) pointer, options(nostack, readonly, preserves_flags));
-        }
-        pointer
-    }
-    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
-    0
 }
 
 /// A closure to run on another stack, then its result (or its panic, carried back across).
