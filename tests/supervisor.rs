@@ -506,6 +506,17 @@ fn program_code_mapped(pid: i32) -> f64 {
     clean.iter().map(|m| m.1).sum::<u64>() as f64 / clean.iter().map(|m| m.0).sum::<u64>() as f64
 }
 
+/// Less than 70% of the program's code and read-only data is in `pid`'s page tables.
+#[cfg(target_os = "linux")]
+fn assert_little_code_mapped(pid: i32, when: &str) {
+    let mapped = program_code_mapped(pid);
+    assert!(
+        mapped < 0.7,
+        "{when}: {:.0}% of the program's code and read-only data mapped",
+        mapped * 100.0
+    );
+}
+
 /// Start-up runs code from all over the program, and the kernel maps 64 KiB of code around
 /// each page that faults: most of it stayed in the supervisor's page tables (85% of this
 /// debug build's code and read-only data, 97% of its code). Serving, the supervisor keeps
@@ -518,12 +529,7 @@ fn a_serving_supervisor_keeps_little_of_its_start_up_code_mapped() {
         for _ in 0..20 {
             assert_eq!(Client::connect(&server.addr()).echo(b"x").payload, b"x");
         }
-        let mapped = program_code_mapped(server.pid);
-        assert!(
-            mapped < 0.7,
-            "{model}: {:.0}% of the program's code and read-only data mapped",
-            mapped * 100.0
-        );
+        assert_little_code_mapped(server.pid, model);
     }
     // A reload runs start-up's code again: the configuration file read and parsed, the
     // listeners compared (the fork model: a thread model's threads may still be there, and
@@ -544,10 +550,5 @@ fn a_serving_supervisor_keeps_little_of_its_start_up_code_mapped() {
     let line = server.wait_log(" reload=");
     assert!(line.contains(" reload=applied "), "{line}");
     assert_eq!(Client::connect(&server.addr()).echo(b"x").payload, b"x");
-    let mapped = program_code_mapped(server.pid);
-    assert!(
-        mapped < 0.7,
-        "after SIGHUP: {:.0}% of the program's code and read-only data mapped",
-        mapped * 100.0
-    );
+    assert_little_code_mapped(server.pid, "after SIGHUP");
 }
